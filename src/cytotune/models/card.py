@@ -57,6 +57,9 @@ class ModelCard:
 
     family      which loader builds it: "timm", "open_clip", "hf_vit", "timm_pypi_weights" ...
     source      hub id or architecture name the family loader understands
+    architecture the family's name for the network when it must be built without the hub (timm
+                model name for a ``hf-hub:`` source, open_clip model config, transformers class);
+                None when ``source`` already is one
     model_kwargs constructor keyword arguments (e.g. timm ``init_values=1e-5``)
     pretrained  the pretrained tag for families that need one (open_clip "openai")
     feature_dim size of the pooled feature vector
@@ -73,6 +76,7 @@ class ModelCard:
     pooling: str = "model"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: Optional[str] = None
+    architecture: Optional[str] = None
     lora_targets: dict[str, LoraTarget] = field(default_factory=dict)
     default_lora_targets: tuple[str, ...] = ("q", "v")
     licence: str = "unknown"

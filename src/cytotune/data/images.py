@@ -1,0 +1,507 @@
+"""Turning image files into fixed-size uint8 pixel tensors, once.
+
+Decoding is the slow part of every run, so it happens here only: :func:`load_rgb` normalises any
+common file (grayscale, palette, alpha, 16-bit, CMYK) to 8-bit RGB, :func:`decode_images` resizes
+and crops a list of files into one ``(N, 3, crop, crop)`` uint8 tensor, and :class:`ImageStore`
+keeps those tensors on disk keyed by the files' *contents*, so a changed file can never be served
+from a stale cache. Normalisation to floats is the model's business and is not done here.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import struct
+import tempfile
+from collections import deque
+from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
+
+import numpy as np
+import PIL
+import torch
+from PIL import Image
+
+from cytotune.data.dataset import DataError
+
+logger = logging.getLogger(__name__)
+
+INTERPOLATIONS: dict[str, Image.Resampling] = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+SKIP_BAD_HINT = ("pass skip_bad=True (CLI: --skip-bad-images) to skip unreadable images "
+                 "and report them instead")
+# Slide background is bright, so transparent pixels become white rather than black.
+BACKGROUND_RGB = (255, 255, 255)
+_HIGH_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# What PIL's decoders raise on damaged or unsupported content (besides OSError).
+_DECODER_FAILURES = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+                     struct.error, Image.DecompressionBombError)
+# Bump when the cache layout or decoding changes, so old cache files are never reused.
+_CACHE_FORMAT = 1
+
+
+class ImageDecodeError(DataError):
+    """An image file that cannot be read or decoded; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: Path | str, reason: str, hint: str = "") -> None:
+        self.path = Path(path)
+        self.reason = reason
+        self.hint = hint
+        message = f"cannot decode image {self.path}: {reason}"
+        super().__init__(f"{message}; {hint}" if hint else message)
+
+    def __reduce__(self):  # keep the error picklable across worker processes
+        return (type(self), (self.path, self.reason, self.hint))
+
+
+@dataclass
+class DecodedImages:
+    """Pixels of the images that decoded, which input positions they came from, and the failures.
+
+    ``pixels[j]`` is the image ``paths[kept[j]]``; ``bad`` lists (path, reason) of skipped files.
+    ``key`` is the content key of these files at these settings (set by :class:`ImageStore`, ""
+    from :func:`decode_images`), for downstream caches such as extracted features.
+    """
+
+    pixels: torch.Tensor  # uint8, (N, 3, crop, crop)
+    kept: np.ndarray  # int64, (N,)
+    bad: list[tuple[Path, str]] = field(default_factory=list)
+    key: str = ""
+
+    def __len__(self) -> int:
+        return int(self.kept.shape[0])
+
+
+# --------------------------------------------------------------------------- single images
+
+
+def load_rgb(path: Path | str) -> Image.Image:
+    """Read ``path`` fully and return it as an 8-bit RGB image (see :func:`to_rgb`)."""
+    path = Path(path)
+    return _rgb_from_bytes(_read_bytes(path), path)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a decoded PIL image of any common mode to 8-bit RGB.
+
+    Alpha is composited onto white (slide background is bright). 16/32-bit grayscale is scaled by
+    the bit depth its values actually use (a 12-bit camera's 0..4095 maps to 0..255), so faint
+    images are neither clipped nor contrast-stretched per image.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _HIGH_BIT_MODES:
+        pixels = _high_bit_to_uint8(np.asarray(image), is_float=mode == "F")
+        return Image.fromarray(pixels).convert("RGB")  # 2-D uint8 -> mode L
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND_RGB + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+
+
+def _high_bit_to_uint8(values: np.ndarray, is_float: bool) -> np.ndarray:
+    """Scale pixels to 0..255 by the number of bits their maximum needs (at least 8).
+
+    Float images whose values lie in [0, 1] are taken as already normalised.
+    """
+    values = values.astype(np.float64)
+    if values.size == 0:
+        return values.astype(np.uint8)
+    low = float(values.min())
+    if low < 0:  # signed 32-bit data: shift so the darkest pixel is 0
+        values = values - low
+    high = float(values.max())
+    if is_float and high <= 1.0:
+        return np.rint(values * 255.0).astype(np.uint8)
+    bits = max(8, int(np.ceil(high)).bit_length())
+    return np.rint(values * (255.0 / (2**bits - 1))).astype(np.uint8)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageDecodeError(path, err.strerror or str(err)) from err
+    if not data:
+        raise ImageDecodeError(path, "file is empty")
+    return data
+
+
+def _rgb_from_bytes(data: bytes, path: Path) -> Image.Image:
+    """Decode ``data`` completely (so truncation is caught here, not later) and convert to RGB."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return to_rgb(image)
+    except Image.UnidentifiedImageError as err:  # its message shows an in-memory buffer's id
+        raise ImageDecodeError(path, "not a recognised image format (or a corrupt header)") \
+            from err
+    except _DECODER_FAILURES as err:
+        raise ImageDecodeError(path, str(err) or type(err).__name__) from err
+
+
+def _check_settings(resize_size: int, crop_size: int, interpolation: str) -> Image.Resampling:
+    if interpolation not in INTERPOLATIONS:
+        raise DataError(f"interpolation={interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
+    if resize_size < 1 or crop_size < 1:
+        raise DataError(f"resize_size ({resize_size}) and crop_size ({crop_size}) must be >= 1")
+    if crop_size > resize_size:
+        raise DataError(f"crop_size ({crop_size}) must not exceed resize_size ({resize_size})")
+    return INTERPOLATIONS[interpolation]
+
+
+def resize_and_crop(image: Image.Image, resize_size: int, crop_size: int,
+                    interpolation: str) -> np.ndarray:
+    """Resize the shorter side to ``resize_size``, center-crop ``crop_size``; uint8 (H, W, 3).
+
+    Matches torchvision's ``Resize(int)`` + ``CenterCrop`` on PIL images, so features agree with
+    the models' published preprocessing.
+    """
+    resample = _check_settings(resize_size, crop_size, interpolation)
+    width, height = image.size
+    if width <= height:
+        new_size = (resize_size, max(1, int(resize_size * height / width)))
+    else:
+        new_size = (max(1, int(resize_size * width / height)), resize_size)
+    if new_size != image.size:
+        image = image.resize(new_size, resample)
+    left = int(round((new_size[0] - crop_size) / 2.0))
+    top = int(round((new_size[1] - crop_size) / 2.0))
+    image = image.crop((left, top, left + crop_size, top + crop_size))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_resized(path: Path | str, resize_size: int, crop_size: int,
+                   interpolation: str) -> np.ndarray:
+    """Load ``path`` as RGB, resize its shorter side and center-crop: uint8 (crop, crop, 3)."""
+    _check_settings(resize_size, crop_size, interpolation)
+    return resize_and_crop(load_rgb(path), resize_size, crop_size, interpolation)
+
+
+# --------------------------------------------------------------------------- many images
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _ordered_map(function: Callable[[_T], _R], items: Sequence[_T],
+                 num_workers: int) -> Iterator[_R]:
+    """``map`` in input order, on a thread pool when ``num_workers > 0``.
+
+    At most ``4 * num_workers`` results are in flight, so memory stays bounded on 40k images.
+    """
+    if num_workers <= 0:
+        yield from map(function, items)
+        return
+    window = 4 * num_workers
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        pending: deque[Future[_R]] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(function, item))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # stopped early (an error, or the consumer quit): drop queued work
+            for future in pending:
+                future.cancel()
+
+
+def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.ndarray,
+                 resize_size: int, crop_size: int, interpolation: str, skip_bad: bool,
+                 num_workers: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode every path into consecutive rows of ``out``; return kept indices and (index, reason).
+
+    ``read(i)`` supplies the bytes of ``paths[i]``, so callers that already read a file (to hash
+    it) do not read it twice. With ``skip_bad=False`` the first bad file raises.
+    """
+
+    def decode(index: int) -> np.ndarray | ImageDecodeError:
+        try:
+            image = _rgb_from_bytes(read(index), paths[index])
+            return resize_and_crop(image, resize_size, crop_size, interpolation)
+        except ImageDecodeError as err:
+            return err
+
+    kept: list[int] = []
+    bad: list[tuple[int, str]] = []
+    for index, result in enumerate(_ordered_map(decode, range(len(paths)), num_workers)):
+        if isinstance(result, ImageDecodeError):
+            if not skip_bad:
+                raise ImageDecodeError(result.path, result.reason, SKIP_BAD_HINT) from result
+            logger.warning("skipping %s: %s", result.path, result.reason)
+            bad.append((index, result.reason))
+            continue
+        out[len(kept)] = result.transpose(2, 0, 1)
+        kept.append(index)
+    return np.asarray(kept, dtype=np.int64), bad
+
+
+def decode_images(paths: Sequence[Path | str], resize_size: int, crop_size: int,
+                  interpolation: str, skip_bad: bool = False,
+                  num_workers: int = 0) -> DecodedImages:
+    """Decode, resize and center-crop ``paths`` into one uint8 tensor (N, 3, crop, crop).
+
+    With ``skip_bad=False`` the first unreadable file raises :class:`ImageDecodeError`; with
+    ``skip_bad=True`` such files are left out and listed in ``bad``. ``num_workers > 0`` decodes
+    on that many threads (PIL releases the GIL while decoding and resizing).
+    """
+    paths = [Path(p) for p in paths]
+    _check_settings(resize_size, crop_size, interpolation)
+    return _decode_in_memory(paths, lambda i: _read_bytes(paths[i]), resize_size, crop_size,
+                             interpolation, skip_bad, num_workers)
+
+
+def _decode_in_memory(paths: list[Path], read: Callable[[int], bytes], resize_size: int,
+                      crop_size: int, interpolation: str, skip_bad: bool,
+                      num_workers: int) -> DecodedImages:
+    out = np.empty((len(paths), 3, crop_size, crop_size), dtype=np.uint8)
+    kept, bad = _decode_into(paths, read, out, resize_size, crop_size, interpolation, skip_bad,
+                             num_workers)
+    return DecodedImages(pixels=torch.from_numpy(out[: len(kept)]), kept=kept,
+                         bad=[(paths[i], reason) for i, reason in bad])
+
+
+# --------------------------------------------------------------------------- disk cache
+
+
+@dataclass(frozen=True)
+class _FileDigest:
+    """One file's content hash, or why it could not be read."""
+
+    digest: bytes
+    error: Optional[str] = None
+
+
+class ImageStore:
+    """Decode-once cache of :func:`decode_images` results, keyed by file contents.
+
+    The key is a blake2b hash of the decode settings, the PIL version and every file's content
+    hash, in order, so editing, replacing or re-exporting any image yields a new key and stale
+    pixels are never served (a cache keyed on folder paths would). Each entry is ``<key>.npy``
+    (the pixels, written atomically and memory-mapped on load, so 40k images need not fit in RAM)
+    and ``<key>.json`` (which inputs were skipped and why). Only file contents are keyed, never
+    paths, so entries are stored by position: ``bad`` is reported with the caller's paths.
+
+    ``cache_dir=None`` disables the disk cache (every call decodes, and still reports ``key``).
+    Files are read once: bytes read for hashing are kept (up to ``max_retained_bytes``) and reused
+    when a miss decodes.
+    """
+
+    def __init__(self, cache_dir: Path | str | None, num_workers: int = 0,
+                 max_retained_bytes: int = 512 * 2**20) -> None:
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.num_workers = num_workers
+        self.max_retained_bytes = max_retained_bytes
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, paths: Sequence[Path | str], resize_size: int, crop_size: int,
+            interpolation: str, skip_bad: bool = False) -> DecodedImages:
+        """The decoded images for ``paths``, from the cache when their contents are unchanged.
+
+        The returned tensor is memory-mapped copy-on-write: writing to it never touches the file.
+        """
+        paths = [Path(p) for p in paths]
+        _check_settings(resize_size, crop_size, interpolation)
+        digests, retained = self._hash_files(paths, skip_bad)
+        key = self._key(digests, resize_size, crop_size, interpolation)
+        read = self._reader(paths, digests, retained)
+        decoded = None if self.cache_dir is None else self._load(key, paths, crop_size)
+        if decoded is not None:
+            self.hits += 1
+        elif self.cache_dir is None:
+            self.misses += 1
+            decoded = _decode_in_memory(paths, read, resize_size, crop_size, interpolation,
+                                        skip_bad, self.num_workers)
+        else:
+            self.misses += 1
+            decoded = self._decode_and_store(key, paths, read, resize_size, crop_size,
+                                             interpolation, skip_bad)
+        if decoded.bad and not skip_bad:  # a cached entry may record files skipped earlier
+            path, reason = decoded.bad[0]
+            raise ImageDecodeError(path, reason, SKIP_BAD_HINT)
+        decoded.key = key
+        return decoded
+
+    def cache_key(self, paths: Sequence[Path | str], resize_size: int, crop_size: int,
+                  interpolation: str) -> str:
+        """The cache key ``get`` would use for these files and settings (reads every file)."""
+        _check_settings(resize_size, crop_size, interpolation)
+        digests, _ = self._hash_files([Path(p) for p in paths], skip_bad=True, retain=False)
+        return self._key(digests, resize_size, crop_size, interpolation)
+
+    # -- hashing
+
+    def _hash_files(self, paths: list[Path], skip_bad: bool,
+                    retain: bool = True) -> tuple[list[_FileDigest], dict[int, bytes]]:
+        def digest(index: int) -> tuple[_FileDigest, Optional[bytes]]:
+            try:
+                data = _read_bytes(paths[index])
+            except ImageDecodeError as err:
+                marker = hashlib.blake2b(f"unreadable:{err.reason}".encode(), digest_size=16)
+                return _FileDigest(marker.digest(), err.reason), None
+            return _FileDigest(hashlib.blake2b(data, digest_size=16).digest()), data
+
+        digests: list[_FileDigest] = []
+        retained: dict[int, bytes] = {}
+        budget = self.max_retained_bytes if retain else 0
+        for index, (file_digest, data) in enumerate(
+                _ordered_map(digest, range(len(paths)), self.num_workers)):
+            if file_digest.error is not None and not skip_bad:
+                raise ImageDecodeError(paths[index], file_digest.error, SKIP_BAD_HINT)
+            digests.append(file_digest)
+            if data is not None and len(data) <= budget:
+                retained[index] = data
+                budget -= len(data)
+        return digests, retained
+
+    @staticmethod
+    def _reader(paths: list[Path], digests: list[_FileDigest],
+                retained: dict[int, bytes]) -> Callable[[int], bytes]:
+        """Bytes of ``paths[i]``: the copy kept from hashing (handed over once), else re-read."""
+
+        def read(index: int) -> bytes:
+            error = digests[index].error
+            if error is not None:
+                raise ImageDecodeError(paths[index], error)
+            data = retained.pop(index, None)
+            return data if data is not None else _read_bytes(paths[index])
+
+        return read
+
+    @staticmethod
+    def _key(digests: Iterable[_FileDigest], resize_size: int, crop_size: int,
+             interpolation: str) -> str:
+        key = hashlib.blake2b(digest_size=20)
+        settings = (f"cytotune-images-v{_CACHE_FORMAT}|pillow-{PIL.__version__}|"
+                    f"resize={resize_size}|crop={crop_size}|interp={interpolation}|")
+        key.update(settings.encode())
+        for file_digest in digests:
+            key.update(file_digest.digest)
+        return key.hexdigest()
+
+    # -- cache files
+
+    def _entry(self, key: str) -> tuple[Path, Path]:
+        assert self.cache_dir is not None
+        return self.cache_dir / f"{key}.npy", self.cache_dir / f"{key}.json"
+
+    def _load(self, key: str, paths: list[Path], crop_size: int) -> Optional[DecodedImages]:
+        """The cached entry for ``key``, or None when absent or unusable (then it is rebuilt)."""
+        pixels_path, sidecar_path = self._entry(key)
+        if not sidecar_path.is_file():  # written last, so it marks a complete entry
+            return None
+        try:
+            sidecar = json.loads(sidecar_path.read_text())
+            bad = [(int(i), str(reason)) for i, reason in sidecar["bad"]]
+            n_kept = len(paths) - len(bad)
+            expected = (n_kept, 3, crop_size, crop_size)
+            # Copy-on-write map: still lazily paged from disk, but an in-place edit of the tensor
+            # stays private instead of faulting on read-only memory or altering the cache.
+            pixels = np.load(pixels_path, mmap_mode="c") if n_kept else np.empty(expected, np.uint8)
+            if sidecar["n_paths"] != len(paths) or pixels.shape != expected \
+                    or pixels.dtype != np.uint8:
+                raise ValueError(f"holds shape {pixels.shape}, expected {expected}")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            logger.warning("ignoring unusable image cache entry %s (%s); decoding again",
+                           pixels_path, err)
+            return None
+        bad_indices = {i for i, _ in bad}
+        kept = np.asarray([i for i in range(len(paths)) if i not in bad_indices], dtype=np.int64)
+        return DecodedImages(pixels=torch.from_numpy(pixels), kept=kept,
+                             bad=[(paths[i], reason) for i, reason in bad])
+
+    def _decode_and_store(self, key: str, paths: list[Path], read: Callable[[int], bytes],
+                          resize_size: int, crop_size: int, interpolation: str,
+                          skip_bad: bool) -> DecodedImages:
+        """Decode into a temporary ``.npy``, move it into place, then write the sidecar."""
+        assert self.cache_dir is not None
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        pixels_path, sidecar_path = self._entry(key)
+        shape = (len(paths), 3, crop_size, crop_size)
+        with _temporary_npy(self.cache_dir, shape) as (tmp_path, out):
+            kept, bad = _decode_into(paths, read, out, resize_size, crop_size, interpolation,
+                                     skip_bad, self.num_workers)
+            if isinstance(out, np.memmap):
+                out.flush()
+            del out
+            if len(kept) < len(paths):  # bad files left unused rows: rewrite at the right size
+                _shrink_npy(tmp_path, len(kept))
+            os.replace(tmp_path, pixels_path)
+        sidecar = {"format": _CACHE_FORMAT, "n_paths": len(paths), "resize_size": resize_size,
+                   "crop_size": crop_size, "interpolation": interpolation,
+                   "bad": [[i, reason] for i, reason in bad]}
+        _write_atomic(sidecar_path, json.dumps(sidecar, indent=1).encode())
+        loaded = self._load(key, paths, crop_size)
+        if loaded is None:
+            raise DataError(f"image cache entry {pixels_path} could not be read back after writing")
+        return loaded
+
+
+@contextmanager
+def _temporary_npy(directory: Path, shape: tuple[int, ...]) -> Iterator[tuple[Path, np.ndarray]]:
+    """A writable ``.npy`` memory map in ``directory``; its file is deleted unless moved away."""
+    handle, name = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
+    os.close(handle)
+    path = Path(name)
+    try:
+        if shape[0] == 0:  # numpy cannot map a zero-length array: write it directly
+            _save_npy(path, np.empty(shape, dtype=np.uint8))
+            yield path, np.empty(shape, dtype=np.uint8)
+        else:
+            yield path, np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _shrink_npy(path: Path, n_rows: int) -> None:
+    """Rewrite the ``.npy`` at ``path`` keeping only its first ``n_rows`` rows (streamed)."""
+    source = np.load(path, mmap_mode="r")
+    handle, name = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    os.close(handle)
+    try:
+        if n_rows == 0:
+            _save_npy(Path(name), np.empty((0,) + source.shape[1:], dtype=source.dtype))
+        else:
+            target = np.lib.format.open_memmap(name, mode="w+", dtype=source.dtype,
+                                               shape=(n_rows,) + source.shape[1:])
+            for start in range(0, n_rows, 1024):
+                target[start:start + 1024] = source[start:min(start + 1024, n_rows)]
+            target.flush()
+            del target
+        del source
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to exactly ``path`` (given a name, numpy would append ".npy" to temp names)."""
+    with open(path, "wb") as file:
+        np.save(file, array)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one."""
+    handle, name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)

@@ -1,0 +1,245 @@
+"""Generic readers: a folder of class folders, or a CSV table, into :class:`LabelledImages`.
+
+Readers only list files and labels; they never decode pixels (that is :mod:`.images`), so
+reading even a large data set is cheap, and bad images are reported where they are decoded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cytotune.data.dataset import SPLIT_NAMES, DataError, LabelledImages
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+# Folder (or CSV value) spellings accepted for each split.
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test"}
+# Archive debris that is never data: macOS resource forks and metadata folders.
+_IGNORED_NAMES = frozenset({"__MACOSX"})
+
+
+def is_ignored(path: Path) -> bool:
+    """Hidden files/folders (``.DS_Store``, ``._x.jpg`` from macOS zips) and ``__MACOSX``."""
+    return path.name.startswith(".") or path.name in _IGNORED_NAMES
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files anywhere under ``folder``, skipping hidden/archive debris, in a fixed order."""
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if not any(is_ignored(Path(part)) for part in relative.parts):
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """Direct subfolders of ``folder`` that are not hidden/archive debris, sorted by name."""
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not is_ignored(p)),
+                  key=lambda p: p.name)
+
+
+def require_directory(root: Path | str, what: str = "data root") -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"{what} {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{what} {root} is not a directory")
+    return root
+
+
+# --------------------------------------------------------------------------- folders
+
+
+@dataclass(frozen=True)
+class ClassFolder:
+    """A folder whose images (found recursively) all belong to ``class_name`` (and ``split``)."""
+
+    class_name: str
+    folder: Path
+    split: Optional[str] = None
+
+
+def read_class_folders(entries: Sequence[ClassFolder], *, name: str,
+                       root: Path) -> LabelledImages:
+    """Build a data set from class folders; every folder must contain at least one image.
+
+    A class may have several folders (one per split, or several source folders). Images are
+    ordered by class, then split, then path. ``splits`` is filled when the entries carry splits.
+    """
+    has_splits = any(entry.split is not None for entry in entries)
+    if has_splits and any(entry.split is None for entry in entries):
+        raise DataError(f"{name}: some class folders have a split and some do not")
+    class_names = sorted({entry.class_name for entry in entries})
+    split_rank = {split: i for i, split in enumerate(SPLIT_NAMES)}
+    ordered = sorted(entries, key=lambda e: (e.class_name, split_rank.get(e.split or "", 0),
+                                              e.folder.as_posix()))
+    paths: list[Path] = []
+    labels: list[int] = []
+    splits: list[Optional[str]] = []
+    for entry in ordered:
+        images = list_images(entry.folder)
+        if not images:
+            raise DataError(f"{name}: class folder {entry.folder} (class {entry.class_name!r}) "
+                            f"contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        paths.extend(images)
+        labels.extend([class_names.index(entry.class_name)] * len(images))
+        splits.extend([entry.split] * len(images))
+    return LabelledImages(paths=paths, labels=np.asarray(labels, dtype=np.int64),
+                          class_names=class_names,
+                          splits=np.asarray(splits, dtype=object) if has_splits else None,
+                          name=name, root=root)
+
+
+def _split_folders(root: Path) -> Optional[dict[str, Path]]:
+    """Split name -> folder when ``root`` holds a train/val/test layout, else None."""
+    children = subfolders(root)
+    by_split = {SPLIT_ALIASES[p.name.lower()]: p for p in children
+                if p.name.lower() in SPLIT_ALIASES}
+    if "train" not in by_split:
+        return None
+    others = [p.name for p in children if p.name.lower() not in SPLIT_ALIASES]
+    if others:
+        raise DataError(f"{root} has a train folder, so it is read as root/{{train,val,test}}/"
+                        f"<class>/, but it also has folders {others} that are not splits")
+    return {split: by_split[split] for split in SPLIT_NAMES if split in by_split}
+
+
+def read_folder(root: Path | str, name: Optional[str] = None) -> LabelledImages:
+    """Read ``root/<class>/<images>`` or ``root/{train,val,test}/<class>/<images>``.
+
+    Images are found recursively inside each class folder (extensions in ``IMAGE_EXTENSIONS``,
+    any case) and sorted by relative path; class names are the sorted folder names. In the split
+    layout ``val`` is optional and every val/test class must also be a train class.
+    """
+    root = require_directory(root)
+    name = name or root.name
+    split_dirs = _split_folders(root)
+    if split_dirs is None:
+        classes = subfolders(root)
+        if not classes:
+            loose = " (its images must be inside class folders)" if list_images(root) else ""
+            raise DataError(f"{name}: no class folders in {root}{loose}")
+        return read_class_folders([ClassFolder(p.name, p) for p in classes], name=name, root=root)
+
+    train_classes = {p.name for p in subfolders(split_dirs["train"])}
+    if not train_classes:
+        raise DataError(f"{name}: no class folders in {split_dirs['train']}")
+    entries = []
+    for split, split_dir in split_dirs.items():
+        for class_dir in subfolders(split_dir):
+            if class_dir.name not in train_classes:
+                raise DataError(f"{name}: class {class_dir.name!r} appears in {split} "
+                                f"({class_dir}) but not in train, so no model can learn it")
+            entries.append(ClassFolder(class_dir.name, class_dir, split))
+    return read_class_folders(entries, name=name, root=root)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _column_values(frame: pd.DataFrame, column: str, origin: str) -> list[str]:
+    if column not in frame.columns:
+        raise DataError(f"{origin}: no column {column!r}; columns are {list(frame.columns)}")
+    return [str(v).strip() for v in frame[column].tolist()]
+
+
+def _encode(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Sorted class names and integer labels; empty values become -1 (label unknown)."""
+    names = sorted({v for v in values if v})
+    index = {n: i for i, n in enumerate(names)}
+    return np.asarray([index.get(v, -1) for v in values], dtype=np.int64), names
+
+
+def read_table(frame: pd.DataFrame, *, rows: Sequence[str], root: Path, name: str,
+               path_column: str = "path", label_column: str = "label",
+               split_column: Optional[str] = "split", group_column: Optional[str] = "group",
+               level_columns: Sequence[str] = (), origin: str = "table") -> LabelledImages:
+    """Build a data set from a table already in memory (one row per image).
+
+    ``rows[i]`` names row ``i`` in messages (e.g. ``"train.csv row 7"``); ``origin`` names the
+    table. Relative paths are resolved against ``root``. ``split_column``/``group_column`` are
+    used when present. Each level column becomes ``label_levels[column]``, -1 where empty.
+    """
+    paths_raw = _column_values(frame, path_column, origin)
+    label_values = _column_values(frame, label_column, origin)
+    for i, (path_value, label_value) in enumerate(zip(paths_raw, label_values)):
+        if not path_value:
+            raise DataError(f"{rows[i]}, column {path_column!r}: empty image path")
+        if not label_value:
+            raise DataError(f"{rows[i]}, column {label_column!r}: empty label")
+    paths = [Path(p) if Path(p).is_absolute() else root / p for p in paths_raw]
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        first = missing[0]
+        raise DataError(f"{rows[first]}, column {path_column!r}: image file {paths[first]} not "
+                        f"found ({len(missing)} of {len(paths)} rows name missing files; "
+                        f"relative paths are resolved against {root})")
+    labels, class_names = _encode(label_values)
+
+    splits = None
+    if split_column and split_column in frame.columns:
+        raw = _column_values(frame, split_column, origin)
+        for i, value in enumerate(raw):
+            if value.lower() not in SPLIT_ALIASES:
+                raise DataError(f"{rows[i]}, column {split_column!r}: split {value!r} is not one "
+                                f"of train/val/test")
+        splits = np.asarray([SPLIT_ALIASES[v.lower()] for v in raw], dtype=object)
+
+    groups = None
+    if group_column and group_column in frame.columns:
+        raw = _column_values(frame, group_column, origin)
+        for i, value in enumerate(raw):
+            if not value:
+                raise DataError(f"{rows[i]}, column {group_column!r}: empty group id (fill it, "
+                                f"or drop the column if images have no known source)")
+        groups = np.asarray(raw, dtype=object)
+
+    label_levels = {column: _encode(_column_values(frame, column, origin))
+                    for column in level_columns}
+    return LabelledImages(paths=paths, labels=labels, class_names=class_names, splits=splits,
+                          groups=groups, label_levels=label_levels, name=name, root=root)
+
+
+def read_csv_frame(csv_path: Path) -> pd.DataFrame:
+    """All cells as stripped strings; empty cells are "" (never NaN, and "NA" stays a label)."""
+    if not csv_path.is_file():
+        raise DataError(f"CSV file {csv_path} does not exist")
+    try:
+        return pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot parse CSV file {csv_path}: {err}") from err
+
+
+def csv_row_names(csv_path: Path, n_rows: int) -> list[str]:
+    """Row labels as a spreadsheet shows them: the header is row 1, data starts at row 2."""
+    return [f"{csv_path} row {i + 2}" for i in range(n_rows)]
+
+
+def read_csv(csv_path: Path | str, root: Path | str | None = None, path_column: str = "path",
+             label_column: str = "label", split_column: Optional[str] = "split",
+             group_column: Optional[str] = "group", name: Optional[str] = None,
+             level_columns: Sequence[str] = ()) -> LabelledImages:
+    """Read a CSV with one row per image: a path column and a label column.
+
+    Relative paths are resolved against ``root`` (default: the CSV's folder). The split column
+    (train/val/test) and group column (patient/slide id) are optional and used when present;
+    ``level_columns`` keeps extra label columns as ``label_levels``. Errors name the CSV row
+    (header = row 1) and column.
+    """
+    csv_path = Path(csv_path).expanduser()
+    frame = read_csv_frame(csv_path)
+    if frame.empty:
+        raise DataError(f"CSV file {csv_path} has no data rows")
+    base = csv_path.parent if root is None else require_directory(root, "image root")
+    return read_table(frame, rows=csv_row_names(csv_path, len(frame)), root=Path(base),
+                      name=name or csv_path.stem, path_column=path_column,
+                      label_column=label_column, split_column=split_column,
+                      group_column=group_column, level_columns=level_columns,
+                      origin=f"CSV file {csv_path}")

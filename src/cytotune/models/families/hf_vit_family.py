@@ -1,0 +1,114 @@
+"""Hugging Face transformers ViT (``ViTModel``, no pooler): e.g. google/vit-base-patch16-224.
+
+Card fields used: ``source`` (the hub repo id), ``model_kwargs`` (``ViTConfig`` arguments, used for
+random init and for bare weight files; a ``config.json`` next to the weights is authoritative).
+Tokens are ``last_hidden_state`` (after the final layer norm), one class token first.
+
+Checkpoints in either naming load: transformers >= 5 renames the published (4.x) keys
+(``vit.encoder.layer.N.attention.attention.query`` ...) itself, and strips the ``vit.`` prefix of
+``ViTForImageClassification`` checkpoints; its classifier (and a pooler) are ignored.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+from cytotune.models import hub
+from cytotune.models.card import ModelCard
+from cytotune.models.checkpoint import config_file, read_state_dict_file, read_weights
+from cytotune.models.errors import CheckpointError, CheckpointMismatchError
+from cytotune.models.families.base import Family
+
+CONFIG_NAME = "config.json"
+# heads of the published checkpoints that the feature extractor does not have
+IGNORED_PREFIXES = ("classifier.", "pooler.", "vit.pooler.")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No load report / progress bar from transformers while cytotune does its own checks."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+class HFViTFamily(Family):
+    name = "hf_vit"
+    supports_tokens = True
+    weight_files = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model.bin.index.json")
+    hub_weight_files = ("model.safetensors", "pytorch_model.bin")
+
+    def config(self, card: ModelCard, config_path: Optional[Path] = None):
+        from transformers import ViTConfig
+
+        if config_path is not None:
+            try:
+                return ViTConfig.from_json_file(str(config_path))
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"cannot read {config_path}: {exc}") from exc
+        return ViTConfig(**card.model_kwargs)
+
+    def create(self, card: ModelCard, config=None) -> nn.Module:
+        from transformers import ViTModel
+
+        return ViTModel(config if config is not None else self.config(card), add_pooling_layer=False)
+
+    def _load(self, card: ModelCard, state_dict: dict, source: str, config) -> nn.Module:
+        from transformers import ViTModel
+
+        with _quiet_transformers():
+            model, info = ViTModel.from_pretrained(
+                None, config=config, state_dict=state_dict, add_pooling_layer=False,
+                output_loading_info=True, ignore_mismatched_sizes=True, dtype=torch.float32)
+        order = list(model.state_dict())
+        missing = sorted(info.get("missing_keys", ()), key=lambda k: order.index(k) if k in order else 0)
+        unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(IGNORED_PREFIXES))
+        mismatched = [f"{k} (checkpoint {tuple(a)}, model {tuple(b)})"
+                      for k, a, b in info.get("mismatched_keys", ())]
+        if missing or unexpected or mismatched or info.get("error_msgs"):
+            raise CheckpointMismatchError(card.name, source, missing, unexpected, mismatched,
+                                          "; ".join(map(str, info.get("error_msgs", ()))))
+        return model
+
+    def load_local(self, card: ModelCard, path: Path) -> nn.Module:
+        config = self.config(card, config_file(path, CONFIG_NAME))
+        state_dict, file = read_weights(path, self.weight_files)
+        return self._load(card, state_dict, str(file), config)
+
+    def weights_location(self, card: ModelCard) -> Optional[str]:
+        return card.source
+
+    def load_pretrained(self, card: ModelCard) -> tuple[nn.Module, str]:
+        config_path = hub.fetch_file(card, card.source, (CONFIG_NAME,), required=False)
+        file = hub.fetch_file(card, card.source, self.hub_weight_files)
+        return (self._load(card, read_state_dict_file(file), str(file), self.config(card, config_path)),
+                f"hf-hub:{card.source}")
+
+    def tiny_card(self, card: ModelCard) -> ModelCard:
+        kwargs = {**card.model_kwargs, "hidden_size": 64, "num_hidden_layers": 2,
+                  "num_attention_heads": 2, "intermediate_size": 128, "image_size": 32,
+                  "patch_size": 8}
+        return card.with_overrides(model_kwargs=kwargs)
+
+    def token_features(self, card: ModelCard, model: nn.Module,
+                       pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return model(pixel_values=pixels).last_hidden_state, 1
+
+    def pooled_features(self, card: ModelCard, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        out = model(pixel_values=pixels)
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state[:, 0]

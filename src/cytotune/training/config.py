@@ -1,0 +1,210 @@
+"""Typed configuration of one training run, loadable from YAML or plain dicts.
+
+The dataclasses are the single description of a run: the CLI fills them from flags, sweeps from
+YAML, notebooks from keyword arguments; the resolved config is written into every run directory.
+Unknown keys and wrong types are errors naming the offending option, never silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from cytotune.adapters import LoRAConfig
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names it."""
+
+
+@dataclass
+class DataConfig:
+    """Which images, and how to split them when the source has no split of its own."""
+
+    source: str = ""
+    layout: Optional[str] = None  # None: a CSV file or a folder of class folders
+    options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. {"level": 3}
+    split_seed: int = 0  # fixed across run seeds so every run sees the same test set
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    skip_bad_images: bool = False
+
+
+@dataclass
+class ModelConfig:
+    name: str = "efficientnet-lite0"
+    weights: Optional[str] = None  # local checkpoint file or directory instead of the hub
+    pretrained: bool = True  # False: random init (baselines, tests)
+    image_size: Optional[int] = None  # override the card's input size (e.g. fast CPU runs)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule; the defaults follow the reference study where it states them."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 32
+    steps: Optional[int] = None  # optimizer steps; None: derived (see resolve_steps)
+    epochs: Optional[float] = None  # alternative to steps, in passes over the training set
+    warmup_fraction: float = 0.1
+    val_every: Optional[int] = None  # validate every N steps (and at the end); None: ~10 times
+    linear_epochs: int = 200  # linear probe: epochs over the cached features
+    augment: bool = True  # flips and right-angle rotations during LoRA training
+
+    def resolve_steps(self, num_train: int, shots: Optional[int]) -> int:
+        """Optimizer steps for a run: explicit steps, else epochs, else the study's few-shot rule
+        (50 + 100 x shots) or 10 epochs when training on all data or a fraction."""
+        if self.steps is not None:
+            return int(self.steps)
+        batch = min(self.batch_size, num_train)
+        per_epoch = max(1, -(-num_train // batch))
+        if self.epochs is not None:
+            return max(1, round(self.epochs * per_epoch))
+        if shots is not None:
+            return 50 + 100 * shots
+        return 10 * per_epoch
+
+
+@dataclass
+class TrainConfig:
+    """One run: data, backbone, method and its settings, sampling, seed, output."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: str = "linear"  # a key of cytotune.training.methods.METHODS
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    shots: Optional[int] = None  # k images per class from train; None: all (or fraction)
+    fraction: Optional[float] = None  # percent of train, stratified; None: all
+    seed: int = 1
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    out: Optional[str] = None  # run directory; None: nothing written
+    cache_dir: Optional[str] = ".cytotune_cache"  # decoded images and features; None: no cache
+    overwrite: bool = False
+    num_workers: int = 2  # image decoding threads
+
+    def validate(self) -> None:
+        if self.shots is not None and self.fraction is not None:
+            raise ConfigError("give either shots or fraction, not both")
+        if self.shots is not None and self.shots < 1:
+            raise ConfigError(f"shots must be >= 1, got {self.shots}")
+        if self.fraction is not None and not 0 < self.fraction <= 100:
+            raise ConfigError(f"fraction is a percentage in (0, 100], got {self.fraction}")
+        if not self.data.source:
+            raise ConfigError("data.source is required (a folder, a CSV file, or a named layout's root)")
+        if self.optim.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+
+    # ---- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, values, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        try:
+            return cls.from_dict(values)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
+    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    """Check ``value`` against a type hint, converting where YAML is looser than Python."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, name)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{name}: invalid value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, name + ".")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value

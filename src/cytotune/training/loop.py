@@ -1,0 +1,125 @@
+"""The one optimisation loop behind every trainable method.
+
+Linear probes (on cached features) and LoRA / fine-tuning (on images) differ only in what a batch
+is and which parameters train; the loop itself — AdamW, warm-up + cosine, validation on a
+schedule rather than after every step, the best state kept in memory and restored at the end —
+is written once here.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from cytotune.training.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """Probabilities and labels of one evaluation pass, with the two numbers used for selection."""
+
+    probs: torch.Tensor  # (N, C) float32, CPU
+    labels: torch.Tensor  # (N,) int64, CPU
+    loss: float
+    accuracy: float
+
+
+@dataclass
+class FitHistory:
+    steps: int = 0
+    best_step: int = 0
+    best_val_accuracy: float = -1.0
+    best_val_loss: float = math.inf
+    seconds: float = 0.0
+    evaluations: list[dict] = field(default_factory=list)
+
+
+def batch_order(num_items: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless index batches: a fresh seeded permutation every epoch, last partial batch kept."""
+    while True:
+        perm = torch.randperm(num_items, generator=generator)
+        for start in range(0, num_items, batch_size):
+            yield perm[start:start + batch_size]
+
+
+def evaluate_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], inputs_fn, labels: torch.Tensor,
+                    batch_size: int) -> EvalResult:
+    """Run ``logits_fn`` over ``inputs_fn(index_batch)`` in batches without gradients."""
+    probs, losses = [], 0.0
+    with torch.no_grad():
+        for start in range(0, len(labels), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(labels)))
+            logits = logits_fn(inputs_fn(idx)).float()
+            y = labels[idx].to(logits.device)
+            losses += F.cross_entropy(logits, y, reduction="sum").item()
+            probs.append(logits.softmax(-1).cpu())
+    p = torch.cat(probs)
+    return EvalResult(probs=p, labels=labels.cpu(), loss=losses / max(1, len(labels)),
+                      accuracy=float((p.argmax(-1) == labels.cpu()).float().mean()))
+
+
+def fit(module: torch.nn.Module, train_step_loss: Callable[[torch.Tensor], torch.Tensor],
+        num_train: int, validate: Optional[Callable[[], EvalResult]], *, lr: float,
+        weight_decay: float, batch_size: int, steps: int, warmup_fraction: float,
+        val_every: Optional[int], seed: int, device: torch.device) -> FitHistory:
+    """Train the parameters of ``module`` that require grad; restore the best-validated state.
+
+    ``train_step_loss(index_batch)`` returns the loss of one batch of training items. Selection is
+    by validation accuracy, ties broken by lower validation loss (few-shot validation sets are
+    small, so ties are common).
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad")
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    scheduler = warmup_cosine(optimizer, steps, round(warmup_fraction * steps))
+    generator = torch.Generator().manual_seed(seed)
+    order = batch_order(num_train, min(batch_size, num_train), generator)
+    every = val_every or max(1, steps // 10)
+    history = FitHistory()
+    best_state: Optional[dict[str, torch.Tensor]] = None
+    trainable_names = [n for n, p in module.named_parameters() if p.requires_grad]
+    start = time.perf_counter()
+
+    module.train()
+    for step in range(1, steps + 1):
+        loss = train_step_loss(next(order))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        history.steps = step
+        if validate is not None and (step % every == 0 or step == steps):
+            module.eval()
+            result = validate()
+            module.train()
+            history.evaluations.append({"step": step, "train_loss": float(loss.detach()),
+                                        "val_loss": result.loss, "val_accuracy": result.accuracy})
+            log.info("step %d/%d  train loss %.4f  val loss %.4f  val acc %.4f", step, steps,
+                     float(loss.detach()), result.loss, result.accuracy)
+            better = (result.accuracy > history.best_val_accuracy
+                      or (result.accuracy == history.best_val_accuracy
+                          and result.loss < history.best_val_loss))
+            if better:
+                history.best_val_accuracy, history.best_val_loss = result.accuracy, result.loss
+                history.best_step = step
+                params_by_name = dict(module.named_parameters())
+                best_state = {n: params_by_name[n].detach().clone() for n in trainable_names}
+    module.eval()
+    if best_state is not None:
+        params_by_name = dict(module.named_parameters())
+        with torch.no_grad():
+            for n, value in best_state.items():
+                params_by_name[n].copy_(value)
+    else:
+        history.best_step = steps
+    history.seconds = time.perf_counter() - start
+    return history

@@ -1,0 +1,67 @@
+"""Classification metrics from predicted class probabilities.
+
+Accuracy is the study's headline number; the others guard against what accuracy hides on
+imbalanced cytology sets (balanced accuracy, macro F1, per-class recall), ranking quality (AUROC)
+and over-confidence (expected calibration error). Library implementations are used throughout
+(scikit-learn, torchmetrics) so the numbers match what reviewers compute themselves.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                             recall_score, roc_auc_score)
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
+                           class_names: Sequence[str], ece_bins: int = 15) -> dict[str, Any]:
+    """All metrics for one evaluation; ``probs`` is (N, C) with rows summing to one.
+
+    AUROC is the macro mean of one-vs-rest AUROCs over the classes that have both positives and
+    negatives in ``y_true``; classes without are listed in ``auroc_undefined_classes`` rather than
+    silently counted (a 1-shot validation set often lacks them). Macro F1 and balanced accuracy
+    average over the classes present in ``y_true`` or predicted, as scikit-learn does.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    num_classes = len(class_names)
+    if probs.shape != (len(y_true), num_classes):
+        raise ValueError(f"probs has shape {probs.shape}, expected ({len(y_true)}, {num_classes})")
+    if len(y_true) == 0:
+        raise ValueError("cannot compute metrics on an empty evaluation set")
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(num_classes))
+
+    per_class_auroc: dict[str, float] = {}
+    undefined: list[str] = []
+    for c, name in enumerate(class_names):
+        positives = y_true == c
+        if positives.all() or not positives.any():
+            undefined.append(name)
+            continue
+        per_class_auroc[name] = float(roc_auc_score(positives, probs[:, c]))
+    auroc = float(np.mean(list(per_class_auroc.values()))) if per_class_auroc else math.nan
+
+    ece = float(multiclass_calibration_error(
+        torch.from_numpy(probs).float(), torch.from_numpy(y_true), num_classes=num_classes,
+        n_bins=ece_bins, norm="l1"))
+    recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    present = np.bincount(y_true, minlength=num_classes) > 0
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "auroc": auroc,
+        "auroc_per_class": per_class_auroc,
+        "auroc_undefined_classes": undefined,
+        "ece": ece,
+        "per_class_recall": {name: float(r) for name, r, p in zip(class_names, recalls, present) if p},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
