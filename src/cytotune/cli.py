@@ -13,6 +13,12 @@ from rich.table import Table
 console = Console()
 
 
+def _make_console() -> Console:
+    """A console as wide as the terminal, or 160 columns when output goes to a file or pipe
+    (rich would otherwise wrap tables at 80 and split model names)."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _shots(value: str) -> Optional[int]:
     if value.lower() == "all":
         return None
@@ -92,7 +98,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     table = Table(title="cytotune model cards")
     for col in ("name", "family", "source", "dim", "licence", "access", "LoRA targets"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name", overflow="fold")
     for card in list_cards():
         table.add_row(card.name, card.family, card.source, str(card.feature_dim), card.licence,
                       "gated: needs a hub token" if card.gated else "open",
@@ -151,17 +157,20 @@ COMMANDS = {"train": cmd_train, "models": cmd_models, "demo": cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    global console
     args = build_parser().parse_args(argv)
+    console = _make_console()
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the console; run logs get INFO regardless
         handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
     logging.getLogger("cytotune").setLevel(logging.INFO)
     from cytotune.data import DataError
+    from cytotune.models import ModelError
     from cytotune.training.config import ConfigError
     from cytotune.training.rundir import RunExistsError
     try:
         return COMMANDS[args.command](args)
-    except (DataError, ConfigError, RunExistsError, ValueError, FileNotFoundError) as err:
+    except (DataError, ModelError, ConfigError, RunExistsError, ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
 

@@ -1,7 +1,8 @@
 """Shared fixtures for the model-layer tests (offline, CPU, tiny random-init models)."""
 from __future__ import annotations
 
-import pytest
+import huggingface_hub  # noqa: F401  (imported before the fixture below switches the Hub off,
+import pytest             # so its import-time offline flag reflects the real environment)
 import torch
 
 from cytotune.models import hub

@@ -20,6 +20,14 @@ def test_forward_failure_at_card_image_size_is_reported():
         build_backbone(card, pretrained=False)
 
 
+def test_hf_vit_runs_at_an_overridden_image_size():
+    card = tiny_card("vit-b16")
+    card = card.with_overrides(preprocessing=card.preprocessing.__class__(image_size=48))
+    backbone = build_backbone(card, pretrained=False)
+    with torch.no_grad():
+        assert backbone(torch.randn(1, 3, 48, 48)).shape == (1, 64)
+
+
 def test_token_poolings_on_timm_and_hf(pixels):
     base = tiny_card("uni")
     torch.manual_seed(0)

@@ -18,7 +18,8 @@ from cytotune.models.errors import (CheckpointError, CheckpointMismatchError, Fe
                                     WeightsUnavailableError)
 from cytotune.models.families import Family, get_family, list_families, register_family
 from cytotune.models.pooling import MODEL_POOLING, POOLINGS, get_pooling, pool, register_pooling
-from cytotune.models.registry import get_card, list_cards, naming_help, register_card, validate_card
+from cytotune.models.registry import (get_card, list_cards, naming_help, register_card,
+                                      unregister_card, validate_card)
 from cytotune.models.targets import resolve_target, resolve_targets
 from cytotune.models.tiny import tiny_card, tiny_cards
 
@@ -26,7 +27,7 @@ __all__ = [
     "Backbone", "build_backbone", "check_feature_dim", "output_dim",
     "ModelCard", "Preprocessing", "LoraTarget",
     "IMAGENET_MEAN", "IMAGENET_STD", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD",
-    "get_card", "list_cards", "register_card", "validate_card", "naming_help",
+    "get_card", "list_cards", "register_card", "unregister_card", "validate_card", "naming_help",
     "Family", "get_family", "list_families", "register_family",
     "tiny_card", "tiny_cards",
     "FusedSelfAttention", "convert_multihead_attention",

@@ -58,11 +58,14 @@ class Backbone(nn.Module):
     def weights_fingerprint(self) -> str:
         """A content hash of the weights (names, shapes, dtypes, sampled values, sums).
 
-        Cheap (a strided sample plus one reduction per tensor) and changed by any realistic
+        Cheap (a strided sample plus two reductions per tensor) and changed by any realistic
         change of the weights, including LoRA layers added to the model: the feature-cache key.
+        The card's architecture settings and pooling are hashed too (quick_gelu, say, changes the
+        features without changing a weight).
         """
         h = hashlib.sha256()
-        h.update(f"{self.card.family}|{self.card.pooling}".encode())
+        c = self.card
+        h.update(f"{c.family}|{c.architecture}|{c.pooling}|{sorted(c.model_kwargs.items())!r}".encode())
         tensors = list(self.model.state_dict(keep_vars=False).items())
         with torch.no_grad():
             for name, t in tensors:

@@ -67,6 +67,13 @@ def register_card(card: ModelCard, *, replace: bool = False) -> ModelCard:
     return card
 
 
+def unregister_card(name: str) -> None:
+    """Remove a card added with :func:`register_card` (tests register temporary ones)."""
+    with _LOCK:
+        if _CARDS.pop(name, None) is None:
+            raise UnknownModelError(f"no model card named '{name}' is registered")
+
+
 def list_cards() -> list[ModelCard]:
     """The registered cards, sorted by name."""
     _ensure_builtin()

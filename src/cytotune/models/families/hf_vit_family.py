@@ -104,11 +104,19 @@ class HFViTFamily(Family):
                   "patch_size": 8}
         return card.with_overrides(model_kwargs=kwargs)
 
+    @staticmethod
+    def _run(model: nn.Module, pixels: torch.Tensor):
+        size = model.config.image_size
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        # other input sizes (an image-size override) need the position embeddings interpolated
+        resize = tuple(pixels.shape[-2:]) != size
+        return model(pixel_values=pixels, interpolate_pos_encoding=resize)
+
     def token_features(self, card: ModelCard, model: nn.Module,
                        pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return model(pixel_values=pixels).last_hidden_state, 1
+        return self._run(model, pixels).last_hidden_state, 1
 
     def pooled_features(self, card: ModelCard, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-        out = model(pixel_values=pixels)
+        out = self._run(model, pixels)
         pooled = getattr(out, "pooler_output", None)
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
