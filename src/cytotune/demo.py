@@ -30,7 +30,6 @@ class DemoSettings:
     lora_steps: int = 40
     lora_lr: float = 2e-3
     linear_lr: float = 1e-2
-    lora_targets: tuple[str, ...] = ("pwl", "head")
     lora_rank: int = 4
 
 
@@ -50,7 +49,7 @@ def run_demo(settings: DemoSettings = DemoSettings(),
                 result = train(method="linear", lr=settings.linear_lr, **common)
             else:
                 result = train(method="lora", lr=settings.lora_lr, rank=settings.lora_rank,
-                               alpha=float(settings.lora_rank), targets=list(settings.lora_targets),
+                               alpha=float(settings.lora_rank),
                                steps=settings.lora_steps, **common)
             results.append(result)
             if on_result is not None:

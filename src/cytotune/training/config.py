@@ -44,6 +44,21 @@ class ModelConfig:
 
 
 @dataclass
+class LoRASettings:
+    """LoRA as configured by a user; ``targets`` None means the model card's default targets
+    (q and v of every attention block for ViTs, as in the study; named 1x1 convs for CNNs)."""
+
+    rank: int = 2
+    alpha: float = 1.0  # scaling alpha / rank; 1.0 is the study's CLIP-LoRA setting
+    targets: Optional[tuple[str, ...]] = None
+    dropout: float = 0.0
+
+    def resolve(self, default_targets: tuple[str, ...]) -> LoRAConfig:
+        return LoRAConfig(rank=self.rank, alpha=self.alpha, dropout=self.dropout,
+                          targets=tuple(self.targets or default_targets))
+
+
+@dataclass
 class OptimConfig:
     """Optimiser and schedule; the defaults follow the reference study where it states them."""
 
@@ -78,7 +93,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: str = "linear"  # a key of cytotune.training.methods.METHODS
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    lora: LoRASettings = field(default_factory=LoRASettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     shots: Optional[int] = None  # k images per class from train; None: all (or fraction)
     fraction: Optional[float] = None  # percent of train, stratified; None: all
@@ -100,6 +115,10 @@ class TrainConfig:
             raise ConfigError("data.source is required (a folder, a CSV file, or a named layout's root)")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        try:
+            self.lora.resolve(("q",))
+        except ValueError as err:
+            raise ConfigError(f"lora: {err}") from None
 
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

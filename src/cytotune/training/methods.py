@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ class SplitTensors:
     labels: torch.Tensor  # int64 (N,)
     paths: list[Path]
     images_key: str  # content key of these images at this preprocessing (cache key part)
+    rows: np.ndarray  # int64 (N,): positions of these images in the data set
 
 
 @dataclass
@@ -138,10 +140,11 @@ def run_lora(ctx: MethodContext) -> MethodResult:
     pre = bb.preprocessing
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn here: seeded per run
-    adapted = apply_lora(bb.model, cfg.lora, bb.card.lora_targets)
+    lora = cfg.lora.resolve(bb.card.default_lora_targets)
+    adapted = apply_lora(bb.model, lora, bb.card.lora_targets)
     torch.random.set_rng_state(rng_state)
-    log.info("LoRA rank %d alpha %g on %d layers (%s)", cfg.lora.rank, cfg.lora.alpha, len(adapted),
-             ", ".join(cfg.lora.targets))
+    log.info("LoRA rank %d alpha %g on %d layers (%s)", lora.rank, lora.alpha, len(adapted),
+             ", ".join(lora.targets))
     mark_only_lora_trainable(bb)
     head = _new_head(bb.feature_dim, len(ctx.class_names), cfg.seed, ctx.device)
     model = Classifier(bb, head).to(ctx.device)

@@ -8,6 +8,7 @@ and over-confidence (expected calibration error). Library implementations are us
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -51,17 +52,54 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
     ece = float(multiclass_calibration_error(
         torch.from_numpy(probs).float(), torch.from_numpy(y_true), num_classes=num_classes,
         n_bins=ece_bins, norm="l1"))
-    recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     present = np.bincount(y_true, minlength=num_classes) > 0
+    with warnings.catch_warnings():
+        # small (few-shot) evaluation sets often miss classes; scikit-learn's warnings about it
+        # are expected here and the affected classes are reported explicitly instead
+        warnings.simplefilter("ignore", UserWarning)
+        recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+        balanced = float(balanced_accuracy_score(y_true, y_pred))
+        macro_f1 = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+        matrix = confusion_matrix(y_true, y_pred, labels=labels).tolist()
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "balanced_accuracy": balanced,
+        "macro_f1": macro_f1,
         "auroc": auroc,
         "auroc_per_class": per_class_auroc,
         "auroc_undefined_classes": undefined,
         "ece": ece,
         "per_class_recall": {name: float(r) for name, r, p in zip(class_names, recalls, present) if p},
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": matrix,
     }
+
+
+def coarse_class_map(fine_labels: np.ndarray, coarse_labels: np.ndarray, num_fine: int) -> np.ndarray:
+    """For each fine class, the coarse class its images carry (the most common one; -1 if none).
+
+    HiCervix's tree gives each level-3 class one parent; deriving the map from the labelled
+    images keeps the reader free of a hand-copied tree.
+    """
+    mapping = np.full(num_fine, -1, dtype=np.int64)
+    for c in range(num_fine):
+        parents = coarse_labels[(fine_labels == c) & (coarse_labels >= 0)]
+        if len(parents):
+            mapping[c] = np.bincount(parents).argmax()
+    return mapping
+
+
+def coarse_level_metrics(y_true_coarse: np.ndarray, fine_probs: np.ndarray, fine_to_coarse: np.ndarray,
+                         coarse_names: Sequence[str]) -> dict[str, Any]:
+    """Metrics at a coarser level of a class tree: fine probabilities summed per parent class.
+
+    Images without a label at that level (-1) are left out; so are fine classes without a parent.
+    """
+    keep = y_true_coarse >= 0
+    probs = np.zeros((len(fine_probs), len(coarse_names)))
+    for fine, coarse in enumerate(fine_to_coarse):
+        if coarse >= 0:
+            probs[:, coarse] += fine_probs[:, fine]
+    totals = probs.sum(1, keepdims=True)
+    probs = np.divide(probs, totals, out=np.full_like(probs, 1.0 / len(coarse_names)), where=totals > 0)
+    return classification_metrics(y_true_coarse[keep], probs[keep], coarse_names)

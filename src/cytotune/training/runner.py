@@ -26,7 +26,8 @@ from cytotune.models import build_backbone, get_card
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache
 from cytotune.training.methods import METHODS, MethodContext, SplitTensors
-from cytotune.training.metrics import classification_metrics
+from cytotune.training.metrics import (classification_metrics, coarse_class_map,
+                                       coarse_level_metrics)
 from cytotune.training.rundir import RunWriter
 
 log = logging.getLogger("cytotune")
@@ -95,7 +96,8 @@ def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, s
         raise DataError(f"no readable images in the {split} split")
     return SplitTensors(pixels=torch.as_tensor(np.asarray(decoded.pixels)),
                         labels=torch.as_tensor(data.labels[indices][kept]),
-                        paths=[paths[i] for i in kept], images_key=decoded.key)
+                        paths=[paths[i] for i in kept], images_key=decoded.key,
+                        rows=np.asarray(indices, dtype=np.int64)[kept])
 
 
 def _card_for(config: TrainConfig):
@@ -165,6 +167,13 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
                                               outcome.test.probs.numpy(), data.class_names),
                "best_step": outcome.history.best_step, "steps": outcome.history.steps}
     probs = outcome.test.probs.numpy()
+    test_rows = splits["test"].rows
+    for level, (level_labels, level_names) in data.label_levels.items():
+        # accuracy higher up a class tree (HiCervix levels 1-2), from the fine predictions; the
+        # tree (each fine class's parent) is label metadata, read off the whole data set
+        mapping = coarse_class_map(data.labels, level_labels, data.num_classes)
+        metrics.setdefault("test_levels", {})[level] = coarse_level_metrics(
+            level_labels[test_rows], probs, mapping, level_names)
     predictions = pd.DataFrame({
         "path": [str(p) for p in splits["test"].paths],
         "label": [data.class_names[i] for i in outcome.test.labels.tolist()],
