@@ -100,7 +100,8 @@ def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, s
                         rows=np.asarray(indices, dtype=np.int64)[kept])
 
 
-def _card_for(config: TrainConfig):
+def card_for(config: TrainConfig):
+    """The model card of a run, with the config's input-size override applied."""
     card = get_card(config.model.name)
     if config.model.image_size:
         pre = card.preprocessing
@@ -109,6 +110,15 @@ def _card_for(config: TrainConfig):
         card = card.with_overrides(preprocessing=dataclasses.replace(
             pre, image_size=size, resize_size=round(size * ratio)))
     return card
+
+
+def build_run_backbone(config: TrainConfig):
+    """The backbone a run starts from, built exactly as training builds it (so a saved run can be
+    rebuilt for prediction): a random-init backbone (pretrained=False) is seeded by the run seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_backbone(card_for(config), weights=config.model.weights,
+                              pretrained=config.model.pretrained)
 
 
 def run_training(config: TrainConfig) -> RunResult:
@@ -141,11 +151,7 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     log.info("data %s: %d classes, %d train / %d val / %d test images", data.name,
              data.num_classes, len(train_idx), len(val_idx), len(test_idx))
 
-    card = _card_for(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # a random-init backbone (pretrained=False) is seeded too
-        backbone = build_backbone(card, weights=config.model.weights,
-                                  pretrained=config.model.pretrained)
+    backbone = build_run_backbone(config)
     cache_dir = Path(config.cache_dir) if config.cache_dir else None
     store = ImageStore(cache_dir / "images" if cache_dir else None)
     t0 = time.perf_counter()
