@@ -29,16 +29,8 @@ def synthetic_data(tmp_path_factory) -> Path:
                                      n_per_class=12, image_size=32, seed=0)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_names():
-    """Built-in card name -> registered name of its tiny random-init variant (removed after)."""
-    from cytotune.models import register_card, tiny_card, unregister_card
-
-    names = {}
-    for name in ("clip-vit-b16", "biomedclip", "uni", "vit-b16"):
-        card = tiny_card(name)
-        register_card(card, replace=True)
-        names[name] = card.name
-    yield names
-    for registered in names.values():
-        unregister_card(registered)
+@pytest.fixture(scope="session")
+def tiny_model_names() -> dict[str, str]:
+    """Built-in card name -> name of its tiny random-init variant (``<card>-tiny``, which the
+    model registry resolves on demand in any process)."""
+    return {name: f"{name}-tiny" for name in ("clip-vit-b16", "biomedclip", "uni", "vit-b16")}

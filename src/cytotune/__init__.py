@@ -19,6 +19,7 @@ _LAZY = {
     "models": "cytotune.api",
     "TrainConfig": "cytotune.training.config",
     "RunResult": "cytotune.training.runner",
+    "load": "cytotune.inference",
 }
 
 __all__ = ["__version__", *_LAZY]

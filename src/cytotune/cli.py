@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the built-in default: offline, on CPU, generated data")
     demo.add_argument("--out", default="demo_runs", help="output folder")
     demo.add_argument("--shots", default=None, help="comma-separated shot counts (default 1,4,16)")
+    from cytotune.inference.cli import register as register_inference
+
+    COMMANDS.update(register_inference(sub))
     return parser
 
 

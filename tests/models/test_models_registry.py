@@ -129,3 +129,12 @@ def test_register_card_validates():
         register_card(good.with_overrides(name="x", lora_targets={"k": LoraTarget(("a",))}))
     with pytest.raises(ValueError, match="no token output"):
         register_card(get_card("clip-vit-b16").with_overrides(name="x", pooling="cls"))
+
+
+def test_tiny_variants_resolve_by_name_without_being_listed():
+    card = get_card("clip-vit-b16-tiny")
+    assert card.name == "clip-vit-b16-tiny" and card.family == "open_clip"
+    assert card.preprocessing.image_size == 32
+    assert "clip-vit-b16-tiny" not in {c.name for c in list_cards()}
+    with pytest.raises(UnknownModelError):
+        get_card("no-such-model-tiny")

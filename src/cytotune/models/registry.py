@@ -68,10 +68,11 @@ def register_card(card: ModelCard, *, replace: bool = False) -> ModelCard:
 
 
 def unregister_card(name: str) -> None:
-    """Remove a card added with :func:`register_card` (tests register temporary ones)."""
+    """Remove a card added with :func:`register_card` or resolved on the fly."""
     with _LOCK:
-        if _CARDS.pop(name, None) is None:
-            raise UnknownModelError(f"no model card named '{name}' is registered")
+        found = [table.pop(name, None) for table in (_CARDS, _DYNAMIC)]
+    if not any(found):
+        raise UnknownModelError(f"no model card named '{name}' is registered")
 
 
 def list_cards() -> list[ModelCard]:
@@ -85,8 +86,27 @@ def naming_help() -> list[str]:
     return [f.naming_help for f in list_families() if f.naming_help]
 
 
+TINY_SUFFIX = "-tiny"
+
+
+def _tiny_variant(name: str) -> ModelCard | None:
+    """``<card>-tiny`` names the small random-init variant of a registered card (tests, CPU
+    benchmarks); resolving it here lets any process, e.g. a sweep worker or ``cytotune.load``
+    in a fresh interpreter, rebuild such a run by name."""
+    base = name[: -len(TINY_SUFFIX)] if name.endswith(TINY_SUFFIX) else None
+    if not base or base not in _CARDS:
+        return None
+    from cytotune.models.tiny import tiny_card  # tiny builds on this module
+
+    card = tiny_card(base)
+    with _LOCK:
+        _DYNAMIC[name] = card
+    return card
+
+
 def get_card(name: str) -> ModelCard:
-    """The card called ``name``, or one built on the fly for ``<family>:<model>``."""
+    """The card called ``name``, or one built on the fly for ``<family>:<model>`` or
+    ``<card>-tiny``."""
     _ensure_builtin()
     if isinstance(name, ModelCard):
         return name
@@ -94,6 +114,9 @@ def get_card(name: str) -> ModelCard:
         return _CARDS[name]
     if name in _DYNAMIC:
         return _DYNAMIC[name]
+    tiny = _tiny_variant(name)
+    if tiny is not None:
+        return tiny
     prefix, sep, rest = name.partition(":")
     if sep and rest:
         families = {f.name: f for f in list_families() if f.naming_help}

@@ -1,0 +1,26 @@
+"""Using a trained run: predict on new images, load it in Python, export it standalone.
+
+    import cytotune
+    model = cytotune.load("runs/x")                  # torch.nn.Module, LoRA merged
+    model.predict(["cell.png"]).to_frame()
+
+    from cytotune.inference import predict, export
+    predict("runs/x", "new_images/", out="predictions.csv")
+    export("runs/x", "exported/", format="onnx")     # or "safetensors" (plain timm/open_clip/HF)
+
+Command line: ``cytotune predict RUN_DIR INPUT --out predictions.csv`` and
+``cytotune export RUN_DIR [RUN_DIR ...] --format safetensors|onnx --out DIR`` (see ``cli``).
+"""
+from cytotune.inference.export import (FORMATS, ONNX_ATOL, ExportError, ExportResult, OnnxWrapper,
+                                        export)
+from cytotune.inference.model import CytotuneModel, Predictions, load
+from cytotune.inference.predict import (PredictionInputs, collect_inputs, predict, predict_files,
+                                        write_csv_atomic)
+from cytotune.inference.run import RunDirError, RunFiles, read_run
+
+__all__ = [
+    "load", "CytotuneModel", "Predictions",
+    "predict", "predict_files", "collect_inputs", "PredictionInputs", "write_csv_atomic",
+    "export", "ExportResult", "ExportError", "FORMATS", "ONNX_ATOL", "OnnxWrapper",
+    "read_run", "RunFiles", "RunDirError",
+]

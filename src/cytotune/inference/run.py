@@ -1,0 +1,193 @@
+"""Reading a finished run directory back: its config, class names, head and LoRA adapter.
+
+Everything is read with safetensors (never pickle), and every file is checked against the others
+before it is used: a head trained for another class list or another backbone, an adapter from
+another model, a run that never finished, all fail with a :class:`RunDirError` that names the
+file and the values that disagree.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from cytotune.training.config import ConfigError, TrainConfig
+
+PathLike = Union[str, Path]
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+HEAD_FILE = "head.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
+PREDICTIONS_FILE = "predictions.csv"
+HEAD_KEYS = ("weight", "bias")
+
+
+class RunDirError(ValueError):
+    """A run directory that is missing, incomplete, or whose files do not fit together."""
+
+
+@dataclass
+class RunFiles:
+    """What a run directory says about the model it trained (nothing is built yet)."""
+
+    path: Path
+    config: TrainConfig
+    metrics: dict[str, Any]
+    class_names: list[str]
+    head: Path  # head.safetensors
+    adapter: Optional[Path] = None  # adapter.safetensors of a LoRA run
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model.name
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{path} is not readable JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path}: expected a JSON object at the top level")
+    return value
+
+
+def read_run(run_dir: PathLike) -> RunFiles:
+    """Check that ``run_dir`` is a complete run and read its config, metrics and class names."""
+    path = Path(run_dir).expanduser()
+    if not path.exists():
+        raise RunDirError(f"run directory {path} does not exist")
+    if not path.is_dir():
+        raise RunDirError(f"{path} is not a run directory (expected a folder written by "
+                          f"`cytotune train --out`)")
+    if not (path / METRICS_FILE).is_file():
+        present = sorted(p.name for p in path.iterdir())
+        raise RunDirError(
+            f"{path} is not a complete run: it has no {METRICS_FILE} (a run writes it last; found "
+            f"{', '.join(present) or 'nothing'}). Point at a finished run directory, or train again")
+    missing = [name for name in (CONFIG_FILE, HEAD_FILE) if not (path / name).is_file()]
+    if missing:
+        raise RunDirError(f"run directory {path} is incomplete: {', '.join(missing)} missing")
+    try:
+        config = TrainConfig.from_yaml(path / CONFIG_FILE)
+    except (ConfigError, OSError) as err:
+        raise RunDirError(f"{path / CONFIG_FILE}: {err}") from err
+    except Exception as err:  # yaml.YAMLError and friends
+        raise RunDirError(f"{path / CONFIG_FILE} is not a readable run config: {err}") from err
+    metrics = _read_json(path / METRICS_FILE)
+    class_names = metrics.get("class_names")
+    if not (isinstance(class_names, list) and class_names
+            and all(isinstance(c, str) for c in class_names)):
+        raise RunDirError(f"{path / METRICS_FILE} has no class_names list; it was not written by "
+                          f"this version of cytotune or was edited")
+    if len(set(class_names)) != len(class_names):
+        raise RunDirError(f"{path / METRICS_FILE}: class_names lists a class twice: {class_names}")
+    adapter = path / ADAPTER_FILE
+    if config.method == "lora" and not adapter.is_file():
+        raise RunDirError(f"run directory {path} is a LoRA run (config.yaml: method lora) but "
+                          f"has no {ADAPTER_FILE}")
+    if config.method != "lora" and adapter.is_file():
+        raise RunDirError(f"{adapter}: a LoRA adapter in a {config.method!r} run (config.yaml: "
+                          f"method {config.method}); the folder mixes files of different runs")
+    return RunFiles(path=path, config=config, metrics=metrics, class_names=list(class_names),
+                    head=path / HEAD_FILE, adapter=adapter if adapter.is_file() else None)
+
+
+def _safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except FileNotFoundError:
+        raise RunDirError(f"{path} does not exist") from None
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise RunDirError(f"{path} is not a readable safetensors file: {err}") from err
+
+
+def load_head(run: RunFiles, feature_dim: int) -> nn.Linear:
+    """The run's linear head, checked against the class names and the backbone's feature width."""
+    tensors, meta = _safetensors(run.head)
+    where = str(run.head)
+    if set(tensors) != set(HEAD_KEYS):
+        raise RunDirError(f"{where}: expected the tensors {list(HEAD_KEYS)} of a linear head, "
+                          f"found {sorted(tensors)}")
+    weight, bias = tensors["weight"], tensors["bias"]
+    n_classes = len(run.class_names)
+    problems = []
+    if weight.dim() != 2:
+        problems.append(f"weight has shape {tuple(weight.shape)}, expected (classes, features)")
+    else:
+        if weight.shape[0] != n_classes:
+            problems.append(f"it has {weight.shape[0]} classes (weight {tuple(weight.shape)}) but "
+                            f"{METRICS_FILE} lists {n_classes} class names {run.class_names}")
+        if weight.shape[1] != feature_dim:
+            problems.append(f"it takes {weight.shape[1]}-d features but the backbone "
+                            f"'{run.model_name}' gives {feature_dim}-d features (a head of another "
+                            f"backbone?)")
+    if tuple(bias.shape) != (weight.shape[0],):
+        problems.append(f"bias has shape {tuple(bias.shape)}, weight {tuple(weight.shape)}")
+    if "model" in meta and meta["model"] != run.model_name:
+        problems.append(f"it was trained on model '{meta['model']}' but config.yaml names "
+                        f"'{run.model_name}'")
+    if "classes" in meta and meta["classes"].split("\n") != run.class_names:
+        problems.append(f"its classes {meta['classes'].split(chr(10))} differ from {METRICS_FILE}'s "
+                        f"{run.class_names}")
+    if not problems and not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        problems.append("it holds NaN or infinite values")
+    if problems:
+        raise RunDirError(f"head {where} does not fit this run: " + "; ".join(problems))
+    head = nn.Linear(feature_dim, n_classes)
+    with torch.no_grad():
+        head.weight.copy_(weight.float())
+        head.bias.copy_(bias.float())
+    return head.eval()
+
+
+def build_merged_backbone(run: RunFiles):
+    """The run's backbone with its LoRA adapter (if any) folded into plain base layers.
+
+    The backbone is rebuilt as training built it (``build_run_backbone``: same card, input size
+    override, weights, and the run seed for random-init backbones); the adapter is checked against
+    config.yaml, loaded with ``load_adapter``'s own checks, merged, and the LoRA wrappers removed,
+    so the module holds exactly the library's layers and key names.
+    """
+    from cytotune.adapters import (LoRAConfig, apply_lora, load_adapter, read_adapter_metadata,
+                                   remove_lora)
+    from cytotune.training.runner import build_run_backbone
+
+    backbone = build_run_backbone(run.config)
+    if run.adapter is None:
+        return backbone.eval()
+    where = str(run.adapter)
+    try:
+        meta = read_adapter_metadata(run.adapter)
+    except ValueError as err:
+        raise RunDirError(str(err)) from err
+    if meta.get("model") != run.model_name:
+        found = repr(meta["model"]) if "model" in meta else "no model name"
+        raise RunDirError(f"adapter {where} was trained on model {found} but config.yaml names "
+                          f"'{run.model_name}': the adapter belongs to another run")
+    try:
+        file_cfg = LoRAConfig.from_metadata(meta)
+    except ValueError as err:
+        raise RunDirError(f"adapter {where}: {err}") from err
+    expected = run.config.lora.resolve(backbone.card.default_lora_targets)
+    wrong = [f"{k}: config.yaml has {a!r}, adapter has {b!r}" for k, a, b in (
+        ("rank", expected.rank, file_cfg.rank), ("alpha", expected.alpha, file_cfg.alpha),
+        ("targets", sorted(expected.targets), sorted(file_cfg.targets))) if a != b]
+    if wrong:
+        raise RunDirError(f"adapter {where} does not match config.yaml: " + "; ".join(wrong))
+    try:
+        apply_lora(backbone.model, file_cfg, backbone.card.lora_targets)
+        load_adapter(run.adapter, backbone.model, expect={"model": run.model_name})
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        raise RunDirError(message if where in message else f"adapter {where}: {message}") from err
+    remove_lora(backbone.model, merge=True)
+    return backbone.eval()
