@@ -150,9 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the built-in default: offline, on CPU, generated data")
     demo.add_argument("--out", default="demo_runs", help="output folder")
     demo.add_argument("--shots", default=None, help="comma-separated shot counts (default 1,4,16)")
+    from cytotune.experiments.cli import register as register_experiments
     from cytotune.inference.cli import register as register_inference
 
     COMMANDS.update(register_inference(sub))
+    COMMANDS.update(register_experiments(sub))
     return parser
 
 
@@ -176,6 +178,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DataError, ModelError, ConfigError, RunExistsError, ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: finished runs are kept; run the same command "
+                      "again to resume")
+        return 130
 
 
 if __name__ == "__main__":

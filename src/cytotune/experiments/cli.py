@@ -1,0 +1,167 @@
+"""``cytotune sweep`` and ``cytotune report``: sub-commands for the main CLI.
+
+The main parser wires them in with::
+
+    from cytotune.experiments.cli import register
+    COMMANDS.update(register(sub))   # sub: the parser's add_subparsers() object
+
+Each command function takes the parsed namespace and returns an exit code: 0 when everything
+ran, 1 when ``sweep`` finished with failed runs (they are in the store's failures table). Bad
+input raises ConfigError / ValueError / FileNotFoundError, which the main CLI prints (code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+import yaml
+
+DEFAULT_STORE = "cytotune_results.sqlite"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _sota(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        if not sep or not key.strip():
+            raise ValueError
+        return key.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DATASET=ACCURACY (in %), got {text!r}") from None
+
+
+def _split_list(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "sweep", help="run a sweep of runs (resumable; results go to a SQLite store)",
+        description="Run every run of a sweep (YAML file or shipped experiment name) that the "
+                    "store does not hold yet. Killed or failed runs are re-run next time.")
+    p.add_argument("sweep", nargs="?", metavar="FILE_OR_NAME",
+                   help="sweep YAML file, or a shipped experiment (see --list)")
+    p.add_argument("--list", action="store_true", help="list the shipped experiments and exit")
+    p.add_argument("--store", default=DEFAULT_STORE, help=f"result store (default {DEFAULT_STORE})")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and what is done; run nothing")
+    p.add_argument("--devices", nargs="+", metavar="DEVICE",
+                   help="e.g. cuda:0 cuda:1 (one worker process per device); default: in process")
+    p.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[],
+                   metavar="KEY=VALUE",
+                   help="override a sweep option, e.g. seeds=[1] or base.optim.steps=100 (YAML value)")
+    p.add_argument("--executor", default="local", help="executor name (default: local)")
+    p.add_argument("--worker-setup", metavar="MODULE:FUNCTION",
+                   help="called once in each worker before its first run")
+    p.add_argument("--no-retry-failed", action="store_true",
+                   help="skip runs that failed before instead of retrying them")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def add_report_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "report", help="tables, figures and an HTML page from a result store",
+        description="Select the learning rate on validation accuracy per setting and seed, report "
+                    "the test metric as mean±std over seeds: Table 1 layout (CSV, Markdown), "
+                    "figures vs shots and vs data fraction, per-run CSV, one HTML page.")
+    p.add_argument("store", metavar="STORE", help="result store (SQLite file) written by `sweep`")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--metrics", nargs="+", default=["accuracy"],
+                   help="test metrics: accuracy balanced_accuracy macro_f1 auroc ece")
+    p.add_argument("--sweep", dest="sweeps", action="append", metavar="NAME",
+                   help="only this sweep (repeatable)")
+    p.add_argument("--sota", action="append", type=_sota, default=[], metavar="DATASET=ACC",
+                   help="state-of-the-art accuracy (%%) drawn on the fraction figure, e.g. "
+                        "hicervix=<HierSwin's level-3 accuracy>; no default (not in the study text)")
+    p.add_argument("--sota-label", default=None, help="legend label of the --sota line")
+    p.add_argument("--ddof", type=int, default=0, help="std over seeds: 0 population (default), 1 sample")
+    return p
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cytotune.experiments.catalog import experiment_path, list_experiments
+    from cytotune.experiments.runner import run_sweep
+    from cytotune.experiments.sweep import load_sweep
+    from cytotune.training.config import ConfigError
+
+    console = _console()
+    if args.list or not args.sweep:
+        if not args.list:
+            raise ConfigError("give a sweep file or experiment name (or --list)")
+        for name in list_experiments():
+            console.print(f"{name}  [dim]{experiment_path(name)}[/dim]")
+        return 0
+    sweep = load_sweep(args.sweep, overrides=dict(args.overrides))
+    summary = run_sweep(sweep, args.store, executor=args.executor,
+                        devices=_split_list(args.devices), dry_run=args.dry_run,
+                        progress=not args.quiet, retry_failed=not args.no_retry_failed,
+                        worker_setup=args.worker_setup, console=console)
+    if args.quiet:
+        console.print(summary.line())
+    return 1 if summary.failed or summary.not_run else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cytotune.experiments.report import DEFAULT_SOTA_LABEL, make_report
+
+    console = _console()
+    report = make_report(args.store, args.out, metrics=_split_list(args.metrics) or ["accuracy"],
+                         sweeps=args.sweeps, sota=dict(args.sota) or None,
+                         sota_label=args.sota_label or DEFAULT_SOTA_LABEL, ddof=args.ddof)
+    console.print(f"report written to [bold]{report.html}[/bold] ({len(report.tables)} tables, "
+                  f"{len(report.figures)} figures)")
+    for stem, table in list(report.tables.items())[:4]:
+        console.print(f"[bold]{stem}[/bold]")
+        console.print(table.to_string())
+    return 0
+
+
+def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add ``sweep`` and ``report`` to an ``add_subparsers()`` object; returns their handlers."""
+    add_sweep_parser(subparsers)
+    add_report_parser(subparsers)
+    return {"sweep": cmd_sweep, "report": cmd_report}
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (``python -m cytotune.experiments.cli sweep ...``) until the main CLI
+    wires these commands in."""
+    import logging
+
+    from cytotune.data import DataError
+    from cytotune.models import ModelError
+    from cytotune.training.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="cytotune", description="cytotune sweeps and reports")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = register(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    try:
+        return commands[args.command](args)
+    except (ConfigError, DataError, ModelError, ValueError, FileNotFoundError) as err:
+        _console().print(f"[red]error:[/red] {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

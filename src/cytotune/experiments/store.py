@@ -1,0 +1,371 @@
+"""The result store of sweeps: one SQLite file, one row per finished run.
+
+Why SQLite (Python's stdlib ``sqlite3``):
+
+- one file that holds every sweep's results; copy it, attach it to a report, open it in any
+  SQLite client or ``pandas.read_sql``;
+- transactional: a run's row is written whole or not at all, so a sweep killed at any moment
+  leaves a consistent store (at most the runs in flight are lost, and they are simply re-run);
+- safe for several processes writing at once: write-ahead logging (WAL) lets readers work while a
+  writer commits, and a busy timeout makes a second writer wait for the lock instead of failing;
+  two sweeps (or a sweep and a report) can share a store;
+- queryable: key fields (data set, backbone, method, shots, fraction, seed, lr) are real columns;
+- no server, no extra dependency.
+
+Parquet would need either one file per run (thousands of small files, then a merge step) or a
+rewrite of the whole file per appended run (not safe with two writers and not atomic against a
+kill). CSV/JSON-lines appends are not transactional either.
+
+Caveat: SQLite's locking needs a local file system (not NFS); on a cluster, keep the store on the
+driver's disk and let workers return results to the driver (what the executors do).
+
+Inserts are idempotent: ``INSERT OR IGNORE`` on the run id (the primary key), so a retried or
+duplicated run never adds a second row. A run that fails is recorded in a separate ``failures``
+table with its error, once per attempt; it does not count as done and is retried by the next
+``run_sweep`` unless told otherwise.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 120.0
+KEY_COLUMNS = ("dataset", "backbone", "method", "shots", "fraction", "seed", "lr")
+# Scalar metrics flattened into ``records()`` as val_<name> / test_<name> columns.
+SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "loss", "n")
+TIMING_COLUMNS = ("decode_s", "feature_extraction_s", "training_s", "evaluation_s", "total_s")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    sweep TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    method TEXT NOT NULL,
+    shots INTEGER,
+    fraction REAL,
+    seed INTEGER NOT NULL,
+    lr REAL NOT NULL,
+    val_accuracy REAL,
+    val_loss REAL,
+    test_accuracy REAL,
+    trainable_params INTEGER,
+    config_json TEXT NOT NULL,
+    metrics_json TEXT NOT NULL,
+    timings_json TEXT NOT NULL,
+    trainable_json TEXT NOT NULL,
+    out_dir TEXT,
+    device TEXT,
+    worker TEXT,
+    finished_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_key ON runs (sweep, dataset, backbone, method, shots, fraction);
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    sweep TEXT NOT NULL,
+    dataset TEXT,
+    backbone TEXT,
+    method TEXT,
+    shots INTEGER,
+    fraction REAL,
+    seed INTEGER,
+    lr REAL,
+    error TEXT NOT NULL,
+    traceback TEXT,
+    config_json TEXT,
+    device TEXT,
+    worker TEXT,
+    failed_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS failures_by_run ON failures (run_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_RUN_COLUMNS = ("run_id", "sweep", *KEY_COLUMNS, "val_accuracy", "val_loss", "test_accuracy",
+                "trainable_params", "config_json", "metrics_json", "timings_json",
+                "trainable_json", "out_dir", "device", "worker", "finished_at")
+_FAILURE_COLUMNS = ("run_id", "sweep", *KEY_COLUMNS, "error", "traceback", "config_json",
+                    "device", "worker", "failed_at")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json(value: Any) -> str:
+    # NaN (e.g. an undefined AUROC) is kept: Python's json reads it back
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _num(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+class ResultStore:
+    """Runs of any number of sweeps in one SQLite file (created on first use).
+
+    Every method opens its own short-lived connection, so a store object can be shared by
+    threads, pickled to worker processes, and used by several processes at once.
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = BUSY_TIMEOUT_S):
+        self.path = Path(path).expanduser()
+        self.timeout = float(timeout)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.executescript(_SCHEMA)
+            con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),))
+        version = self._meta("schema_version")
+        if version is not None and int(version) > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: store schema {version} is newer than this cytotune "
+                               f"supports ({SCHEMA_VERSION}); upgrade cytotune")
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.path)!r})"
+
+    def __getstate__(self):
+        return {"path": self.path, "timeout": self.timeout}
+
+    def __setstate__(self, state):
+        self.path, self.timeout = state["path"], state["timeout"]
+
+    # ---- connection ---------------------------------------------------------------------------
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            self._set_wal(con)
+            con.execute("PRAGMA synchronous = NORMAL")
+            yield con
+        finally:
+            con.close()
+
+    def _set_wal(self, con: sqlite3.Connection) -> None:
+        # switching the journal mode needs a moment of exclusive access: retry while busy
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                con.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")  # take the write lock now (waits up to the timeout)
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def _meta(self, key: str) -> Optional[str]:
+        with self._connect() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # ---- writing ------------------------------------------------------------------------------
+    def insert(self, record: Mapping[str, Any]) -> bool:
+        """Add a finished run (a record from :func:`make_record`); False if its id is present."""
+        return self.insert_many([record]) == 1
+
+    def insert_many(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Add finished runs in one transaction; returns how many were new."""
+        rows = [self._run_row(r) for r in records]
+        if not rows:
+            return 0
+        placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
+        with self._transaction() as con:
+            before = con.total_changes
+            con.executemany(f"INSERT OR IGNORE INTO runs ({', '.join(_RUN_COLUMNS)}) "
+                            f"VALUES ({placeholders})", rows)
+            return con.total_changes - before
+
+    def record_failure(self, run: Mapping[str, Any], error: str, traceback: Optional[str] = None,
+                       *, device: Optional[str] = None, worker: Optional[str] = None) -> None:
+        """Record a failed attempt of a run (``run`` holds its key fields and optionally
+        ``config``)."""
+        row = (run["run_id"], run["sweep"], *(run.get(k) for k in KEY_COLUMNS), str(error),
+               traceback, _json(run["config"]) if run.get("config") is not None else None,
+               device, worker, utc_now())
+        placeholders = ", ".join("?" for _ in _FAILURE_COLUMNS)
+        with self._transaction() as con:
+            con.execute(f"INSERT INTO failures ({', '.join(_FAILURE_COLUMNS)}) "
+                        f"VALUES ({placeholders})", row)
+
+    @staticmethod
+    def _run_row(record: Mapping[str, Any]) -> tuple:
+        metrics = record["metrics"]
+        val, test = metrics.get("val", {}), metrics.get("test", {})
+        trainable = record.get("trainable_parameters") or {}
+        shots = record.get("shots")
+        fraction = record.get("fraction")
+        values = {
+            "run_id": record["run_id"], "sweep": record["sweep"], "dataset": record["dataset"],
+            "backbone": record["backbone"], "method": record["method"],
+            "shots": None if shots is None else int(shots),
+            "fraction": None if fraction is None else float(fraction),
+            "seed": int(record["seed"]), "lr": float(record["lr"]),
+            "val_accuracy": _num(val.get("accuracy")), "val_loss": _num(val.get("loss")),
+            "test_accuracy": _num(test.get("accuracy")),
+            "trainable_params": trainable.get("total"),
+            "config_json": _json(record["config"]), "metrics_json": _json(metrics),
+            "timings_json": _json(record.get("timings") or {}),
+            "trainable_json": _json(trainable), "out_dir": record.get("out_dir"),
+            "device": record.get("device"), "worker": record.get("worker"),
+            "finished_at": record.get("finished_at") or utc_now(),
+        }
+        return tuple(values[c] for c in _RUN_COLUMNS)
+
+    # ---- reading ------------------------------------------------------------------------------
+    def done_ids(self, sweep: Optional[str] = None) -> set[str]:
+        """Ids of the finished runs (of one sweep, or all)."""
+        query, args = "SELECT run_id FROM runs", ()
+        if sweep is not None:
+            query, args = query + " WHERE sweep = ?", (sweep,)
+        with self._connect() as con:
+            return {row[0] for row in con.execute(query, args)}
+
+    def failed_ids(self, sweep: Optional[str] = None, *, include_done: bool = False) -> set[str]:
+        """Ids of runs with a recorded failure (by default only those not finished since)."""
+        query = "SELECT DISTINCT run_id FROM failures"
+        if not include_done:
+            query += " WHERE run_id NOT IN (SELECT run_id FROM runs)"
+        args: tuple = ()
+        if sweep is not None:
+            query += (" AND" if not include_done else " WHERE") + " sweep = ?"
+            args = (sweep,)
+        with self._connect() as con:
+            return {row[0] for row in con.execute(query, args)}
+
+    def __len__(self) -> int:
+        with self._connect() as con:
+            return int(con.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    def __contains__(self, run_id: object) -> bool:
+        with self._connect() as con:
+            return con.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
+
+    def sweeps(self) -> list[str]:
+        with self._connect() as con:
+            return [r[0] for r in con.execute("SELECT DISTINCT sweep FROM runs ORDER BY rowid")]
+
+    def get(self, run_id: str) -> Optional[dict[str, Any]]:
+        """One finished run as a record (config, metrics, timings decoded), or None."""
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            row = con.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        for name in ("config", "metrics", "timings", "trainable"):
+            out[name if name != "trainable" else "trainable_parameters"] = json.loads(
+                out.pop(f"{name}_json"))
+        return out
+
+    def records(self, sweep: Optional[str] = None, *, full: bool = False) -> pd.DataFrame:
+        """One row per finished run, in insertion order: key fields, ``val_*`` and ``test_*``
+        scalar metrics, timings, trainable parameters; ``full`` adds the JSON columns
+        (``config_json``, ``metrics_json``, ...)."""
+        query, args = "SELECT rowid AS _order, * FROM runs", ()
+        if sweep is not None:
+            query, args = query + " WHERE sweep = ?", (sweep,)
+        with self._connect() as con:
+            raw = pd.read_sql_query(query + " ORDER BY rowid", con, params=args)
+        return _flatten(raw, full)
+
+    def failures(self, sweep: Optional[str] = None) -> pd.DataFrame:
+        """Every recorded failed attempt, oldest first, with a ``resolved`` column (the run has
+        finished since)."""
+        query = ("SELECT f.*, (f.run_id IN (SELECT run_id FROM runs)) AS resolved "
+                 "FROM failures f")
+        args: tuple = ()
+        if sweep is not None:
+            query, args = query + " WHERE f.sweep = ?", (sweep,)
+        with self._connect() as con:
+            frame = pd.read_sql_query(query + " ORDER BY f.id", con, params=args)
+        frame["resolved"] = frame["resolved"].astype(bool)
+        frame["shots"] = frame["shots"].astype("Int64")
+        return frame
+
+
+def _flatten(raw: pd.DataFrame, full: bool) -> pd.DataFrame:
+    columns = ["run_id", "sweep", *KEY_COLUMNS]
+    frame = raw[columns].copy()
+    frame["shots"] = frame["shots"].astype("Int64")
+    frame["fraction"] = frame["fraction"].astype(float)
+    metrics = [json.loads(m) for m in raw["metrics_json"]]
+    timings = [json.loads(t) for t in raw["timings_json"]]
+    for split in ("val", "test"):
+        for name in SCALAR_METRICS:
+            frame[f"{split}_{name}"] = pd.Series(
+                [_num(m.get(split, {}).get(name)) for m in metrics], dtype=object).astype(float)
+    frame["val_loss"] = raw["val_loss"].astype(float)  # the column is the source of truth
+    extra_timings = sorted({k for t in timings for k in t} - set(TIMING_COLUMNS))
+    for name in (*TIMING_COLUMNS, *extra_timings):
+        frame[name] = pd.Series([_num(t.get(name)) for t in timings], dtype=object).astype(float)
+    frame["trainable_params"] = raw["trainable_params"].astype("Int64")
+    for name in ("out_dir", "device", "worker", "finished_at"):
+        frame[name] = raw[name]
+    if full:
+        for name in ("config_json", "metrics_json", "timings_json", "trainable_json"):
+            frame[name] = raw[name]
+    return frame.reset_index(drop=True)
+
+
+def make_record(run: Mapping[str, Any], result: Any, *, device: Optional[str] = None,
+                worker: Optional[str] = None) -> dict[str, Any]:
+    """A store record (plain, JSON-able, picklable) from a run's key fields and its RunResult.
+
+    The validation loss of the kept step (from the run's validation history) is added to the
+    validation metrics as ``loss``: lr selection uses it to break ties in validation accuracy.
+    """
+    metrics = json.loads(json.dumps(result.metrics, default=_plain))
+    history = list(result.history or [])
+    best = metrics.get("best_step")
+    val_loss = next((h.get("val_loss") for h in history if h.get("step") == best), None)
+    if val_loss is None and history:
+        val_loss = history[-1].get("val_loss")
+    if val_loss is not None and "loss" not in metrics.get("val", {}):
+        metrics.setdefault("val", {})["loss"] = float(val_loss)
+    return {
+        **{k: run.get(k) for k in ("run_id", "sweep", *KEY_COLUMNS)},
+        "config": result.config.to_dict(),
+        "metrics": metrics,
+        "timings": {k: float(v) for k, v in result.timings.items()},
+        "trainable_parameters": {k: int(v) for k, v in result.trainable_parameters.items()},
+        "out_dir": str(result.out_dir) if result.out_dir else None,
+        "device": device,
+        "worker": worker,
+        "finished_at": utc_now(),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

@@ -1,0 +1,593 @@
+"""A sweep: a grid of training runs described once in YAML, expanded into a fixed list of runs.
+
+    name: experiment2_lora_fewshot
+    datasets:                       # name -> where and how to read it
+      mlcc: {source: "${CYTOTUNE_MLCC}", layout: mlcc}
+      hicervix: {source: "${CYTOTUNE_HICERVIX}", layout: hicervix, options: {level: 3}}
+    backbones: [clip-vit-b16, uni]  # model card names
+    method: lora                    # or a list of methods
+    shots: [1, 2, 4, all]           # k images per class ("all": the whole training split) ...
+    # fractions: [5, 10, 100]       # ... or percentages of the training split
+    seeds: [1, 2, 3]
+    lrs: [1e-4, 1e-3]               # or per method: {linear: [...], lora: [...]}
+    base:                           # a partial TrainConfig shared by every run
+      lora: {rank: 2, targets: [q, v]}
+      optim: {batch_size: 32}
+      cache_dir: "${CYTOTUNE_CACHE:-.cytotune_cache}"
+      out: "runs/{sweep}/{run_id}"  # optional run directories; the result store is the truth
+
+Strings in ``datasets`` and ``base`` may name environment variables as ``${NAME}`` or
+``${NAME:-default}``; a variable that is unset (and has no default) is a :class:`ConfigError`
+naming it. A data set entry may carry ``generate: {n_per_class, image_size, seed, classes}``:
+the sweep then draws cytotune's synthetic cytology-like set into ``source`` when that folder does
+not exist yet (demos and tests that must run offline).
+
+Runs are ordered by (data set, backbone), then method, sample size, seed and learning rate, so
+linear-probe runs that share frozen features run back to back and reuse the feature cache.
+
+Each run has a stable id: a hash of what determines its result, namely the sweep name, the data
+set name and the resolved TrainConfig (data sources expanded and made absolute) without the
+fields that only say where or how it executes (``out``, ``device``, ``cache_dir``,
+``num_workers``, ``overwrite``: the device a parallel worker is given must not change the id).
+Options equal to TrainConfig's defaults are left out of the hash, so an option added to
+TrainConfig later (with a default) keeps every existing id. The data path is part of the id on
+purpose: the same sweep file pointed (through its environment variables) at another data set
+must not find the first data set's results and call itself done.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import yaml
+
+from cytotune.training.config import ConfigError, TrainConfig, _coerce, _from_dict
+
+ShotsValue = Optional[int]  # None: all of the training split
+
+# TrainConfig fields that say where or how a run executes, not what it computes.
+EXECUTION_FIELDS = ("out", "device", "cache_dir", "num_workers", "overwrite")
+# Placeholders allowed in ``base.out``.
+OUT_PLACEHOLDERS = ("sweep", "run_id", "dataset", "backbone", "method", "sample", "shots",
+                    "fraction", "seed", "lr")
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([^{}]*)\}")
+
+
+def expand_env(value: str, option: str, environ: Optional[Mapping[str, str]] = None) -> str:
+    """``value`` with ``${NAME}`` / ``${NAME:-default}`` replaced from the environment."""
+    env = os.environ if environ is None else environ
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{option}: environment variable {name} is not set "
+                          f"(it should point to the data set or folder this option names)")
+
+    return _ENV.sub(replace, value)
+
+
+def _expand_tree(value: Any, option: str, environ) -> Any:
+    if isinstance(value, str):
+        return expand_env(value, option, environ)
+    if isinstance(value, dict):
+        return {k: _expand_tree(v, f"{option}.{k}", environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_tree(v, f"{option}[{i}]", environ) for i, v in enumerate(value)]
+    return value
+
+
+@dataclass
+class GenerateSpec:
+    """Draw cytotune's synthetic data set into the data set's ``source`` if it is missing."""
+
+    n_per_class: int = 40
+    image_size: int = 64
+    seed: int = 0
+    classes: Optional[tuple[str, ...]] = None  # None: the generator's four default classes
+
+
+@dataclass
+class DatasetSpec:
+    """One data set of a sweep; fields left None take the value of ``base.data``."""
+
+    source: str = ""  # as written (may hold ${VARIABLES}); ``resolved_source`` is the path used
+    layout: Optional[str] = None
+    options: dict[str, Any] = field(default_factory=dict)
+    split_seed: Optional[int] = None
+    val_fraction: Optional[float] = None
+    test_fraction: Optional[float] = None
+    skip_bad_images: Optional[bool] = None
+    generate: Optional[GenerateSpec] = None
+    resolved_source: str = field(default="", init=False, compare=False)
+
+    def data_overrides(self) -> dict[str, Any]:
+        values: dict[str, Any] = {"source": self.resolved_source, "layout": self.layout,
+                                  "options": copy.deepcopy(self.options)}
+        for name in ("split_seed", "val_fraction", "test_fraction", "skip_bad_images"):
+            if getattr(self, name) is not None:
+                values[name] = getattr(self, name)
+        return values
+
+
+@dataclass
+class PlannedRun:
+    """One run of a sweep: its key fields, its full TrainConfig and its stable id."""
+
+    run_id: str
+    sweep: str
+    dataset: str
+    backbone: str
+    method: str
+    shots: Optional[int]
+    fraction: Optional[float]
+    seed: int
+    lr: float
+    config: TrainConfig
+
+    @property
+    def sample(self) -> str:
+        """'4shot', 'frac25' or 'all'."""
+        if self.shots is not None:
+            return f"{self.shots}shot"
+        if self.fraction is not None:
+            return f"frac{self.fraction:g}"
+        return "all"
+
+    def key_fields(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "sweep": self.sweep, "dataset": self.dataset,
+                "backbone": self.backbone, "method": self.method, "shots": self.shots,
+                "fraction": self.fraction, "seed": self.seed, "lr": self.lr}
+
+    def describe(self) -> str:
+        return (f"{self.dataset} {self.backbone} {self.method} {self.sample} seed={self.seed} "
+                f"lr={self.lr:g}")
+
+
+@dataclass
+class SweepConfig:
+    """A grid of runs; see the module docstring for the YAML form."""
+
+    name: str
+    datasets: dict[str, DatasetSpec]
+    backbones: list[str]
+    method: list[str] = field(default_factory=lambda: ["linear"])
+    shots: Optional[list[ShotsValue]] = None  # None (and no fractions): one "all data" sample
+    fractions: Optional[list[float]] = None
+    seeds: list[int] = field(default_factory=lambda: [1])
+    lrs: Optional[Union[list[float], dict[str, list[float]]]] = None  # None: base.optim.lr
+    base: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source_path: Optional[str] = field(default=None, compare=False)
+
+    # ---- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, environ: Optional[Mapping[str, str]] = None,
+                  check_models: bool = True) -> "SweepConfig":
+        return _parse_sweep(values, environ, check_models)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, environ: Optional[Mapping[str, str]] = None,
+                  check_models: bool = True) -> "SweepConfig":
+        path = Path(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        try:
+            sweep = _parse_sweep(values, environ, check_models)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        sweep.source_path = str(path)
+        return sweep
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sweep as written (data sources unexpanded), loadable again with ``from_dict``."""
+        datasets = {}
+        for name, spec in self.datasets.items():
+            entry = {k: v for k, v in dataclasses.asdict(spec).items()
+                     if k != "resolved_source" and v not in (None, {})}
+            if entry.get("generate") and entry["generate"].get("classes") is not None:
+                entry["generate"]["classes"] = list(entry["generate"]["classes"])
+            datasets[name] = entry
+        out: dict[str, Any] = {"name": self.name, "datasets": datasets,
+                               "backbones": list(self.backbones), "method": list(self.method)}
+        if self.shots is not None:
+            out["shots"] = ["all" if s is None else s for s in self.shots]
+        if self.fractions is not None:
+            out["fractions"] = list(self.fractions)
+        out["seeds"] = list(self.seeds)
+        if self.lrs is not None:
+            out["lrs"] = copy.deepcopy(self.lrs)
+        out["base"] = copy.deepcopy(self.base)
+        if self.description:
+            out["description"] = self.description
+        return out
+
+    # ---- expansion ----------------------------------------------------------------------------
+    def samples(self) -> list[tuple[Optional[int], Optional[float]]]:
+        """(shots, fraction) pairs in order; (None, None) is all of the training split."""
+        if self.fractions is not None:
+            return [(None, f) for f in self.fractions]
+        if self.shots is not None:
+            return [(s, None) for s in self.shots]
+        return [(None, None)]
+
+    def lrs_for(self, method: str) -> list[float]:
+        if self.lrs is None:
+            return [float(TrainConfig.from_dict(self.base).optim.lr)]
+        if isinstance(self.lrs, dict):
+            return list(self.lrs[method])
+        return list(self.lrs)
+
+    def runs(self) -> list[PlannedRun]:
+        """Every run of the sweep, in execution order, each with its resolved TrainConfig."""
+        out_pattern = self.base.get("out")
+        runs: list[PlannedRun] = []
+        seen: dict[str, str] = {}
+        for dataset_name, spec in self.datasets.items():
+            for backbone in self.backbones:
+                for method in self.method:
+                    template = self._template(dataset_name, spec, backbone, method)
+                    for shots, frac in self.samples():
+                        for seed in self.seeds:
+                            for lr in self.lrs_for(method):
+                                run = self._plan(template, dataset_name, spec, shots, frac, seed,
+                                                 lr, out_pattern)
+                                if run.run_id in seen:
+                                    raise ConfigError(f"runs {seen[run.run_id]} and "
+                                                      f"{run.describe()} are the same run "
+                                                      f"(repeated values in the grid?)")
+                                seen[run.run_id] = run.describe()
+                                runs.append(run)
+        return runs
+
+    def _template(self, dataset_name: str, spec: DatasetSpec, backbone: str,
+                  method: str) -> TrainConfig:
+        """The TrainConfig shared by the runs of one (data set, backbone, method)."""
+        values = copy.deepcopy(self.base)
+        values.pop("out", None)
+        values["data"] = {**values.get("data", {}), **spec.data_overrides()}
+        values["model"] = {**values.get("model", {}), "name": backbone}
+        values["method"] = method
+        try:
+            return TrainConfig.from_dict(values)
+        except ConfigError as err:
+            raise ConfigError(f"run {dataset_name}/{backbone}/{method}: {err}") from None
+
+    def _plan(self, template: TrainConfig, dataset_name: str, spec: DatasetSpec,
+              shots: Optional[int], frac: Optional[float], seed: int, lr: float,
+              out_pattern: Optional[str]) -> PlannedRun:
+        config = copy.deepcopy(template)  # the grid values below are already type-checked
+        config.shots, config.fraction, config.seed = shots, frac, int(seed)
+        config.optim.lr = float(lr)
+        try:
+            config.validate()
+        except ConfigError as err:
+            raise ConfigError(f"run {dataset_name}/{config.model.name}/{config.method}: "
+                              f"{err}") from None
+        run_id = compute_run_id(self.name, dataset_name, spec, config)
+        run = PlannedRun(run_id=run_id, sweep=self.name, dataset=dataset_name,
+                         backbone=config.model.name, method=config.method, shots=shots,
+                         fraction=frac, seed=int(seed), lr=float(lr), config=config)
+        if out_pattern:
+            config.out = format_out(out_pattern, run)
+            config.overwrite = True  # a directory left by a run the store lacks is stale
+        return run
+
+
+_DEFAULTS: Optional[dict[str, Any]] = None
+
+
+def _default_values() -> dict[str, Any]:
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = TrainConfig().to_dict()
+    return _DEFAULTS
+
+
+def compute_run_id(sweep: str, dataset: str, spec: DatasetSpec, config: TrainConfig) -> str:
+    """Stable id of a run (see the module docstring for what it covers)."""
+    values = config.to_dict()
+    for name in EXECUTION_FIELDS:
+        values.pop(name, None)
+    defaults = _default_values()
+    identity = {"sweep": sweep, "dataset": dataset, "config": _prune_defaults(values, defaults)}
+    if spec.generate is not None:
+        identity["generate"] = dataclasses.asdict(spec.generate)
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _prune_defaults(values: Any, defaults: Any) -> Any:
+    if isinstance(values, dict) and isinstance(defaults, dict):
+        out = {}
+        for key, value in values.items():
+            if key in defaults:
+                if isinstance(value, dict) and isinstance(defaults[key], dict) and value:
+                    pruned = _prune_defaults(value, defaults[key])
+                    if pruned:
+                        out[key] = pruned
+                    continue
+                if value == defaults[key]:
+                    continue
+            out[key] = value
+        return out
+    return values
+
+
+def format_out(pattern: str, run: PlannedRun) -> str:
+    """``base.out`` with its ``{placeholders}`` filled for ``run``."""
+    values = {"sweep": run.sweep, "run_id": run.run_id, "dataset": run.dataset,
+              "backbone": run.backbone.replace(":", "_").replace("/", "_"), "method": run.method,
+              "sample": run.sample, "shots": "all" if run.shots is None else run.shots,
+              "fraction": "" if run.fraction is None else f"{run.fraction:g}", "seed": run.seed,
+              "lr": f"{run.lr:g}"}
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), pattern)
+
+
+# ---- parsing --------------------------------------------------------------------------------
+_SWEEP_KEYS = ("name", "description", "datasets", "backbones", "method", "shots", "fractions",
+               "seeds", "lrs", "base")
+
+
+def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"a sweep is a mapping at the top level, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(_SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(_SWEEP_KEYS))}")
+    for required in ("name", "datasets", "backbones"):
+        if values.get(required) in (None, "", [], {}):
+            raise ConfigError(f"{required} is required")
+    name = _coerce(str, values["name"], "name")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"name: {name!r} must be letters, digits, '_', '.' or '-'")
+    description = _coerce(str, values.get("description") or "", "description")
+    datasets = _parse_datasets(values["datasets"], environ)
+    backbones = _string_list(values["backbones"], "backbones")
+    methods = _parse_methods(values.get("method", "linear"))
+    shots = _parse_shots(values["shots"]) if values.get("shots") is not None else None
+    fractions = (_parse_fractions(values["fractions"]) if values.get("fractions") is not None
+                 else None)
+    if shots is not None and fractions is not None:
+        raise ConfigError("give either shots or fractions, not both")
+    seeds = _coerce(list[int], values.get("seeds", [1]), "seeds")
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    _no_repeats(seeds, "seeds")
+    base = _parse_base(values.get("base") or {}, environ)
+    lrs = _parse_lrs(values.get("lrs"), methods)
+    if check_models:
+        _check_models(backbones)
+    sweep = SweepConfig(name=name, datasets=datasets, backbones=backbones, method=methods,
+                        shots=shots, fractions=fractions, seeds=seeds, lrs=lrs, base=base,
+                        description=description)
+    sweep.runs()  # every run must be a valid TrainConfig: fail at load, not mid-sweep
+    return sweep
+
+
+def _string_list(value: Any, option: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    items = _coerce(list[str], value, option)
+    if not items:
+        raise ConfigError(f"{option}: give at least one")
+    _no_repeats(items, option)
+    return items
+
+
+def _no_repeats(items: Iterable, option: str) -> None:
+    items = list(items)
+    repeated = sorted({str(x) for x in items if items.count(x) > 1})
+    if repeated:
+        raise ConfigError(f"{option}: repeated value(s) {', '.join(repeated)}")
+
+
+def _parse_datasets(value: Any, environ) -> dict[str, DatasetSpec]:
+    from cytotune.data import LAYOUTS
+
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError("datasets: expected a mapping of name -> {source, layout, options}")
+    out = {}
+    for name, entry in value.items():
+        option = f"datasets.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"{option}: data set names are letters, digits, '_', '.' or '-'")
+        if isinstance(entry, str):  # shorthand: name: path
+            entry = {"source": entry}
+        spec = _from_dict(DatasetSpec, entry, option + ".")
+        if not spec.source:
+            raise ConfigError(f"{option}.source is required")
+        if spec.layout is not None and spec.layout.lower() not in LAYOUTS:
+            raise ConfigError(f"{option}.layout: unknown layout {spec.layout!r}; known: "
+                              f"{', '.join(sorted(LAYOUTS))}")
+        expanded = expand_env(spec.source, f"{option}.source", environ)
+        spec.resolved_source = str(Path(expanded).expanduser().resolve())
+        spec.options = _expand_tree(spec.options, f"{option}.options", environ)
+        out[name] = spec
+    return out
+
+
+def _parse_methods(value: Any) -> list[str]:
+    from cytotune.training.methods import METHODS
+
+    methods = _string_list(value, "method")
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"method: unknown method {m!r}; known: {', '.join(METHODS)}")
+    return methods
+
+
+def _parse_shots(value: Any) -> list[ShotsValue]:
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        value = [v.strip() for v in value.split(",")] if isinstance(value, str) else [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"shots: expected a list of whole numbers and/or 'all', got {value!r}")
+    out: list[ShotsValue] = []
+    for i, item in enumerate(value):
+        if isinstance(item, str) and item.strip().lower() == "all":
+            out.append(None)
+            continue
+        if isinstance(item, str) and item.strip().isdigit():
+            item = int(item)
+        if not isinstance(item, int) or isinstance(item, bool) or item < 1:
+            raise ConfigError(f"shots[{i}]: expected a whole number >= 1 or 'all', got {item!r}")
+        out.append(item)
+    _no_repeats(out, "shots")
+    return out
+
+
+def _parse_fractions(value: Any) -> list[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    fractions = _coerce(list[float], value, "fractions")
+    if not fractions:
+        raise ConfigError("fractions: give at least one percentage")
+    for i, f in enumerate(fractions):
+        if not 0 < f <= 100:
+            raise ConfigError(f"fractions[{i}]: a percentage in (0, 100], got {f:g}")
+    _no_repeats(fractions, "fractions")
+    return fractions
+
+
+def _parse_lrs(value: Any, methods: list[str]) -> Optional[Union[list[float], dict[str, list[float]]]]:
+    if value is None:
+        return None
+
+    def grid(v: Any, option: str) -> list[float]:
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            v = [v]
+        lrs = _coerce(list[float], v, option)
+        if not lrs:
+            raise ConfigError(f"{option}: give at least one learning rate")
+        for i, lr in enumerate(lrs):
+            if not lr > 0:
+                raise ConfigError(f"{option}[{i}]: learning rates are > 0, got {lr:g}")
+        _no_repeats(lrs, option)
+        return lrs
+
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(methods))
+        if unknown:
+            raise ConfigError(f"lrs: grid for method(s) {', '.join(map(str, unknown))} that the "
+                              f"sweep does not run ({', '.join(methods)})")
+        missing = [m for m in methods if m not in value]
+        if missing:
+            raise ConfigError(f"lrs: no learning rates for method(s) {', '.join(missing)}")
+        return {m: grid(value[m], f"lrs.{m}") for m in methods}
+    return grid(value, "lrs")
+
+
+def _parse_base(value: Any, environ) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"base: expected a mapping (a partial TrainConfig), got {value!r}")
+    base = _expand_tree(copy.deepcopy(dict(value)), "base", environ)
+    grid_owned = {"method": "method", "shots": "shots", "fraction": "fractions", "seed": "seeds"}
+    for owned, top_level in grid_owned.items():
+        if owned in base:
+            raise ConfigError(f"base.{owned}: set by the sweep grid; use the top-level "
+                              f"'{top_level}' option")
+    for section, owned, top_level in (("model", "name", "backbones"), ("data", "source", "datasets")):
+        if isinstance(base.get(section), Mapping) and owned in base[section]:
+            raise ConfigError(f"base.{section}.{owned}: set by the sweep grid; use the top-level "
+                              f"'{top_level}' option")
+    # type-check every option now, with its full name
+    check = {k: v for k, v in base.items() if k != "out"}
+    _from_dict(TrainConfig, check, "base.")
+    out = base.get("out")
+    if out is not None:
+        if not isinstance(out, str):
+            raise ConfigError(f"base.out: expected a path pattern, got {out!r}")
+        for placeholder in _PLACEHOLDER.findall(out):
+            if placeholder not in OUT_PLACEHOLDERS:
+                raise ConfigError(f"base.out: unknown placeholder {{{placeholder}}}; known: "
+                                  f"{', '.join('{' + p + '}' for p in OUT_PLACEHOLDERS)}")
+        if "{run_id}" not in out:
+            raise ConfigError("base.out: the pattern must contain {run_id} so runs do not share "
+                              "a directory")
+    return base
+
+
+def _check_models(backbones: list[str]) -> None:
+    from cytotune.models import get_card
+    from cytotune.models.errors import UnknownModelError
+
+    for i, name in enumerate(backbones):
+        if ":" in name:  # '<family>:<model>' cards are built on first use
+            continue
+        try:
+            get_card(name)
+        except UnknownModelError as err:
+            raise ConfigError(f"backbones[{i}]: {err}") from None
+
+
+def load_sweep(sweep: "SweepConfig | Mapping[str, Any] | str | Path", *,
+               overrides: Optional[Mapping[str, Any]] = None,
+               environ: Optional[Mapping[str, str]] = None,
+               check_models: bool = True) -> SweepConfig:
+    """A sweep from a SweepConfig, a dict, a YAML path, or the name of a shipped experiment
+    (see :func:`cytotune.experiments.list_experiments`).
+
+    ``overrides`` maps dotted option paths to values applied before validation, e.g.
+    ``{"base.optim.steps": 10, "seeds": [1]}``.
+    """
+    from cytotune.experiments.catalog import experiment_path, list_experiments
+
+    source_path = None
+    if isinstance(sweep, SweepConfig):
+        if not overrides:
+            return sweep
+        values: Any = sweep.to_dict()
+        source_path = sweep.source_path
+    elif isinstance(sweep, Mapping):
+        values = copy.deepcopy(dict(sweep))
+    elif isinstance(sweep, (str, Path)):
+        path = Path(sweep)
+        if not path.exists() and isinstance(sweep, str) and sweep in list_experiments():
+            path = experiment_path(sweep)
+        if not path.exists():
+            raise ConfigError(f"sweep {str(sweep)!r} is neither a file nor a shipped experiment "
+                              f"({', '.join(list_experiments())})")
+        if not overrides:
+            return SweepConfig.from_yaml(path, environ=environ, check_models=check_models)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        source_path = str(path)
+    else:
+        raise ConfigError(f"a sweep is a SweepConfig, dict, YAML path or experiment name, got "
+                          f"{type(sweep).__name__}")
+    for key, value in (overrides or {}).items():
+        apply_override(values, key, value)
+    try:
+        result = SweepConfig.from_dict(values, environ=environ, check_models=check_models)
+    except ConfigError as err:
+        raise ConfigError(f"{source_path}: {err}" if source_path else str(err)) from None
+    result.source_path = source_path
+    return result
+
+
+def apply_override(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted option ``key`` (e.g. ``base.optim.steps``) in a sweep dict."""
+    parts = key.split(".")
+    node = values
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value

@@ -1,0 +1,41 @@
+"""Worker set-up hooks for the multi-process sweep tests (imported by name in spawned workers,
+which do not inherit the test process's registered model cards)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def register_tiny_cards() -> None:
+    """Register the tiny random-init cards the tests use and leave a marker per worker."""
+    from cytotune.models import register_card, tiny_card
+
+    names = os.environ.get("CYTOTUNE_TEST_TINY_CARDS", "clip-vit-b16,uni").split(",")
+    for name in names:
+        register_card(tiny_card(name), replace=True)
+    marks = os.environ.get("CYTOTUNE_TEST_HOOK_DIR")
+    if marks:
+        (Path(marks) / f"worker-{os.getpid()}").write_text("set up")
+
+
+def register_tiny_cards_and_die_once() -> None:
+    """As register_tiny_cards, and the first run with seed 3 (in any worker) kills its worker
+    process, as a segfault or the OOM killer would."""
+    register_tiny_cards()
+    import cytotune.training.runner as runner
+
+    original = runner.run_training
+    flag = Path(os.environ["CYTOTUNE_TEST_HOOK_DIR"]) / "died"
+
+    def run_training(config):
+        if config.seed == 3:
+            try:
+                fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.close(fd)
+                os._exit(17)
+        return original(config)
+
+    runner.run_training = run_training

@@ -1,0 +1,253 @@
+"""Sweeps end to end on CPU: killed and resumed, failures recorded, parallel workers, the CLI."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cytotune.experiments import ResultStore, load_sweep, make_report, run_sweep
+from cytotune.experiments.cli import main as cli_main
+from cytotune.experiments.cli import register
+from experiments_helpers import FAST_BASE, small_sweep
+
+HERE = Path(__file__).resolve().parent
+
+# The sweep in a separate process: registers the tiny cards (they live in the test process
+# only), slows each run a little so the test can kill it half-way, then runs the sweep.
+CHILD = textwrap.dedent("""
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    from cytotune.models import register_card, tiny_card
+    for name in ("clip-vit-b16", "uni"):
+        register_card(tiny_card(name), replace=True)
+    import cytotune.training.runner as runner
+    original = runner.run_training
+    def slow(config):
+        time.sleep(0.25)
+        return original(config)
+    runner.run_training = slow
+    from cytotune.experiments import run_sweep
+    run_sweep(sys.argv[1], sys.argv[2], progress=False)
+""")
+
+
+def _expected_table(records, datasets, backbones, shots):
+    """Table 1 cells recomputed from the store's records with plain Python: per seed the lr with
+    the best validation accuracy (ties: lower validation loss, then smaller lr), its test
+    accuracy, then mean and population std over seeds, in percent."""
+    cells = {}
+    for dataset in datasets:
+        for backbone in backbones:
+            rows = records[(records["dataset"] == dataset) & (records["backbone"] == backbone)
+                           & (records["shots"] == shots)]
+            chosen = []
+            for seed, group in rows.groupby("seed"):
+                best = min(group.itertuples(), key=lambda r: (
+                    -r.val_accuracy, r.val_loss if not np.isnan(r.val_loss) else np.inf, r.lr))
+                chosen.append(best.test_accuracy * 100)
+            cells[(dataset, backbone)] = (float(np.mean(chosen)), float(np.std(chosen)))
+    return cells
+
+
+def test_sweep_killed_midway_resumes_without_duplicates_and_reports_the_store(
+        synthetic_data, second_data, tiny_model_names, tmp_path):
+    backbones = [tiny_model_names["clip-vit-b16"], tiny_model_names["uni"]]
+    values = small_sweep("e2e", {"gen4": synthetic_data, "gen3": second_data}, backbones,
+                         tmp_path / "cache")
+    values["base"]["out"] = str(tmp_path / "runs" / "{dataset}" / "{run_id}")
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(values, sort_keys=False))
+    planned = [r.run_id for r in load_sweep(sweep_file).runs()]
+    assert len(planned) == 2 * 2 * 2 * 2 * 2 and len(set(planned)) == 32
+    store_path = tmp_path / "results.sqlite"
+
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(sweep_file), str(store_path)],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 150
+        while not store_path.exists() or len(ResultStore(store_path)) < 6:
+            assert child.poll() is None, child.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the sweep made no progress"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)  # no clean-up of any kind
+    finally:
+        child.kill()
+        child.wait()
+    store = ResultStore(store_path)
+    before = store.records()
+    done_before = set(before["run_id"])
+    assert 6 <= len(done_before) < 32
+
+    summary = run_sweep(sweep_file, store_path, progress=False)
+    assert summary.already_done == len(done_before)
+    assert set(summary.completed) == set(planned) - done_before
+    assert summary.failed == [] and summary.not_run == []
+
+    records = store.records()
+    assert len(records) == 32 and records["run_id"].is_unique
+    assert set(records["run_id"]) == set(planned)
+    # rows written before the kill are untouched (the runs were not redone)
+    kept = records.set_index("run_id").loc[before["run_id"], "finished_at"]
+    assert list(kept) == list(before["finished_at"])
+    # every run has its directory, including the one killed in flight and redone
+    assert all(Path(p, "metrics.json").is_file() for p in records["out_dir"])
+    # nothing left to do
+    again = run_sweep(sweep_file, store_path, progress=False)
+    assert again.completed == [] and again.already_done == 32
+
+    report = make_report(store_path, tmp_path / "report")
+    for shots in (1, 2):
+        table = report.tables[f"e2e__lora__{shots}shot__accuracy"]
+        assert list(table.index) == ["gen4", "gen3", "Average"]
+        assert list(table.columns) == backbones
+        expected = _expected_table(records, ["gen4", "gen3"], backbones, shots)
+        for (dataset, backbone), (mean, std) in expected.items():
+            assert table.loc[dataset, backbone] == f"{mean:.2f}±{std:.2f}"
+            row = report.summary[(report.summary["dataset"] == dataset)
+                                 & (report.summary["backbone"] == backbone)
+                                 & (report.summary["shots"] == shots)].iloc[0]
+            assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std)
+        for backbone in backbones:
+            average = np.mean([expected[(d, backbone)][0] for d in ("gen4", "gen3")])
+            assert table.loc["Average", backbone] == f"{average:.2f}"
+    assert report.html.is_file() and any(p.name.startswith("shots__e2e") for p in report.figures)
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(synthetic_data, tiny_model_names,
+                                                         tmp_path):
+    # 12 images per class: 50 shots cannot be drawn, the run raises a DataError
+    values = small_sweep("fails", {"gen": synthetic_data}, [tiny_model_names["uni"]],
+                         tmp_path / "cache", method="linear", shots=[1, 50, 2], seeds=[1],
+                         lrs=[1e-2])
+    store = ResultStore(tmp_path / "r.sqlite")
+    summary = run_sweep(values, store, progress=False)
+    assert len(summary.completed) == 2 and len(summary.failed) == 1
+    failed_id, error = summary.failed[0]
+    assert "DataError" in error
+    failures = store.failures()
+    assert list(failures["run_id"]) == [failed_id] and failures.iloc[0]["shots"] == 50
+    assert "Traceback" in failures.iloc[0]["traceback"]
+    assert store.failed_ids() == {failed_id} and failed_id not in store.done_ids()
+
+    skipped = run_sweep(values, store, progress=False, retry_failed=False)
+    assert skipped.skipped_failed == 1 and skipped.completed == [] and skipped.failed == []
+    retried = run_sweep(values, store, progress=False)
+    assert [f[0] for f in retried.failed] == [failed_id]
+    assert len(store.failures()) == 2 and len(store) == 2
+
+
+def test_interrupt_keeps_finished_runs_and_resume_completes(synthetic_data, tiny_model_names,
+                                                           tmp_path, monkeypatch):
+    import cytotune.training.runner as runner
+
+    values = small_sweep("ctrl-c", {"gen": synthetic_data}, [tiny_model_names["clip-vit-b16"]],
+                         tmp_path / "cache", shots=[1], seeds=[1, 2, 3])
+    original, calls = runner.run_training, []
+
+    def interrupted(config):
+        calls.append(config.seed)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(config)
+
+    monkeypatch.setattr(runner, "run_training", interrupted)
+    store = ResultStore(tmp_path / "r.sqlite")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(values, store, progress=False)
+    assert len(store) == 3 and store.failed_ids() == set()
+    monkeypatch.setattr(runner, "run_training", original)
+    summary = run_sweep(values, store, progress=False)
+    assert summary.already_done == 3 and len(summary.completed) == 3 and len(store) == 6
+
+
+def test_parallel_workers_with_setup_hook_survive_a_dying_worker(synthetic_data, tiny_model_names,
+                                                                 tmp_path, monkeypatch):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("CYTOTUNE_TEST_HOOK_DIR", str(marks))
+    monkeypatch.setenv("CYTOTUNE_TEST_TINY_CARDS", "uni")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    values = small_sweep("parallel", {"gen": synthetic_data}, [tiny_model_names["uni"]],
+                         tmp_path / "cache", shots=[1, 2], seeds=[1, 2, 3], lrs=[1e-3])
+    store = ResultStore(tmp_path / "r.sqlite")
+    summary = run_sweep(values, store, devices=["cpu", "cpu"], progress=False,
+                        worker_setup="experiments_worker_hooks:register_tiny_cards_and_die_once")
+    # the first seed-3 run killed its worker: recorded as failed; the others all finished
+    assert len(summary.failed) == 1 and "WorkerDied" in summary.failed[0][1]
+    assert len(summary.completed) == 5 and summary.not_run == []
+    records = store.records()
+    assert len(records) == 5 and records["run_id"].is_unique
+    assert records["worker"].nunique() >= 2  # two worker processes shared the runs
+    assert set(records["device"]) == {"cpu"}
+    assert len(list(marks.glob("worker-*"))) >= 2  # the hook ran in each worker
+    # resumed here, in-process: the same run ids whatever the executor and device
+    resumed = run_sweep(values, store, progress=False)
+    assert resumed.completed == [summary.failed[0][0]] and len(store) == 6
+    assert store.failures()["resolved"].all()
+
+
+def test_dry_run_runs_nothing(synthetic_data, tiny_model_names, tmp_path):
+    values = small_sweep("dry", {"gen": synthetic_data}, [tiny_model_names["uni"]],
+                         tmp_path / "cache")
+    store = ResultStore(tmp_path / "r.sqlite")
+    summary = run_sweep(values, store, dry_run=True, progress=False)
+    assert summary.dry_run and summary.planned == 8 and summary.to_run == 8
+    assert len(summary.runs) == 8 and len(store) == 0
+
+
+def test_generated_dataset_is_drawn_once_by_the_driver(tiny_model_names, tmp_path):
+    values = {"name": "gen", "backbones": [tiny_model_names["uni"]], "method": "linear",
+              "shots": [1], "seeds": [1], "lrs": [1e-2],
+              "datasets": {"made": {"source": str(tmp_path / "made"),
+                                    "generate": {"n_per_class": 4, "image_size": 32, "seed": 3,
+                                                 "classes": ["x", "y"]}}},
+              "base": {**FAST_BASE, "cache_dir": None}}
+    summary = run_sweep(values, tmp_path / "r.sqlite", progress=False)
+    assert len(summary.completed) == 1
+    assert sorted(p.name for p in (tmp_path / "made").iterdir() if p.is_dir()) == ["x", "y"]
+
+
+def test_cli_commands(synthetic_data, tiny_model_names, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="cytotune")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = register(sub)
+    assert set(commands) == {"sweep", "report"}
+
+    values = small_sweep("cli", {"gen": synthetic_data}, [tiny_model_names["uni"]],
+                         tmp_path / "cache", method="linear", shots=[1], seeds=[1, 2])
+    sweep_file = tmp_path / "cli.yaml"
+    sweep_file.write_text(yaml.safe_dump(values, sort_keys=False))
+    store = tmp_path / "cli.sqlite"
+    args = parser.parse_args(["sweep", str(sweep_file), "--store", str(store), "--dry-run"])
+    assert commands["sweep"](args) == 0
+    assert "to run" in capsys.readouterr().out and len(ResultStore(store)) == 0
+    args = parser.parse_args(["sweep", str(sweep_file), "--store", str(store), "--quiet",
+                              "--set", "seeds=[1]", "--set", "lrs=[0.01]"])
+    assert commands["sweep"](args) == 0
+    assert len(ResultStore(store)) == 1
+    args = parser.parse_args(["sweep", "--list"])
+    assert commands["sweep"](args) == 0
+    assert "experiment1_linear" in capsys.readouterr().out
+
+    out = tmp_path / "report"
+    args = parser.parse_args(["report", str(store), "--out", str(out), "--metrics",
+                              "accuracy,macro_f1", "--sota", "gen=50"])
+    assert commands["report"](args) == 0
+    assert (out / "report.html").is_file() and (out / "tables.md").is_file()
+    assert "cli__linear__1shot__macro_f1" in capsys.readouterr().out
+
+    # stand-alone entry: bad input is a message and exit code 2
+    assert cli_main(["sweep", str(tmp_path / "missing.yaml")]) == 2
+    assert cli_main(["report", str(tmp_path / "missing.sqlite"), "--out", str(out)]) == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["report", str(store), "--out", str(out), "--sota", "hicervix"])
