@@ -205,17 +205,26 @@ def _linear_baselines(summary: pd.DataFrame, metric: str, sweep: str) -> dict[tu
     return out
 
 
-def shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str,
-                 path: Path) -> Optional[Path]:
-    """Metric vs shots per class (the study's Fig. 1)."""
+def _curve_setup(summary: pd.DataFrame, sweep: str, method: str, metric: str, column: str):
+    """The rows of one curve figure (x = ``column``), pyplot, and the data sets, backbones and
+    a colour per backbone in first-seen order; None when there is nothing to draw."""
     part = summary[(summary["sweep"] == sweep) & (summary["method"] == method)
-                   & (summary["metric"] == metric) & summary["shots"].notna()]
+                   & (summary["metric"] == metric) & summary[column].notna()]
     if part.empty:
         return None
     plt = _pyplot()
-    datasets = _first_seen(part["dataset"])
     backbones = _first_seen(part["backbone"])
     colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backbones)}
+    return part, plt, _first_seen(part["dataset"]), backbones, colours
+
+
+def shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str,
+                 path: Path) -> Optional[Path]:
+    """Metric vs shots per class (the study's Fig. 1)."""
+    setup = _curve_setup(summary, sweep, method, metric, "shots")
+    if setup is None:
+        return None
+    part, plt, datasets, backbones, colours = setup
     baselines = _linear_baselines(summary, metric, sweep)
     fig, axes = _grid(len(datasets))
     shots_all = sorted(int(s) for s in part["shots"].unique())
@@ -249,7 +258,6 @@ def shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str,
     fig.tight_layout()
     fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), frameon=False,
                bbox_to_anchor=(0.5, 0.0))
-    plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -260,14 +268,10 @@ def fractions_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str
                      sota: Optional[Mapping[str, float]] = None,
                      sota_label: str = DEFAULT_SOTA_LABEL) -> Optional[Path]:
     """Metric vs percentage of the training split (the study's Fig. 2)."""
-    part = summary[(summary["sweep"] == sweep) & (summary["method"] == method)
-                   & (summary["metric"] == metric) & summary["fraction"].notna()]
-    if part.empty:
+    setup = _curve_setup(summary, sweep, method, metric, "fraction")
+    if setup is None:
         return None
-    plt = _pyplot()
-    datasets = _first_seen(part["dataset"])
-    backbones = _first_seen(part["backbone"])
-    colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backbones)}
+    part, plt, datasets, backbones, colours = setup
     fig, axes = _grid(len(datasets))
     for ax, dataset in zip(axes, datasets):
         for backbone in backbones:
