@@ -153,7 +153,7 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
 
     backbone = build_run_backbone(config)
     cache_dir = Path(config.cache_dir) if config.cache_dir else None
-    store = ImageStore(cache_dir / "images" if cache_dir else None)
+    store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=config.num_workers)
     t0 = time.perf_counter()
     pre = backbone.preprocessing
     splits = {name: _decode(store, data, idx, pre, config.data.skip_bad_images, name)
