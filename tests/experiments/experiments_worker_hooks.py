@@ -39,3 +39,28 @@ def register_tiny_cards_and_die_once() -> None:
         return original(config)
 
     runner.run_training = run_training
+
+
+def register_tiny_cards_and_count_attempts() -> None:
+    """As register_tiny_cards, and every run asking for 50 shots leaves a marker per attempt
+    (``attempt-<pid>-<n>``) before it runs (and fails: the test data sets are smaller)."""
+    register_tiny_cards()
+    import itertools
+
+    import cytotune.training.runner as runner
+
+    original = runner.run_training
+    counter = itertools.count()
+    marks = Path(os.environ["CYTOTUNE_TEST_HOOK_DIR"])
+
+    def run_training(config):
+        if config.shots == 50:
+            (marks / f"attempt-{os.getpid()}-{next(counter)}").write_text("tried")
+        return original(config)
+
+    runner.run_training = run_training
+
+
+def broken_setup() -> None:
+    """A worker set-up that always raises."""
+    raise RuntimeError("set-up is broken")

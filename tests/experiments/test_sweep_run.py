@@ -187,9 +187,10 @@ def test_parallel_workers_with_setup_hook_survive_a_dying_worker(synthetic_data,
     assert len(summary.completed) == 5 and summary.not_run == []
     records = store.records()
     assert len(records) == 5 and records["run_id"].is_unique
-    assert records["worker"].nunique() >= 2  # two worker processes shared the runs
+    # (which worker finishes how many runs is up to timing: one may drain the queue while the
+    # other is replaced after dying, so only the hook marks below prove there were two workers)
     assert set(records["device"]) == {"cpu"}
-    assert len(list(marks.glob("worker-*"))) >= 2  # the hook ran in each worker
+    assert len(list(marks.glob("worker-*"))) >= 2  # the hook ran in each of the two workers
     # resumed here, in-process: the same run ids whatever the executor and device
     resumed = run_sweep(values, store, progress=False)
     assert resumed.completed == [summary.failed[0][0]] and len(store) == 6

@@ -68,7 +68,15 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[],
                    metavar="KEY=VALUE",
                    help="override a sweep option, e.g. seeds=[1] or base.optim.steps=100 (YAML value)")
-    p.add_argument("--executor", default="local", help="executor name (default: local)")
+    p.add_argument("--executor", default="local",
+                   help="executor name: local (default) or ray (one Ray task per run)")
+    p.add_argument("--address", default=None,
+                   help="ray executor: the cluster to connect to, e.g. ray://HEAD:10001 or "
+                        "HEAD:6379 (default: RAY_ADDRESS, else start a local Ray instance)")
+    p.add_argument("--executor-option", dest="executor_options", action="append",
+                   type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="executor setting (YAML value), e.g. gpus_per_run=0.5, max_retries=5, "
+                        "run_retries=0 for ray")
     p.add_argument("--worker-setup", metavar="MODULE:FUNCTION",
                    help="called once in each worker before its first run")
     p.add_argument("--no-retry-failed", action="store_true",
@@ -110,11 +118,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for name in list_experiments():
             console.print(f"{name}  [dim]{experiment_path(name)}[/dim]")
         return 0
+    executor_options = dict(getattr(args, "executor_options", None) or [])
+    address = getattr(args, "address", None)
+    if address is not None:
+        if args.executor != "ray":
+            raise ValueError("--address is an option of --executor ray")
+        executor_options["address"] = address
     sweep = load_sweep(args.sweep, overrides=dict(args.overrides))
     summary = run_sweep(sweep, args.store, executor=args.executor,
                         devices=_split_list(args.devices), dry_run=args.dry_run,
                         progress=not args.quiet, retry_failed=not args.no_retry_failed,
-                        worker_setup=args.worker_setup, console=console)
+                        worker_setup=args.worker_setup, console=console,
+                        executor_options=executor_options)
     if args.quiet:
         console.print(summary.line())
     return 1 if summary.failed or summary.not_run else 0

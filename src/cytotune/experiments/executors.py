@@ -16,9 +16,9 @@ result (or the exception) into a plain, picklable :class:`RunOutcome`.
   worker that dies (a segfault, the OOM killer) has its in-flight run recorded as failed, the rest
   of its chunk re-queued, and is replaced (while work is left), up to ``max_restarts`` times.
 
-A Ray executor is one more subclass: submit ``execute_task`` as a remote function per chunk
-(``num_gpus=1``), ``ray.wait`` on the futures and call ``report`` with each returned outcome;
-register it with ``register_executor("ray", RayExecutor)``.
+- :class:`cytotune.experiments.ray_executor.RayExecutor` (``"ray"``): one Ray task per chunk on
+  a Ray cluster, with its GPU or CPU request and retries; registered here lazily, so Ray is
+  imported only when it is used.
 """
 from __future__ import annotations
 
@@ -351,7 +351,14 @@ class _ProcessPool:
 
 
 # ---- registry ---------------------------------------------------------------------------------
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor}
+def _ray_executor(devices: Optional[Sequence[str]] = None, **options: Any) -> Executor:
+    """Factory of the "ray" executor: imports Ray (and the module using it) only when called."""
+    from cytotune.experiments.ray_executor import RayExecutor
+
+    return RayExecutor(devices=devices, **options)
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": _ray_executor}
 
 
 def register_executor(name: str, factory: Callable[..., Executor]) -> None:
