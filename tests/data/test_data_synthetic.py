@@ -1,8 +1,6 @@
 """The generated cytology-like set: deterministic, readable, and labelled as generated."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,11 +13,8 @@ def _files(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_default_set_is_deterministic_and_fast(tmp_path):
-    start = time.perf_counter()
+def test_default_set_is_deterministic(tmp_path):
     first = generate_cytology_dataset(tmp_path / "one", seed=11)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 10, f"4 x 40 images took {elapsed:.1f} s"
     data = read_folder(first)
     assert data.class_names == sorted(DEFAULT_CLASSES)
     assert data.class_counts() == {name: 40 for name in DEFAULT_CLASSES}
