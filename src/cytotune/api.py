@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cytotune.models import ModelCard, list_cards
-from cytotune.training.config import ConfigError, TrainConfig
+from cytotune.training.config import ConfigError, TrainConfig, set_dotted
 from cytotune.training.runner import RunResult, run_training
 
 # Flat keyword (and CLI flag) -> dotted path in TrainConfig.
@@ -56,13 +56,7 @@ def build_config(config: TrainConfig | dict | str | Path | None = None, **option
     else:
         raise ConfigError(f"config must be a TrainConfig, dict or YAML path, got {type(config).__name__}")
     for key, value in options.items():
-        path = FLAT_OPTIONS.get(key, key).split(".")
-        node = values
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"option {key!r}: {part!r} is not a section")
-        node[path[-1]] = value
+        set_dotted(values, FLAT_OPTIONS.get(key, key), value)
     return TrainConfig.from_dict(values)
 
 

@@ -48,7 +48,8 @@ from typing import Any, Iterable, Mapping, Optional, Union
 
 import yaml
 
-from cytotune.training.config import ConfigError, TrainConfig, _coerce, _from_dict
+from cytotune.training.config import (ConfigError, TrainConfig, coerce_value, dataclass_from_dict,
+                                      set_dotted)
 
 ShotsValue = Optional[int]  # None: all of the training split
 
@@ -353,10 +354,10 @@ def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
     for required in ("name", "datasets", "backbones"):
         if values.get(required) in (None, "", [], {}):
             raise ConfigError(f"{required} is required")
-    name = _coerce(str, values["name"], "name")
+    name = coerce_value(str, values["name"], "name")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError(f"name: {name!r} must be letters, digits, '_', '.' or '-'")
-    description = _coerce(str, values.get("description") or "", "description")
+    description = coerce_value(str, values.get("description") or "", "description")
     datasets = _parse_datasets(values["datasets"], environ)
     backbones = _string_list(values["backbones"], "backbones")
     methods = _parse_methods(values.get("method", "linear"))
@@ -365,7 +366,7 @@ def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
                  else None)
     if shots is not None and fractions is not None:
         raise ConfigError("give either shots or fractions, not both")
-    seeds = _coerce(list[int], values.get("seeds", [1]), "seeds")
+    seeds = coerce_value(list[int], values.get("seeds", [1]), "seeds")
     if not seeds:
         raise ConfigError("seeds: give at least one seed")
     _no_repeats(seeds, "seeds")
@@ -383,7 +384,7 @@ def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
 def _string_list(value: Any, option: str) -> list[str]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
-    items = _coerce(list[str], value, option)
+    items = coerce_value(list[str], value, option)
     if not items:
         raise ConfigError(f"{option}: give at least one")
     _no_repeats(items, option)
@@ -409,7 +410,7 @@ def _parse_datasets(value: Any, environ) -> dict[str, DatasetSpec]:
             raise ConfigError(f"{option}: data set names are letters, digits, '_', '.' or '-'")
         if isinstance(entry, str):  # shorthand: name: path
             entry = {"source": entry}
-        spec = _from_dict(DatasetSpec, entry, option + ".")
+        spec = dataclass_from_dict(DatasetSpec, entry, option + ".")
         if not spec.source:
             raise ConfigError(f"{option}.source is required")
         if spec.layout is not None and spec.layout.lower() not in LAYOUTS:
@@ -454,7 +455,7 @@ def _parse_shots(value: Any) -> list[ShotsValue]:
 def _parse_fractions(value: Any) -> list[float]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
-    fractions = _coerce(list[float], value, "fractions")
+    fractions = coerce_value(list[float], value, "fractions")
     if not fractions:
         raise ConfigError("fractions: give at least one percentage")
     for i, f in enumerate(fractions):
@@ -471,7 +472,7 @@ def _parse_lrs(value: Any, methods: list[str]) -> Optional[Union[list[float], di
     def grid(v: Any, option: str) -> list[float]:
         if isinstance(v, (int, float, str)) and not isinstance(v, bool):
             v = [v]
-        lrs = _coerce(list[float], v, option)
+        lrs = coerce_value(list[float], v, option)
         if not lrs:
             raise ConfigError(f"{option}: give at least one learning rate")
         for i, lr in enumerate(lrs):
@@ -507,7 +508,7 @@ def _parse_base(value: Any, environ) -> dict[str, Any]:
                               f"'{top_level}' option")
     # type-check every option now, with its full name
     check = {k: v for k, v in base.items() if k != "out"}
-    _from_dict(TrainConfig, check, "base.")
+    dataclass_from_dict(TrainConfig, check, "base.")
     out = base.get("out")
     if out is not None:
         if not isinstance(out, str):
@@ -584,10 +585,4 @@ def load_sweep(sweep: "SweepConfig | Mapping[str, Any] | str | Path", *,
 
 def apply_override(values: dict[str, Any], key: str, value: Any) -> None:
     """Set the dotted option ``key`` (e.g. ``base.optim.steps``) in a sweep dict."""
-    parts = key.split(".")
-    node = values
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {key!r}: {part!r} is not a section")
-    node[parts[-1]] = value
+    set_dotted(values, key, value, label="override")

@@ -129,7 +129,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        return _from_dict(cls, values, "")
+        return dataclass_from_dict(cls, values, "")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -143,6 +143,17 @@ class TrainConfig:
             raise ConfigError(f"{path}: {err}") from None
 
 
+def set_dotted(values: dict[str, Any], key: str, value: Any, label: str = "option") -> None:
+    """Set ``values["a"]["b"]["c"] = value`` for the dotted ``key`` "a.b.c", creating sections."""
+    parts = key.split(".")
+    node = values
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{label} {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
@@ -153,7 +164,9 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
+def dataclass_from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from a plain mapping, checking every key and type; errors name the
+    option with its dotted ``prefix`` (shared with the sweep configuration)."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
@@ -162,14 +175,14 @@ def _from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(prefix + k for k in unknown)}; "
                           f"known: {', '.join(sorted(known))}")
-    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in values.items()}
+    kwargs = {name: coerce_value(hints[name], value, prefix + name) for name, value in values.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
 
 
-def _coerce(hint: Any, value: Any, name: str) -> Any:
+def coerce_value(hint: Any, value: Any, name: str) -> Any:
     """Check ``value`` against a type hint, converting where YAML is looser than Python."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -181,12 +194,12 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, name)
+                return coerce_value(arg, value, name)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{name}: invalid value {value!r}")
     if dataclasses.is_dataclass(hint):
-        return _from_dict(hint, value, name + ".")
+        return dataclass_from_dict(hint, value, name + ".")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{name}: {value!r} is not one of {list(args)}")
@@ -197,7 +210,7 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         item = args[0] if args else Any
-        items = [_coerce(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
+        items = [coerce_value(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
