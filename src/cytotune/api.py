@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from cytotune.models import ModelCard, list_cards
 from cytotune.training.config import ConfigError, TrainConfig, set_dotted

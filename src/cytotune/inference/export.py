@@ -295,7 +295,7 @@ def safetensors_code(model: CytotuneModel, recipe: PlainRecipe) -> str:
     body = "\n".join(f"        {line}" for line in recipe.features)
     prefix = recipe.key_prefix
     strip = (f'{{k[len("{prefix}"):]: v for k, v in tensors.items() if k.startswith("{prefix}")}}'
-             if prefix else f'{{k: v for k, v in tensors.items() if not k.startswith("head.")}}')
+             if prefix else '{k: v for k, v in tensors.items() if not k.startswith("head.")}')
     return f'''\
 from pathlib import Path
 

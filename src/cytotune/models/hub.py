@@ -142,7 +142,7 @@ def fetch_file(card: "ModelCard", hub_id: str, candidates: Sequence[str], *,
                 _unreachable_until = time.monotonic() + _UNREACHABLE_FOR_S
                 cache_only = True
             continue
-        except caught("EntryNotFoundError") as exc:
+        except caught("EntryNotFoundError"):
             remote_misses.append(filename)
             continue
         except caught("OfflineModeIsEnabled") + caught("RevisionResolutionError") as exc:
