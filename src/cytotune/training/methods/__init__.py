@@ -1,0 +1,31 @@
+"""Training methods as registry entries: each turns prepared data and a backbone into a trained
+classifier and its evaluations. A new method (full fine-tuning, zero-shot ...) is one module here
+registered with :func:`register_method`; the runner, sweeps and the CLI read the registry.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
+                                            new_head)
+from cytotune.training.methods.linear import run_linear_probe
+from cytotune.training.methods.lora import run_lora
+
+MethodFn = Callable[[MethodContext], MethodResult]
+
+METHODS: dict[str, MethodFn] = {}
+
+
+def register_method(name: str, fn: MethodFn, *, replace: bool = False) -> MethodFn:
+    """Make ``fn`` available as ``--method name`` (and ``method: name`` in configs and sweeps)."""
+    if name in METHODS and not replace:
+        raise ValueError(f"method {name!r} is already registered")
+    METHODS[name] = fn
+    return fn
+
+
+register_method("linear", run_linear_probe)
+register_method("lora", run_lora)
+
+__all__ = ["METHODS", "register_method", "MethodContext", "MethodResult", "SplitTensors",
+           "Classifier", "new_head", "run_linear_probe", "run_lora"]
