@@ -17,7 +17,15 @@ EXPECTED = {  # name: (family, feature_dim, default targets)
     "uni": ("timm", 1024, ("q", "v")),
     "vit-b16": ("hf_vit", 768, ("q", "v")),
     "efficientnet-lite0": ("timm_pypi_weights", 1280, ("pwl", "head")),
+    "uni2-h": ("timm", 1536, ("q", "v")),
+    "virchow2": ("timm", 2560, ("q", "v")),
+    "h-optimus-0": ("timm", 1536, ("q", "v")),
+    "h-optimus-1": ("timm", 1536, ("q", "v")),
+    "prov-gigapath": ("timm", 1536, ("q", "v")),
+    "phikon-v2": ("hf_vit", 1024, ("q", "v")),
+    "conch": ("conch", 512, ("q", "v")),
 }
+GATED = {"uni", "uni2-h", "virchow2", "h-optimus-1", "prov-gigapath", "conch"}
 
 
 def test_builtin_cards_are_exactly_the_documented_ones():
@@ -47,7 +55,7 @@ def test_card_details():
     assert vit.preprocessing.interpolation == "bilinear" and vit.licence == "Apache-2.0"
     eff = get_card("efficientnet-lite0")
     assert (eff.preprocessing.image_size, eff.preprocessing.effective_resize) == (224, 256)
-    assert not any(c.gated for c in list_cards() if c.name != "uni")
+    assert {c.name for c in list_cards() if c.gated} == GATED
 
 
 @pytest.mark.parametrize("name,arch", [("clip-vit-b16", "ViT-B-16"), ("clip-vit-l14", "ViT-L-14"),

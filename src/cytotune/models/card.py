@@ -6,13 +6,64 @@ preprocessed, how tokens are pooled into one feature vector, and where LoRA may 
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class PyRef:
+    """A Python object named by its dotted path, for constructor arguments that are classes.
+
+    Some published configurations pass classes to the constructor (timm
+    ``mlp_layer=timm.layers.SwiGLUPacked, act_layer=torch.nn.SiLU``). A card holds them as
+    ``PyRef("timm.layers.SwiGLUPacked")`` so cards stay printable, comparable and hashable, and
+    importing the card module imports no library. Families call :func:`resolve_kwargs` before
+    building. ``repr`` is the dotted path itself: Python source that names the object once its
+    top-level package is imported (the exported README's construction code relies on that).
+    """
+
+    path: str
+
+    def __post_init__(self) -> None:
+        module, _, attr = self.path.rpartition(".")
+        if not module or not attr:
+            raise ValueError(f"PyRef needs a dotted path 'package.module.name', got {self.path!r}")
+
+    def resolve(self) -> Any:
+        """Import the module and return the object (ImportError/AttributeError name the path)."""
+        module_name, _, attr = self.path.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ImportError(f"cannot import {module_name!r} for {self.path!r}: {exc}") from exc
+        try:
+            return getattr(module, attr)
+        except AttributeError:
+            raise AttributeError(f"module {module_name!r} has no attribute {attr!r} "
+                                 f"(needed for {self.path!r})") from None
+
+    def __repr__(self) -> str:
+        return self.path
+
+
+def resolve_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with every :class:`PyRef` (also inside dicts and lists) replaced by its object."""
+    def resolve(value: Any) -> Any:
+        if isinstance(value, PyRef):
+            return value.resolve()
+        if isinstance(value, Mapping):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(resolve(v) for v in value)
+        return value
+
+    return {k: resolve(v) for k, v in kwargs.items()}
 
 
 @dataclass(frozen=True)
@@ -60,7 +111,8 @@ class ModelCard:
     architecture the family's name for the network when it must be built without the hub (timm
                 model name for a ``hf-hub:`` source, open_clip model config, transformers class);
                 None when ``source`` already is one
-    model_kwargs constructor keyword arguments (e.g. timm ``init_values=1e-5``)
+    model_kwargs constructor keyword arguments (e.g. timm ``init_values=1e-5``); classes are given
+                as :class:`PyRef` (``PyRef("torch.nn.SiLU")``), resolved by the family
     pretrained  the pretrained tag for families that need one (open_clip "openai")
     feature_dim size of the pooled feature vector
     pooling     name of a pooling function in ``cytotune.models.pooling`` ("model" = the model's own)

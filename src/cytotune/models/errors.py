@@ -71,3 +71,8 @@ class WeightsUnavailableError(ModelError, RuntimeError):
 
 class FeatureDimError(ModelError, ValueError):
     """The built model's pooled features do not have the width the card declares."""
+
+
+class MissingDependencyError(ModelError, ImportError):
+    """A card's family needs an optional package that is not installed (the message says which
+    ``pip install`` fixes it)."""

@@ -112,3 +112,14 @@ HF_VIT_TARGETS = {
     "fc1": LoraTarget(("layers.*.mlp.fc1", *_hf_old_layer("intermediate.dense"))),
     "fc2": LoraTarget(("layers.*.mlp.fc2", *_hf_old_layer("output.dense"))),
 }
+
+# transformers Dinov2Model (encoder.layer.N...): v5 names first, then the names of transformers < 5
+# (which the published checkpoints, e.g. owkin/phikon-v2, use)
+HF_DINOV2_TARGETS = {
+    "q": LoraTarget(("encoder.layer.*.attention.q_proj", "encoder.layer.*.attention.attention.query")),
+    "k": LoraTarget(("encoder.layer.*.attention.k_proj", "encoder.layer.*.attention.attention.key")),
+    "v": LoraTarget(("encoder.layer.*.attention.v_proj", "encoder.layer.*.attention.attention.value")),
+    "o": LoraTarget(("encoder.layer.*.attention.o_proj", *_hf_old_layer("attention.output.dense"))),
+    "fc1": LoraTarget(("encoder.layer.*.mlp.fc1",)),
+    "fc2": LoraTarget(("encoder.layer.*.mlp.fc2",)),
+}

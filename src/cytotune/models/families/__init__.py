@@ -43,11 +43,13 @@ def _ensure_builtin() -> None:
     if _BUILTIN_LOADED:
         return
     _BUILTIN_LOADED = True
+    from cytotune.models.families.conch_family import ConchFamily
     from cytotune.models.families.hf_vit_family import HFViTFamily
     from cytotune.models.families.open_clip_family import OpenClipFamily
     from cytotune.models.families.timm_family import TimmFamily, TimmPyPIWeightsFamily
 
-    for family in (TimmFamily(), TimmPyPIWeightsFamily(), OpenClipFamily(), HFViTFamily()):
+    for family in (TimmFamily(), TimmPyPIWeightsFamily(), OpenClipFamily(), HFViTFamily(),
+                   ConchFamily()):
         _FAMILIES.setdefault(family.name, family)
 
 

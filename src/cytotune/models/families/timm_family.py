@@ -2,7 +2,8 @@
 
 Card fields used: ``source`` (a timm model name, optionally ``.tag``, or ``hf-hub:<repo>``),
 ``architecture`` (the timm model name when ``source`` is a hub id), ``model_kwargs`` (passed to
-``timm.create_model``; ``num_classes=0`` gives pooled features).
+``timm.create_model`` after :func:`~cytotune.models.card.resolve_kwargs`, so classes such as
+``mlp_layer=PyRef("timm.layers.SwiGLUPacked")`` work; ``num_classes=0`` gives pooled features).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from cytotune.models import hub
-from cytotune.models.card import ModelCard, Preprocessing
+from cytotune.models.card import ModelCard, Preprocessing, resolve_kwargs
 from cytotune.models.checkpoint import load_strict, prefix_filter, read_state_dict_file, read_weights
 from cytotune.models.convert import EFFICIENTNET_PYTORCH, Converter
 from cytotune.models.errors import CheckpointError, UnknownModelError, WeightsUnavailableError
@@ -56,7 +57,8 @@ class TimmFamily(Family):
 
     def create(self, card: ModelCard) -> nn.Module:
         timm = _timm()
-        return timm.create_model(self.architecture(card), pretrained=False, **card.model_kwargs)
+        return timm.create_model(self.architecture(card), pretrained=False,
+                                 **resolve_kwargs(card.model_kwargs))
 
     # -- weights --------------------------------------------------------------------------------
     def convert_state_dict(self, state_dict: dict, model: nn.Module) -> dict:
@@ -144,8 +146,16 @@ class TimmFamily(Family):
         with torch.device("meta"):
             model = self.create(card)
         if hasattr(model, "patch_embed") and hasattr(model, "blocks"):  # ViT-style: shrink
-            kwargs = {**card.model_kwargs, "img_size": 32, "patch_size": 8, "embed_dim": 64,
+            width = 64
+            kwargs = {**card.model_kwargs, "img_size": 32, "patch_size": 8, "embed_dim": width,
                       "depth": 2, "num_heads": 2}
+            mlp = model.blocks[0].mlp
+            fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+            if isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear):
+                hidden = int(width * fc1.out_features / model.embed_dim)
+                if fc2.in_features * 2 == fc1.out_features and hidden % 2:
+                    # gated MLPs (SwiGLUPacked) split fc1's output in two: keep it even
+                    kwargs["mlp_ratio"] = (hidden + 1) / width
             return card.with_overrides(model_kwargs=kwargs)
         return card  # CNNs: the real architecture, run at a small image size
 
