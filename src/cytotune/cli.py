@@ -94,19 +94,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from cytotune.models import list_cards
+    from cytotune.models import get_family, list_cards
 
+    if getattr(args, "check", None):
+        return _check_weights(args.check, getattr(args, "weights", None))
+    if getattr(args, "weights", None):
+        raise ValueError("--weights goes with --check NAME (cytotune models --check NAME "
+                         "--weights PATH)")
     table = Table(title="cytotune model cards")
     for col in ("name", "family", "source", "dim", "licence", "access", "LoRA targets"):
         table.add_column(col, no_wrap=col == "name", overflow="fold")
     for card in list_cards():
+        access = "gated: needs a hub token" if card.gated else "open"
+        requirement = get_family(card.family).missing_requirement(card)
         table.add_row(card.name, card.family, card.source, str(card.feature_dim), card.licence,
-                      "gated: needs a hub token" if card.gated else "open",
+                      f"{access}; {requirement}" if requirement else access,
                       ",".join(card.lora_targets) or "layer names")
     console.print(table)
     console.print("Any timm model: [bold]timm:<name>[/bold]; any open_clip model: "
-                  "[bold]open_clip:<arch>[:<pretrained>][/bold]. Offline: --weights PATH.")
+                  "[bold]open_clip:<arch>[:<pretrained>][/bold]. Offline: --weights PATH. "
+                  "Are a model's weights here? [bold]cytotune models --check NAME[/bold]")
     return 0
+
+
+def _check_weights(name: str, weights: Optional[str]) -> int:
+    """``models --check``: the models layer's report, printed; exit 0 only if usable here."""
+    from cytotune.models.availability import check_weights
+
+    report = check_weights(name, weights)
+    for line in report.lines():
+        console.print(line, markup=False, highlight=False)
+    return 0 if report.available else 1
 
 
 def _print_results(results) -> None:
@@ -146,7 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every validation step")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    sub.add_parser("models", help="list the model cards")
+    models = sub.add_parser("models", help="list the model cards, or check one's weights",
+                            description="List the model cards (licence, access), or with --check "
+                                        "say whether a card's weights are on this machine and, "
+                                        "if not, what to do (exit status 1). Never uses the "
+                                        "network.")
+    models.add_argument("--check", metavar="NAME", help="model card whose weights to look for")
+    models.add_argument("--weights", metavar="PATH",
+                        help="with --check: a local weights file or directory to check too")
     demo = sub.add_parser("demo", help="the built-in default: offline, on CPU, generated data")
     demo.add_argument("--out", default="demo_runs", help="output folder")
     demo.add_argument("--shots", default=None, help="comma-separated shot counts (default 1,4,16)")

@@ -282,7 +282,7 @@ PROV_GIGAPATH = register_card(ModelCard(
                   "num_classes": 0},
     lora_targets=timm_vit_targets(),
     default_lora_targets=("q", "v"),
-    licence="Apache-2.0 (with the model page's additional conditions)",
+    licence="Apache-2.0 with conditions",  # the model page adds terms of use to Apache-2.0
     gated=True,
     description="Prov-GigaPath tile encoder ViT-g (1536 wide, 40 blocks, SwiGLU), DINOv2 on "
                 "1.3B tiles of 171K Providence slides; gated",
@@ -309,7 +309,7 @@ PHIKON_V2 = register_card(ModelCard(
                   "use_swiglu_ffn": False},
     lora_targets=HF_DINOV2_TARGETS,  # separate query/key/value/output dense layers
     default_lora_targets=("q", "v"),
-    licence="Owkin non-commercial licence (LICENSE.pdf in the repository)",
+    licence="Owkin non-commercial licence",  # LICENSE.pdf in the repository
     gated=False,
     description="Phikon-v2 ViT-L/16 (DINOv2 on 460M tiles of public slides, PANCAN-XL), Owkin",
     homepage="https://huggingface.co/owkin/phikon-v2",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -20,6 +21,20 @@ if TYPE_CHECKING:
 _TRUE = {"1", "on", "yes", "true"}
 _UNREACHABLE_FOR_S = 120.0  # after a failed connection, use only the cache for this long
 _unreachable_until = 0.0
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a card's pretrained weights come from, as a value (no download, no network).
+
+    kind        "hf-hub" (``location`` = repo id, ``filenames`` = candidate files in order),
+                "url" (a plain download into torch's hub cache), "file" (a path) or "package"
+                (``location`` = "<module>:<attribute>" giving the file)
+    """
+
+    kind: str
+    location: str
+    filenames: tuple[str, ...] = ()
 
 
 def is_offline() -> bool:

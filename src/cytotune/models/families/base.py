@@ -9,6 +9,7 @@ from torch import nn
 
 from cytotune.models.card import ModelCard
 from cytotune.models.errors import UnknownModelError
+from cytotune.models.hub import WeightsSource
 
 PathLike = Union[str, Path]
 
@@ -62,6 +63,15 @@ class Family:
 
     def weights_location(self, card: ModelCard) -> Optional[str]:
         """Where :meth:`load_pretrained` gets the weights (hub id, URL, package), for messages."""
+        return None
+
+    def weights_source(self, card: ModelCard) -> Optional["WeightsSource"]:
+        """Where :meth:`load_pretrained` gets the weights, as a value (None: not known); read by
+        ``cytotune.models.availability`` to look for them without touching the network."""
+        return None
+
+    def missing_requirement(self, card: ModelCard) -> Optional[str]:
+        """How to install an optional package the card needs and that is missing, else None."""
         return None
 
     # -- running --------------------------------------------------------------------------------

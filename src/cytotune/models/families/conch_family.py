@@ -14,6 +14,7 @@ strictly, the text towers are ignored.
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -70,6 +71,16 @@ class ConchFamily(Family):
 
     def weights_location(self, card: ModelCard) -> Optional[str]:
         return card.source
+
+    def weights_source(self, card: ModelCard) -> Optional[hub.WeightsSource]:
+        return hub.WeightsSource("hf-hub", card.source, self.hub_weight_files)
+
+    def missing_requirement(self, card: ModelCard) -> Optional[str]:
+        try:
+            found = importlib.util.find_spec("conch") is not None
+        except (ImportError, ValueError):  # a broken or blocked installation
+            found = False
+        return None if found else f"the 'conch-fork' package is not installed: `{INSTALL_HINT}`"
 
     def load_pretrained(self, card: ModelCard) -> tuple[nn.Module, str]:
         _coca_module()  # a missing package is reported before a download is attempted

@@ -111,6 +111,9 @@ class HFViTFamily(Family):
     def weights_location(self, card: ModelCard) -> Optional[str]:
         return card.source
 
+    def weights_source(self, card: ModelCard) -> Optional[hub.WeightsSource]:
+        return hub.WeightsSource("hf-hub", card.source, self.hub_weight_files)
+
     def load_pretrained(self, card: ModelCard) -> tuple[nn.Module, str]:
         config_path = hub.fetch_file(card, card.source, (CONFIG_NAME,), required=False)
         file = hub.fetch_file(card, card.source, self.hub_weight_files)

@@ -156,6 +156,13 @@ class OpenClipFamily(Family):
             return None
         return repo or url
 
+    def weights_source(self, card: ModelCard) -> Optional[hub.WeightsSource]:
+        try:
+            repo, files, url = self._location(card)
+        except WeightsUnavailableError:
+            return None
+        return hub.WeightsSource("hf-hub", repo, tuple(files)) if repo else hub.WeightsSource("url", url)
+
     def load_pretrained(self, card: ModelCard) -> tuple[nn.Module, str]:
         repo, files, url = self._location(card)
         model_cfg = None

