@@ -19,7 +19,8 @@ from cytotune.inference.cli import register
 
 from inference_helpers import prob_columns, readme_code
 
-LIBRARY = {"clip-vit-b16": "open_clip", "uni": "timm", "vit-b16": "transformers"}
+LIBRARY = {"clip-vit-b16": "open_clip", "uni": "timm", "vit-b16": "transformers",
+           "virchow2": "timm", "phikon-v2": "transformers"}
 
 
 def _inputs(model, n=3, seed=0):
@@ -31,14 +32,16 @@ def _inputs(model, n=3, seed=0):
     return pixels, x
 
 
-@pytest.mark.parametrize("card", ["clip-vit-b16", "uni", "vit-b16"])
+# virchow2: classes in the timm kwargs and class-token ++ patch-mean pooling; phikon-v2: a
+# transformers class other than ViTModel
+@pytest.mark.parametrize("card", ["clip-vit-b16", "uni", "vit-b16", "virchow2", "phikon-v2"])
 def test_safetensors_export_loads_with_the_plain_library(card, trained_run, tmp_path, run_readme):
     run = trained_run(card)
     out = tmp_path / "export"
     result = export(run, out, format="safetensors")
     assert sorted(result.files) == sorted(
         ["MODEL_CARD.md", "README.md", "export.json", "model.safetensors"]
-        + (["backbone_config.json"] if card == "vit-b16" else []))
+        + (["backbone_config.json"] if LIBRARY[card] == "transformers" else []))
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
         assert json.loads(f.metadata()["class_names"]) == load(run).class_names

@@ -165,18 +165,28 @@ def _open_clip_recipe(model: CytotuneModel) -> PlainRecipe:
 
 
 def _transformers_recipe(model: CytotuneModel) -> PlainRecipe:
+    import inspect
+
     inner = model.backbone.model
     config = inner.config
-    size = config.image_size
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    resize = size != (model.preprocessing.image_size,) * 2
-    build = ('backbone = ViTModel(ViTConfig.from_json_file(str(EXPORT_DIR / '
-             '"backbone_config.json")),\n                    add_pooling_layer=False)')
-    tokens = f"self.backbone(pixel_values=x, interpolate_pos_encoding={resize}).last_hidden_state"
+    cls, config_cls = type(inner).__name__, type(config).__name__  # ViTModel, Dinov2Model, ...
+    no_pooler = ("add_pooling_layer" in inspect.signature(type(inner).__init__).parameters
+                 and getattr(inner, "pooler", None) is None)
+    build = (f'backbone = {cls}({config_cls}.from_json_file(str(EXPORT_DIR / '
+             f'"backbone_config.json"))' + (", add_pooling_layer=False)" if no_pooler else ")"))
+    run_args = "pixel_values=x"
+    if "interpolate_pos_encoding" in inspect.signature(inner.forward).parameters:
+        size = config.image_size
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        resize = size != (model.preprocessing.image_size,) * 2
+        run_args += f", interpolate_pos_encoding={resize}"
+    tokens = f"self.backbone({run_args}).last_hidden_state"
+    prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
     pooling = model.card.pooling
     features = ([f"feats = {tokens}[:, 0]"] if pooling == "model"
-                else _pool_lines(pooling, tokens, "1"))
-    return PlainRecipe(library="transformers", imports="from transformers import ViTConfig, ViTModel",
+                else _pool_lines(pooling, tokens, str(prefix)))
+    return PlainRecipe(library="transformers",
+                       imports=f"from transformers import {config_cls}, {cls}",
                        build=build, key_prefix="", features=features,
                        extra_files={"backbone_config.json": config.to_json_string()})
 
