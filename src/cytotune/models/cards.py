@@ -251,7 +251,7 @@ H_OPTIMUS_0 = register_card(ModelCard(
     default_lora_targets=("q", "v"),
     licence="Apache-2.0",
     gated=False,
-    description="H-optimus-0 ViT-g/14 (4 registers, SwiGLU), Bioptimus, 500K+ H&E slides",
+    description="H-optimus-0 ViT-g/14 (1536 wide, 40 blocks, SwiGLU, 4 registers), Bioptimus",
     homepage="https://huggingface.co/bioptimus/H-optimus-0",
 ))
 
@@ -260,7 +260,8 @@ H_OPTIMUS_1 = register_card(H_OPTIMUS_0.with_overrides(
     source="hf-hub:bioptimus/H-optimus-1",
     licence="CC-BY-NC-ND-4.0",
     gated=True,
-    description="H-optimus-1 ViT-g/14 (4 registers, SwiGLU), Bioptimus, 1M+ slides; gated",
+    description="H-optimus-1 ViT-g/14 (1536 wide, 40 blocks, SwiGLU, 4 registers), Bioptimus; "
+                "gated",
     homepage="https://huggingface.co/bioptimus/H-optimus-1",
 ))
 
