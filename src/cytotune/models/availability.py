@@ -195,9 +195,9 @@ def _look_for_pretrained(card: ModelCard, family, source: Optional[hub.WeightsSo
         if card.gated:
             report.notes.append("gated: the download works only if the token's account has "
                                 "accepted the model's terms on its page")
-        report.notes.append("whether this machine can reach the Hub is not tested here; without "
-                            "network access, follow the offline steps of `cytotune models --check`"
-                            " with HF_HUB_OFFLINE=1")
+        report.notes.append(f"this check does not contact the Hub; without network access the "
+                            f"download fails: `HF_HUB_OFFLINE=1 cytotune models --check "
+                            f"{card.name}` lists the offline steps")
 
 
 def _fix_steps(card: ModelCard, hub_id: str, url: Optional[str]) -> list[str]:
