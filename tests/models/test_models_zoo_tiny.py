@@ -102,3 +102,19 @@ def test_conch_features_are_the_unprojected_contrastive_pooler_output(pixels):
         tokens = tower.trunk(pixels)
         expected = tower.ln_contrast(tower.attn_pool_contrast(tokens)[:, 0])
         torch.testing.assert_close(backbone(pixels), expected)
+
+
+@pytest.mark.parametrize("name", ["uni2-h", "h-optimus-0", "h-optimus-1", "prov-gigapath"])
+def test_class_token_pooling_on_hand_made_tokens(name):
+    """timm's own head pooling of these cards takes token 0, never a register or a patch."""
+    model = build_backbone(tiny_card(name), pretrained=False).model
+    tokens = torch.randn(2, model.num_prefix_tokens + 16, model.embed_dim)
+    tokens[:, 1:] += 100.0  # registers and patches: far from the class token
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), tokens[:, 0])
+
+
+def test_phikon_v2_pooling_on_hand_made_tokens():
+    tokens = torch.cat([torch.zeros(1, 1, 4), torch.ones(1, 196, 4)], dim=1)
+    assert get_card("phikon-v2").pooling == "cls"
+    assert torch.equal(pool("cls", tokens, num_prefix_tokens=1), torch.zeros(1, 4))
