@@ -47,7 +47,7 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--weights", str, "local checkpoint file or directory instead of the hub"),
     ("--pretrained", _bool, "false: random initialisation (baselines)"),
     ("--image-size", int, "override the card's input size"),
-    ("--method", str, "linear | lora"),
+    ("--method", str, "linear | lora | zero-shot"),
     ("--rank", int, "LoRA rank"),
     ("--alpha", float, "LoRA alpha (scaling = alpha / rank)"),
     ("--targets", str, "LoRA targets, comma-separated: q,k,v,o,fc1,fc2 or layer-name patterns"),
@@ -69,6 +69,9 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--out", str, "run directory to write"),
     ("--cache-dir", str, "where decoded images and features are cached"),
     ("--overwrite", _bool, "replace an existing run directory"),
+    ("--head-init", str, "random | text: start the head from the class prompts' text embeddings"),
+    ("--encoder", str, "LoRA on the vision | text | both towers (text, both: CLIP classifier)"),
+    ("--tokenizer", str, "Hugging Face tokenizer (hub id or local directory) for HF text towers"),
 ]
 
 

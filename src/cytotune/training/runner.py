@@ -22,10 +22,13 @@ from cytotune._version import __version__
 from cytotune.adapters import count_lora_parameters, save_adapter
 from cytotune.data import (DataError, ImageStore, LabelledImages, few_shot, few_shot_validation,
                            fraction, load_dataset, make_splits)
+from cytotune.data.prompts import class_prompts
 from cytotune.models import build_backbone, get_card
+from cytotune.models.text import build_text_encoder
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache
 from cytotune.training.methods import METHODS, MethodContext, SplitTensors
+from cytotune.training.methods.base import needs_text_encoder
 from cytotune.training.metrics import (classification_metrics, coarse_class_map,
                                        coarse_level_metrics)
 from cytotune.training.rundir import RunWriter
@@ -121,6 +124,16 @@ def build_run_backbone(config: TrainConfig):
                               pretrained=config.model.pretrained)
 
 
+def build_run_text_encoder(config: TrainConfig):
+    """The card's text encoder, from the same weights as the run's backbone (random init seeded
+    by the run seed, like the backbone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_text_encoder(card_for(config), weights=config.model.weights,
+                                  pretrained=config.model.pretrained,
+                                  tokenizer=config.model.tokenizer)
+
+
 def run_training(config: TrainConfig) -> RunResult:
     """Train and evaluate one configuration; write its run directory if ``config.out`` is set."""
     config.validate()
@@ -151,7 +164,10 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     log.info("data %s: %d classes, %d train / %d val / %d test images", data.name,
              data.num_classes, len(train_idx), len(val_idx), len(test_idx))
 
+    prompts = class_prompts(data.class_names, config.data.layout,
+                            config.data.prompts.class_names, config.data.prompts.templates)
     backbone = build_run_backbone(config)
+    text_encoder = build_run_text_encoder(config) if needs_text_encoder(config) else None
     cache_dir = Path(config.cache_dir) if config.cache_dir else None
     store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=config.num_workers)
     t0 = time.perf_counter()
@@ -164,7 +180,8 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     torch.manual_seed(config.seed)
     ctx = MethodContext(config=config, backbone=backbone, train=splits["train"], val=splits["val"],
                         test=splits["test"], class_names=list(data.class_names), device=device,
-                        feature_cache=FeatureCache(cache_dir), steps=steps)
+                        feature_cache=FeatureCache(cache_dir), steps=steps, prompts=prompts,
+                        text_encoder=text_encoder)
     outcome = METHODS[config.method](ctx)
 
     metrics = {"val": classification_metrics(outcome.val.labels.numpy(), outcome.val.probs.numpy(),
