@@ -3,6 +3,8 @@ text-initialised heads and text-encoder LoRA are grid points like any other, and
 draws zero-shot as the 0-shot point."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cytotune.experiments import ResultStore, load_sweep, make_report, run_sweep
@@ -42,7 +44,7 @@ def test_text_options_in_a_sweep_base_reach_every_run():
     assert {(r.config.head_init, r.config.encoder) for r in runs} == {("text", "both")}
     assert {tuple(r.config.data.prompts.templates) for r in runs} == {("{}",)}
     with pytest.raises(ConfigError, match="encoder"):
-        load_sweep(_grid(method=["zero-shot"], lrs=None, base={"encoder": "text"})).runs()
+        load_sweep(_grid(method=["linear"], lrs=None, base={"encoder": "text"})).runs()
 
 
 def test_sweep_with_zero_shot_and_text_lora_runs_and_reports(synthetic_data, tiny_model_names,
@@ -50,15 +52,13 @@ def test_sweep_with_zero_shot_and_text_lora_runs_and_reports(synthetic_data, tin
     values = small_sweep("vl", {"gen": synthetic_data}, [tiny_model_names["clip-vit-b16"]],
                          tmp_path / "cache", method=["zero-shot", "lora"], shots=[1, 2],
                          seeds=[1], lrs={"lora": [1e-3]})
-    values["base"]["encoder"] = "text"
-    with pytest.raises(ConfigError, match="encoder"):  # encoder text is LoRA's option only
-        load_sweep(values).runs()
-    values["base"].pop("encoder")
-    values["base"]["head_init"] = "text"
+    values["base"]["encoder"] = "text"  # LoRA on the text tower; zero-shot uses it as it is
     store = ResultStore(tmp_path / "vl.sqlite")
     summary = run_sweep(values, store, progress=False)
     assert summary.failed == [] and len(summary.completed) == 1 + 2
-    records = store.records()
+    records = store.records(full=True)
+    trainable = [json.loads(t) for t in records[records["method"] == "lora"]["trainable_json"]]
+    assert trainable and all(t["text"] > 0 and t["backbone"] == 0 for t in trainable)
     zero = records[records["method"] == "zero-shot"]
     assert len(zero) == 1 and zero["shots"].isna().all()
     report = make_report(store, tmp_path / "report")
@@ -66,3 +66,16 @@ def test_sweep_with_zero_shot_and_text_lora_runs_and_reports(synthetic_data, tin
     assert list(points["shots"]) == [0, 1, 2]
     assert points.iloc[0]["mean"] == pytest.approx(100 * float(zero["test_accuracy"].iloc[0]))
     assert "shots__vl__lora__accuracy.png" in {p.name for p in report.figures}
+
+
+def test_shipped_vision_language_sweep(monkeypatch):
+    for key in ("BCFC", "MLCC", "SIPAKMED", "HICERVIX"):
+        monkeypatch.setenv(f"CYTOTUNE_{key}", f"/data/{key.lower()}")
+    monkeypatch.delenv("CYTOTUNE_BIOMEDBERT", raising=False)
+    sweep = load_sweep("vision_language_fewshot")
+    runs = sweep.runs()
+    assert sweep.backbones == ["clip-vit-b16", "quilt", "biomedclip"]
+    zero = [r for r in runs if r.method == "zero-shot"]
+    assert len(zero) == 3 * 4 and len(runs) == len(zero) + 3 * 4 * 6 * 3 * 4
+    assert {r.config.encoder for r in runs if r.method == "lora"} == {"both"}
+    assert {r.config.model.tokenizer for r in runs} == {""}  # "": each card's own tokenizer

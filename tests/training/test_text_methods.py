@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 import cytotune
+from cytotune.api import build_config
 from cytotune.data import ImageStore
 from cytotune.data.prompts import class_prompts
 from cytotune.models import tiny_card
@@ -214,9 +215,9 @@ def test_text_encoder_runs_load_and_predict(synthetic_data, tmp_path):
 
 def test_configuration_errors_name_the_option(synthetic_data):
     with pytest.raises(ConfigError, match="encoder='text'.*method 'lora'"):
-        cytotune.api.build_config(data="x", method="linear", encoder="text").validate()
+        build_config(data="x", method="linear", encoder="text").validate()
     with pytest.raises(ConfigError, match="head_init"):
-        cytotune.api.build_config(data="x", head_init="prompts")
+        build_config(data="x", head_init="prompts")
     with pytest.raises(NoTextTowerError, match="image-only"):
         cytotune.train(data=str(synthetic_data), model="uni-tiny", method="zero-shot", shots=1,
                        cache_dir=None, **FAST)
@@ -230,7 +231,7 @@ def test_cli_flags_reach_the_config():
     args = build_parser().parse_args(["train", "--data", "x", "--method", "lora", "--head-init",
                                       "text", "--encoder", "both", "--tokenizer", "/models/bert"])
     options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
-    config = cytotune.api.build_config(**options)
+    config = build_config(**options)
     assert (config.head_init, config.encoder, config.model.tokenizer) == ("text", "both",
                                                                            "/models/bert")
     assert TrainConfig.from_dict(yaml.safe_load(config.to_yaml())) == config

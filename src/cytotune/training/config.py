@@ -131,9 +131,10 @@ class TrainConfig:
             raise ConfigError("data.source is required (a folder, a CSV file, or a named layout's root)")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
-        if self.encoder != "vision" and self.method != "lora":
-            raise ConfigError(f"encoder={self.encoder!r} chooses where LoRA goes; it needs "
-                              f"method 'lora' (got {self.method!r})")
+        if self.encoder != "vision" and self.method == "linear":
+            # zero-shot uses both towers as they are, so a sweep's shared encoder fits it too
+            raise ConfigError(f"encoder={self.encoder!r} chooses where LoRA goes; the linear "
+                              f"probe adapts no encoder (use method 'lora')")
         try:
             self.lora.resolve(("q",))
         except ValueError as err:
