@@ -100,12 +100,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     from cytotune.models import list_cards
 
     table = Table(title="cytotune model cards")
-    for col in ("name", "family", "source", "dim", "licence", "access", "LoRA targets"):
+    for col in ("name", "family", "source", "dim", "licence", "access", "LoRA targets", "text"):
         table.add_column(col, no_wrap=col == "name", overflow="fold")
     for card in list_cards():
         table.add_row(card.name, card.family, card.source, str(card.feature_dim), card.licence,
                       "gated: needs a hub token" if card.gated else "open",
-                      ",".join(card.lora_targets) or "layer names")
+                      ",".join(card.lora_targets) or "layer names",
+                      "yes" if card.text_tower else "")
     console.print(table)
     console.print("Any timm model: [bold]timm:<name>[/bold]; any open_clip model: "
                   "[bold]open_clip:<arch>[:<pretrained>][/bold]. Offline: --weights PATH.")

@@ -185,3 +185,12 @@ def test_the_real_biomedclip_card_names_its_hub_tokenizer():
     assert text_cfg["hf_tokenizer_name"] == "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
     assert text_cfg["hf_pooler_type"] == "cls_last_hidden_state_pooler"
     assert card.text_tower and card.tokenizer is None
+
+
+def test_cards_made_from_open_clip_names_have_their_text_tower():
+    import open_clip
+
+    card = get_card("open_clip:ViT-B-32")
+    assert card.text_tower
+    family = get_family(card.family)
+    assert family.text_config(card)["text_cfg"] == open_clip.get_model_config("ViT-B-32")["text_cfg"]

@@ -211,6 +211,8 @@ def test_text_encoder_runs_load_and_predict(synthetic_data, tmp_path):
 
     with pytest.raises(ExportError, match="onnx"):
         export(out, tmp_path / "export", format="safetensors")
+    onnx = export(out, tmp_path / "onnx", format="onnx")  # the graph normalises the features
+    assert onnx.info["onnx"]["max_abs_diff_probabilities"] <= 1e-4
 
 
 def test_configuration_errors_name_the_option(synthetic_data):
