@@ -49,10 +49,22 @@ def _test_pixels(result, backbone):
     return torch.as_tensor(np.asarray(decoded.pixels))
 
 
-def test_zero_shot_equals_a_hand_computation(synthetic_data, tmp_path):
+def test_zero_shot_equals_a_hand_computation(synthetic_data, tmp_path, monkeypatch):
+    decoded = []
+    original = ImageStore.get
+
+    def recording_get(self, paths, *args, **kwargs):
+        decoded.extend(str(p) for p in paths)
+        return original(self, paths, *args, **kwargs)
+
+    monkeypatch.setattr(ImageStore, "get", recording_get)
     out = tmp_path / "zs"
     result = cytotune.train(data=str(synthetic_data), model=MODEL, method="zero-shot", shots=2,
                             seed=3, out=str(out), cache_dir=None, **FAST)
+    # only validation and test images were decoded: zero-shot never looks at the training split
+    val_and_test = 2 * len(result.class_names) + len(result.predictions)  # 2-shot validation
+    assert len(decoded) == val_and_test and set(result.predictions["path"]) <= set(decoded)
+    monkeypatch.undo()
     config = result.config
     backbone, text = build_run_backbone(config), build_run_text_encoder(config)
     prompts = class_prompts(result.class_names)

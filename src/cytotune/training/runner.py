@@ -27,7 +27,7 @@ from cytotune.models import build_backbone, get_card
 from cytotune.models.text import build_text_encoder
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache
-from cytotune.training.methods import METHODS, MethodContext, SplitTensors
+from cytotune.training.methods import METHODS, TRAINING_FREE, MethodContext, SplitTensors
 from cytotune.training.methods.base import needs_text_encoder
 from cytotune.training.metrics import (classification_metrics, coarse_class_map,
                                        coarse_level_metrics)
@@ -103,6 +103,13 @@ def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, s
                         rows=np.asarray(indices, dtype=np.int64)[kept])
 
 
+def _no_images(size: int) -> SplitTensors:
+    """An empty split (the training split of a method that learns nothing from it)."""
+    return SplitTensors(pixels=torch.empty(0, 3, size, size, dtype=torch.uint8),
+                        labels=torch.empty(0, dtype=torch.int64), paths=[], images_key="none",
+                        rows=np.empty(0, dtype=np.int64))
+
+
 def card_for(config: TrainConfig):
     """The model card of a run, with the config's input-size override applied."""
     card = get_card(config.model.name)
@@ -172,10 +179,17 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=config.num_workers)
     t0 = time.perf_counter()
     pre = backbone.preprocessing
+    # a training-free method (zero-shot) never looks at the training images: not decoded
+    training_free = config.method in TRAINING_FREE
+    wanted = (("val", val_idx), ("test", test_idx)) if training_free else (
+        ("train", train_idx), ("val", val_idx), ("test", test_idx))
     splits = {name: _decode(store, data, idx, pre, config.data.skip_bad_images, name)
-              for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))}
+              for name, idx in wanted}
+    if training_free:
+        splits["train"] = _no_images(pre.image_size)
     decode_s = time.perf_counter() - t0
-    steps = config.optim.resolve_steps(len(splits["train"].labels), config.shots)
+    steps = 0 if training_free else config.optim.resolve_steps(len(splits["train"].labels),
+                                                               config.shots)
 
     torch.manual_seed(config.seed)
     ctx = MethodContext(config=config, backbone=backbone, train=splits["train"], val=splits["val"],
