@@ -40,6 +40,8 @@ FLAT_OPTIONS: dict[str, str] = {
     "val_every": "optim.val_every",
     "linear_epochs": "optim.linear_epochs",
     "augment": "optim.augment",
+    "tokenizer": "model.tokenizer",
+    "templates": "data.prompts.templates",
 }
 
 

@@ -47,7 +47,7 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--weights", str, "local checkpoint file or directory instead of the hub"),
     ("--pretrained", _bool, "false: random initialisation (baselines)"),
     ("--image-size", int, "override the card's input size"),
-    ("--method", str, "linear | lora"),
+    ("--method", str, "linear | lora | zero-shot"),
     ("--rank", int, "LoRA rank"),
     ("--alpha", float, "LoRA alpha (scaling = alpha / rank)"),
     ("--targets", str, "LoRA targets, comma-separated: q,k,v,o,fc1,fc2 or layer-name patterns"),
@@ -69,6 +69,9 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--out", str, "run directory to write"),
     ("--cache-dir", str, "where decoded images and features are cached"),
     ("--overwrite", _bool, "replace an existing run directory"),
+    ("--head-init", str, "random | text: start the head from the class prompts' text embeddings"),
+    ("--encoder", str, "LoRA on the vision | text | both towers (text, both: CLIP classifier)"),
+    ("--tokenizer", str, "Hugging Face tokenizer (hub id or local directory) for HF text towers"),
 ]
 
 
@@ -102,14 +105,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         raise ValueError("--weights goes with --check NAME (cytotune models --check NAME "
                          "--weights PATH)")
     table = Table(title="cytotune model cards")
-    for col in ("name", "family", "source", "dim", "licence", "access", "LoRA targets"):
+    for col in ("name", "family", "source", "dim", "licence", "access", "LoRA targets", "text"):
         table.add_column(col, no_wrap=col == "name", overflow="fold")
     for card in list_cards():
         access = "gated: needs a hub token" if card.gated else "open"
         requirement = get_family(card.family).missing_requirement(card)
         table.add_row(card.name, card.family, card.source, str(card.feature_dim), card.licence,
                       f"{access}; {requirement}" if requirement else access,
-                      ",".join(card.lora_targets) or "layer names")
+                      ",".join(card.lora_targets) or "layer names",
+                      "yes" if card.text_tower else "")
     console.print(table)
     console.print("Any timm model: [bold]timm:<name>[/bold]; any open_clip model: "
                   "[bold]open_clip:<arch>[:<pretrained>][/bold]. Offline: --weights PATH. "

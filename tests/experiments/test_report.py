@@ -162,3 +162,28 @@ def test_other_metrics_by_option(tmp_path):
     ece = report.summary[report.summary["metric"] == "ece"].iloc[0]
     assert ece["mean"] == pytest.approx(5.0) and ece["std"] == pytest.approx(0.0)
     assert not math.isnan(report.summary[report.summary["metric"] == "auroc"].iloc[0]["mean"])
+
+
+def test_zero_shot_is_the_0_shot_point_of_the_shots_figure(tmp_path):
+    from cytotune.experiments.report import shots_points
+
+    records = []
+    for seed in (1, 2):
+        for shots in (1, 4):
+            records.append(hand_record(f"lora{seed}{shots}", sweep="vl", method="lora",
+                                       dataset="mlcc", backbone="clip", shots=shots, seed=seed,
+                                       val=0.6, test=0.5 + 0.1 * shots / 4))
+    records.append(hand_record("zs-clip", sweep="vl", method="zero-shot", dataset="mlcc",
+                               backbone="clip", seed=1, val=0.3, test=0.35))
+    # a zero-shot run of a backbone without a curve is not drawn
+    records.append(hand_record("zs-uni", sweep="vl", method="zero-shot", dataset="mlcc",
+                               backbone="uni", seed=1, val=0.3, test=0.2))
+    report = make_report(_store(tmp_path, records), tmp_path / "out")
+    points = shots_points(report.summary, "vl", "lora", "accuracy")
+    assert list(points["shots"]) == [0, 1, 4] and set(points["backbone"]) == {"clip"}
+    assert points.iloc[0]["mean"] == pytest.approx(35.0)
+    names = {p.name for p in report.figures}
+    assert "shots__vl__lora__accuracy.png" in names
+    assert not any("zero-shot" in n for n in names)  # no curve of its own
+    # zero-shot still gets its Table 1 (one run, no learning rate to choose)
+    assert report.tables["vl__zero-shot__all__accuracy"].loc["mlcc", "clip"] == "35.00±0.00"

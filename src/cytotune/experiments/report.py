@@ -18,7 +18,8 @@ Outputs, in ``out_dir``:
   ``failures.csv`` (failed attempts);
 - ``figures/shots__<sweep>__<method>__<metric>.png``: metric vs shots per class, one subplot per
   data set, one line per backbone, and each backbone's linear probe on all data (from any sweep
-  in the same store) as a dashed line in its colour (the study's Fig. 1);
+  in the same store) as a dashed line in its colour (the study's Fig. 1); a backbone's zero-shot
+  run (method ``zero-shot``, same sweep first, else any sweep) is its 0-shot point (a star at 0);
 - ``figures/fractions__<sweep>__<method>__<metric>.png``: metric vs percentage of the training
   data (the study's Fig. 2), with a state-of-the-art reference line per data set when given.
 
@@ -46,6 +47,7 @@ from cytotune.experiments.store import ResultStore
 REPORT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
                  "macro_f1": "macro F1", "auroc": "AUROC", "ece": "ECE"}
+ZERO_SHOT = "zero-shot"  # drawn as the 0-shot point of every shots figure of its sweep
 SETTING = ["sweep", "dataset", "backbone", "method", "shots", "fraction"]
 DEFAULT_SOTA_LABEL = "HierSwin (state of the art)"
 
@@ -205,6 +207,19 @@ def _linear_baselines(summary: pd.DataFrame, metric: str, sweep: str) -> dict[tu
     return out
 
 
+def zero_shot_points(summary: pd.DataFrame, metric: str,
+                      sweep: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """(dataset, backbone) -> (mean, std) of the zero-shot runs: the 0-shot point of Fig. 1; the
+    same sweep's value first, else the first sweep in the store that has one."""
+    part = summary[(summary["metric"] == metric) & (summary["method"] == ZERO_SHOT)]
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for preferred in (True, False):
+        for r in part.itertuples():
+            if (r.sweep == sweep) == preferred and (r.dataset, r.backbone) not in out:
+                out[(r.dataset, r.backbone)] = (r.mean, r.std)
+    return out
+
+
 def _curve_setup(summary: pd.DataFrame, sweep: str, method: str, metric: str, column: str):
     """The rows of one curve figure (x = ``column``), pyplot, and the data sets, backbones and
     a colour per backbone in first-seen order; None when there is nothing to draw."""
@@ -218,31 +233,61 @@ def _curve_setup(summary: pd.DataFrame, sweep: str, method: str, metric: str, co
     return part, plt, _first_seen(part["dataset"]), backbones, colours
 
 
+def shots_points(summary: pd.DataFrame, sweep: str, method: str, metric: str) -> pd.DataFrame:
+    """The points of one shots figure: dataset, backbone, shots, mean, std. A backbone's zero-shot
+    run (:func:`zero_shot_points`) is its point at 0 shots, for the (data set, backbone) pairs
+    that have a curve."""
+    columns = ["dataset", "backbone", "shots", "mean", "std"]
+    part = summary[(summary["sweep"] == sweep) & (summary["method"] == method)
+                   & (summary["metric"] == metric) & summary["shots"].notna()]
+    if part.empty:
+        return pd.DataFrame(columns=columns)
+    points = part[columns].copy()
+    points["shots"] = points["shots"].astype(int)
+    pairs = set(zip(points["dataset"], points["backbone"]))
+    zero = [{"dataset": d, "backbone": b, "shots": 0, "mean": mean, "std": std}
+            for (d, b), (mean, std) in zero_shot_points(summary, metric, sweep).items()
+            if (d, b) in pairs and not pd.isna(mean)]
+    if zero:
+        points = pd.concat([points, pd.DataFrame(zero)], ignore_index=True)
+    return points.sort_values(["dataset", "backbone", "shots"], kind="stable")
+
+
 def shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str,
                  path: Path) -> Optional[Path]:
-    """Metric vs shots per class (the study's Fig. 1)."""
+    """Metric vs shots per class (the study's Fig. 1); zero-shot runs are the 0-shot points."""
     setup = _curve_setup(summary, sweep, method, metric, "shots")
     if setup is None:
         return None
     part, plt, datasets, backbones, colours = setup
     baselines = _linear_baselines(summary, metric, sweep)
+    points = shots_points(summary, sweep, method, metric)
     fig, axes = _grid(len(datasets))
     shots_all = sorted(int(s) for s in part["shots"].unique())
-    drew_baseline = False
+    drew_baseline = drew_zero = False
     for ax, dataset in zip(axes, datasets):
+        zero_here = False
         for backbone in backbones:
-            rows = part[(part["dataset"] == dataset) & (part["backbone"] == backbone)]
-            rows = rows.sort_values("shots")
+            mine = points[(points["dataset"] == dataset) & (points["backbone"] == backbone)]
+            rows, zero = mine[mine["shots"] > 0], mine[mine["shots"] == 0]
             if not rows.empty:
-                ax.errorbar(rows["shots"].astype(int), rows["mean"], yerr=rows["std"],
+                ax.errorbar(rows["shots"], rows["mean"], yerr=rows["std"],
                             marker="o", ms=4, capsize=3, color=colours[backbone], label=backbone)
             base = baselines.get((dataset, backbone))
             if base is not None and not pd.isna(base):
                 ax.axhline(base, ls="--", lw=1.2, color=colours[backbone])
                 drew_baseline = True
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(shots_all)
-        ax.set_xticklabels([str(s) for s in shots_all])
+            if not zero.empty:
+                ax.errorbar(zero["shots"], zero["mean"], yerr=zero["std"].fillna(0.0),
+                            marker="*", ms=9, capsize=3, ls="none", color=colours[backbone])
+                zero_here = drew_zero = True
+        ticks = ([0] if zero_here else []) + shots_all
+        if zero_here:  # 0 has no place on a log axis: linear between 0 and 1, log above
+            ax.set_xscale("symlog", base=2, linthresh=1)
+        else:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(s) for s in ticks])
         ax.set_title(dataset)
         ax.set_xlabel("shots per class")
         ax.set_ylabel(f"test {METRIC_LABELS.get(metric, metric)} (%)")
@@ -253,6 +298,11 @@ def shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str,
 
         handles.append(Line2D([], [], ls="--", color="0.3"))
         labels.append("linear probe, all data")
+    if drew_zero:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], marker="*", ms=9, ls="none", color="0.3"))
+        labels.append("zero-shot (0 shots)")
     _title(fig, f"{sweep}: {method}, test {METRIC_LABELS.get(metric, metric)} vs shots per "
                 f"class (mean ± std over seeds)")
     fig.tight_layout()
@@ -371,7 +421,9 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
                                datasets=[d for d in datasets_order if d in present],
                                backbones=[b for b in backbones_order if b in set(part["backbone"])])
                 stem = "__".join(_slug(x) for x in (s.sweep, s.method, sample, metric))
-                heading = (f"{s.sweep}: {s.method}, {_sample_words(sample)}: test "
+                words = ("no training images" if s.method == ZERO_SHOT
+                         else _sample_words(sample))
+                heading = (f"{s.sweep}: {s.method}, {words}: test "
                            f"{METRIC_LABELS.get(metric, metric)} (%), mean±std over seeds")
                 tables[stem], titles[stem] = table, heading
                 table.to_csv(out / "tables" / f"{stem}.csv")

@@ -22,6 +22,10 @@ naming it. A data set entry may carry ``generate: {n_per_class, image_size, seed
 the sweep then draws cytotune's synthetic cytology-like set into ``source`` when that folder does
 not exist yet (demos and tests that must run offline).
 
+A training-free method (``zero-shot``) is planned once per (data set, backbone): on the whole
+training split, with the first seed and learning rate, whatever the shots, seeds and ``lrs`` say
+(nothing it computes depends on them; it needs no entry in a per-method ``lrs``).
+
 Runs are ordered by (data set, backbone), then method, sample size, seed and learning rate, so
 linear-probe runs that share frozen features run back to back and reuse the feature cache.
 
@@ -227,11 +231,23 @@ class SweepConfig:
         return [(None, None)]
 
     def lrs_for(self, method: str) -> list[float]:
-        if self.lrs is None:
+        if self.lrs is None or (isinstance(self.lrs, dict) and method not in self.lrs):
             return [float(TrainConfig.from_dict(self.base).optim.lr)]
         if isinstance(self.lrs, dict):
             return list(self.lrs[method])
         return list(self.lrs)
+
+    def grid_for(self, method: str) -> tuple[list[tuple[Optional[int], Optional[float]]],
+                                             list[int], list[float]]:
+        """(samples, seeds, learning rates) of one method. A training-free method (zero-shot)
+        learns nothing from the training split, so neither the sample size, the seed nor the
+        learning rate changes its test result: it runs once, on the whole split with the first
+        seed and learning rate (the report draws it as the 0-shot point)."""
+        from cytotune.training.methods import TRAINING_FREE
+
+        if method in TRAINING_FREE:
+            return [(None, None)], list(self.seeds[:1]), self.lrs_for(method)[:1]
+        return self.samples(), list(self.seeds), self.lrs_for(method)
 
     def runs(self) -> list[PlannedRun]:
         """Every run of the sweep, in execution order, each with its resolved TrainConfig."""
@@ -242,9 +258,10 @@ class SweepConfig:
             for backbone in self.backbones:
                 for method in self.method:
                     template = self._template(dataset_name, spec, backbone, method)
-                    for shots, frac in self.samples():
-                        for seed in self.seeds:
-                            for lr in self.lrs_for(method):
+                    samples, seeds, lrs = self.grid_for(method)
+                    for shots, frac in samples:
+                        for seed in seeds:
+                            for lr in lrs:
                                 run = self._plan(template, dataset_name, spec, shots, frac, seed,
                                                  lr, out_pattern)
                                 if run.run_id in seen:
@@ -486,10 +503,12 @@ def _parse_lrs(value: Any, methods: list[str]) -> Optional[Union[list[float], di
         if unknown:
             raise ConfigError(f"lrs: grid for method(s) {', '.join(map(str, unknown))} that the "
                               f"sweep does not run ({', '.join(methods)})")
-        missing = [m for m in methods if m not in value]
+        from cytotune.training.methods import TRAINING_FREE
+
+        missing = [m for m in methods if m not in value and m not in TRAINING_FREE]
         if missing:
             raise ConfigError(f"lrs: no learning rates for method(s) {', '.join(missing)}")
-        return {m: grid(value[m], f"lrs.{m}") for m in methods}
+        return {m: grid(value[m], f"lrs.{m}") for m in methods if m in value}
     return grid(value, "lrs")
 
 

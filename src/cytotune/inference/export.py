@@ -38,6 +38,7 @@ from cytotune._version import __version__
 from cytotune.inference.model import CytotuneModel, load
 from cytotune.inference.modelcard import licence_notice, model_card_markdown
 from cytotune.inference.run import RunFiles, read_run
+from cytotune.training.methods.base import head_takes_normalised_features
 from cytotune.models import FusedSelfAttention
 
 log = logging.getLogger(__name__)
@@ -578,6 +579,12 @@ def export(run_dirs: Union[PathLike, Sequence[PathLike]], out: PathLike,
             "runs": [{"path": str(r.path.resolve()), "seed": r.config.seed} for r in runs],
         }
         recipe = None
+        if format == "safetensors" and head_takes_normalised_features(model.config):
+            raise ExportError(
+                f"run {runs[0].path} ({model.config.method}, encoder {model.config.encoder}) "
+                f"classifies L2-normalised features (CLIP's classifier), which the plain "
+                f"safetensors recipe does not rebuild; export it with format='onnx' (or use "
+                f"cytotune.load on the run directory)")
         if format == "safetensors":
             from safetensors.torch import save_file
 

@@ -79,12 +79,22 @@ def _training_images(run: RunFiles) -> str:
 
 def _method(run: RunFiles, card: ModelCard) -> str:
     cfg = run.config
+    if cfg.method == "lora" and cfg.encoder != "vision":
+        lora = cfg.lora.resolve(card.default_lora_targets)
+        towers = "text tower" if cfg.encoder == "text" else "image and text towers"
+        return (f"LoRA (rank {lora.rank}, alpha {lora.alpha:g}) on {', '.join(lora.targets)} of "
+                f"the {towers}, CLIP's classifier (the class prompts' text embeddings) trained "
+                f"end to end with AdamW ({cfg.optim.lr:g} learning rate); the final class "
+                f"embeddings are the head")
     if cfg.method == "lora":
         lora = cfg.lora.resolve(card.default_lora_targets)
         return (f"LoRA (rank {lora.rank}, alpha {lora.alpha:g}, scaling {lora.scaling:g}) on "
                 f"{', '.join(lora.targets)} of the backbone, plus a linear head, trained end to end "
                 f"with AdamW ({cfg.optim.lr:g} learning rate); the adapter is merged into the base "
                 f"weights in this export")
+    if cfg.method == "zero-shot":
+        return ("zero-shot: no training; image-text similarity to the class prompts with the "
+                "model's own text tower and logit scale (prompt ensembling over templates)")
     if cfg.method == "linear":
         return (f"linear probe: a linear head trained with AdamW on features of the frozen "
                 f"backbone ({cfg.optim.lr:g} learning rate)")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cytotune.training.config import ConfigError, TrainConfig
+from cytotune.training.methods.base import NormalisedLinear, head_takes_normalised_features
 
 PathLike = Union[str, Path]
 
@@ -88,7 +89,8 @@ def read_run(run_dir: PathLike) -> RunFiles:
     if len(set(class_names)) != len(class_names):
         raise RunDirError(f"{path / METRICS_FILE}: class_names lists a class twice: {class_names}")
     adapter = path / ADAPTER_FILE
-    if config.method == "lora" and not adapter.is_file():
+    # LoRA on the text tower alone leaves the image tower untouched: its classifier is the head
+    if config.method == "lora" and config.encoder != "text" and not adapter.is_file():
         raise RunDirError(f"run directory {path} is a LoRA run (config.yaml: method lora) but "
                           f"has no {ADAPTER_FILE}")
     if config.method != "lora" and adapter.is_file():
@@ -111,7 +113,9 @@ def _safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def load_head(run: RunFiles, feature_dim: int) -> nn.Linear:
-    """The run's linear head, checked against the class names and the backbone's feature width."""
+    """The run's linear head, checked against the class names and the backbone's feature width
+    (a :class:`NormalisedLinear` for runs whose classifier is CLIP's, see
+    ``head_takes_normalised_features``)."""
     tensors, meta = _safetensors(run.head)
     where = str(run.head)
     if set(tensors) != set(HEAD_KEYS):
@@ -142,7 +146,9 @@ def load_head(run: RunFiles, feature_dim: int) -> nn.Linear:
         problems.append("it holds NaN or infinite values")
     if problems:
         raise RunDirError(f"head {where} does not fit this run: " + "; ".join(problems))
-    head = nn.Linear(feature_dim, n_classes)
+    # zero-shot and text-encoder LoRA runs keep CLIP's classifier: a head on normalised features
+    head = (NormalisedLinear if head_takes_normalised_features(run.config) else nn.Linear)(
+        feature_dim, n_classes)
     with torch.no_grad():
         head.weight.copy_(weight.float())
         head.bias.copy_(bias.float())

@@ -118,6 +118,10 @@ class ModelCard:
     pooling     name of a pooling function in ``cytotune.models.pooling`` ("model" = the model's own)
     lora_targets canonical name -> LoraTarget; ``default_lora_targets`` used when none are given
     licence, gated, gated_note  shown by ``cytotune models``; gated models need a hub token
+    text_tower  the checkpoint also holds a text encoder (vision-language models): the family
+                builds it with ``build_text_tower`` (zero-shot, text-initialised heads, text LoRA)
+    tokenizer   where a Hugging Face tokenizer comes from (hub id or local directory) for text
+                towers that use one; None: the one the model config names
     """
 
     name: str
@@ -135,6 +139,8 @@ class ModelCard:
     gated: bool = False
     description: str = ""
     homepage: str = ""
+    text_tower: bool = False
+    tokenizer: Optional[str] = None
 
     def with_overrides(self, **changes: Any) -> "ModelCard":
         """A copy with some fields changed (tests build tiny random-init variants this way)."""

@@ -38,6 +38,7 @@ CLIP_VIT_B16 = register_card(ModelCard(
     description="OpenAI CLIP ViT-B/16 image tower (400M web image-text pairs); general-purpose "
                 "baseline",
     homepage="https://github.com/openai/CLIP",
+    text_tower=True,  # text_cfg: open_clip's packaged ViT-B-16 config (architecture)
 ))
 
 CLIP_VIT_L14 = register_card(CLIP_VIT_B16.with_overrides(
@@ -49,6 +50,8 @@ CLIP_VIT_L14 = register_card(CLIP_VIT_B16.with_overrides(
     description="OpenAI CLIP ViT-L/14 image tower (400M web image-text pairs); larger "
                 "general-purpose baseline",
 ))
+
+BIOMEDBERT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 
 BIOMEDCLIP = register_card(ModelCard(
     name="biomedclip",
@@ -63,7 +66,14 @@ BIOMEDCLIP = register_card(ModelCard(
     model_kwargs={"embed_dim": 512, "quick_gelu": False,
                   "vision_cfg": {"timm_model_name": "vit_base_patch16_224",
                                  "timm_model_pretrained": False, "timm_pool": "",
-                                 "timm_proj": "linear", "image_size": 224}},
+                                 "timm_proj": "linear", "image_size": 224},
+                  # the text tower of the same open_clip_config.json (open_clip ships no packaged
+                  # config for it): PubMedBERT through open_clip's HFTextEncoder
+                  "text_cfg": {"hf_model_name": BIOMEDBERT, "hf_tokenizer_name": BIOMEDBERT,
+                               "hf_proj_type": "mlp",
+                               "hf_pooler_type": "cls_last_hidden_state_pooler",
+                               "context_length": 256}},
+    text_tower=True,  # its tokenizer and BERT config come from the hub or --tokenizer DIR
     lora_targets=timm_vit_targets("trunk."),
     default_lora_targets=("q", "v"),
     licence="MIT",
@@ -91,6 +101,7 @@ QUILT = register_card(ModelCard(
     description="QuiltNet ViT-B/32 image tower, CLIP trained on Quilt-1M histopathology "
                 "video-derived image-text pairs",
     homepage="https://huggingface.co/wisdomik/QuiltNet-B-32",
+    text_tower=True,  # text_cfg: open_clip's packaged ViT-B-32 config, or the repository's
 ))
 
 QUILT_B16 = register_card(QUILT.with_overrides(

@@ -23,6 +23,16 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class PromptsConfig:
+    """Overrides of a data set's class prompts for vision-language models (zero-shot, text heads):
+    ``class_names`` maps a class (folder) name to its descriptive name, ``templates`` replace the
+    layout's templates (each with one ``{}``). Empty: the layout's defaults (cytotune.data.prompts)."""
+
+    class_names: dict[str, str] = field(default_factory=dict)
+    templates: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DataConfig:
     """Which images, and how to split them when the source has no split of its own."""
 
@@ -33,6 +43,7 @@ class DataConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     skip_bad_images: bool = False
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
 
 
 @dataclass
@@ -41,6 +52,7 @@ class ModelConfig:
     weights: Optional[str] = None  # local checkpoint file or directory instead of the hub
     pretrained: bool = True  # False: random init (baselines, tests)
     image_size: Optional[int] = None  # override the card's input size (e.g. fast CPU runs)
+    tokenizer: Optional[str] = None  # HF tokenizer (hub id or local dir) for HF text towers
 
 
 @dataclass
@@ -103,6 +115,10 @@ class TrainConfig:
     cache_dir: Optional[str] = ".cytotune_cache"  # decoded images and features; None: no cache
     overwrite: bool = False
     num_workers: int = 2  # image decoding threads
+    # vision-language models: the head starts from the class prompts' text embeddings ("text")
+    # or random weights; LoRA adapts the image tower, the text tower (CLIP classifier) or both
+    head_init: Literal["random", "text"] = "random"
+    encoder: Literal["vision", "text", "both"] = "vision"
 
     def validate(self) -> None:
         if self.shots is not None and self.fraction is not None:
@@ -115,6 +131,10 @@ class TrainConfig:
             raise ConfigError("data.source is required (a folder, a CSV file, or a named layout's root)")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        if self.encoder != "vision" and self.method == "linear":
+            # zero-shot uses both towers as they are, so a sweep's shared encoder fits it too
+            raise ConfigError(f"encoder={self.encoder!r} chooses where LoRA goes; the linear "
+                              f"probe adapts no encoder (use method 'lora')")
         try:
             self.lora.resolve(("q",))
         except ValueError as err:

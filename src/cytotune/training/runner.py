@@ -22,10 +22,13 @@ from cytotune._version import __version__
 from cytotune.adapters import count_lora_parameters, save_adapter
 from cytotune.data import (DataError, ImageStore, LabelledImages, few_shot, few_shot_validation,
                            fraction, load_dataset, make_splits)
+from cytotune.data.prompts import class_prompts
 from cytotune.models import build_backbone, get_card
+from cytotune.models.text import build_text_encoder
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache
-from cytotune.training.methods import METHODS, MethodContext, SplitTensors
+from cytotune.training.methods import METHODS, TRAINING_FREE, MethodContext, SplitTensors
+from cytotune.training.methods.base import needs_text_encoder
 from cytotune.training.metrics import (classification_metrics, coarse_class_map,
                                        coarse_level_metrics)
 from cytotune.training.rundir import RunWriter
@@ -100,6 +103,13 @@ def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, s
                         rows=np.asarray(indices, dtype=np.int64)[kept])
 
 
+def _no_images(size: int) -> SplitTensors:
+    """An empty split (the training split of a method that learns nothing from it)."""
+    return SplitTensors(pixels=torch.empty(0, 3, size, size, dtype=torch.uint8),
+                        labels=torch.empty(0, dtype=torch.int64), paths=[], images_key="none",
+                        rows=np.empty(0, dtype=np.int64))
+
+
 def card_for(config: TrainConfig):
     """The model card of a run, with the config's input-size override applied."""
     card = get_card(config.model.name)
@@ -119,6 +129,16 @@ def build_run_backbone(config: TrainConfig):
         torch.manual_seed(config.seed)
         return build_backbone(card_for(config), weights=config.model.weights,
                               pretrained=config.model.pretrained)
+
+
+def build_run_text_encoder(config: TrainConfig):
+    """The card's text encoder, from the same weights as the run's backbone (random init seeded
+    by the run seed, like the backbone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_text_encoder(card_for(config), weights=config.model.weights,
+                                  pretrained=config.model.pretrained,
+                                  tokenizer=config.model.tokenizer)
 
 
 def run_training(config: TrainConfig) -> RunResult:
@@ -151,20 +171,31 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     log.info("data %s: %d classes, %d train / %d val / %d test images", data.name,
              data.num_classes, len(train_idx), len(val_idx), len(test_idx))
 
+    prompts = class_prompts(data.class_names, config.data.layout,
+                            config.data.prompts.class_names, config.data.prompts.templates)
     backbone = build_run_backbone(config)
+    text_encoder = build_run_text_encoder(config) if needs_text_encoder(config) else None
     cache_dir = Path(config.cache_dir) if config.cache_dir else None
     store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=config.num_workers)
     t0 = time.perf_counter()
     pre = backbone.preprocessing
+    # a training-free method (zero-shot) never looks at the training images: not decoded
+    training_free = config.method in TRAINING_FREE
+    wanted = (("val", val_idx), ("test", test_idx)) if training_free else (
+        ("train", train_idx), ("val", val_idx), ("test", test_idx))
     splits = {name: _decode(store, data, idx, pre, config.data.skip_bad_images, name)
-              for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))}
+              for name, idx in wanted}
+    if training_free:
+        splits["train"] = _no_images(pre.image_size)
     decode_s = time.perf_counter() - t0
-    steps = config.optim.resolve_steps(len(splits["train"].labels), config.shots)
+    steps = 0 if training_free else config.optim.resolve_steps(len(splits["train"].labels),
+                                                               config.shots)
 
     torch.manual_seed(config.seed)
     ctx = MethodContext(config=config, backbone=backbone, train=splits["train"], val=splits["val"],
                         test=splits["test"], class_names=list(data.class_names), device=device,
-                        feature_cache=FeatureCache(cache_dir), steps=steps)
+                        feature_cache=FeatureCache(cache_dir), steps=steps, prompts=prompts,
+                        text_encoder=text_encoder)
     outcome = METHODS[config.method](ctx)
 
     metrics = {"val": classification_metrics(outcome.val.labels.numpy(), outcome.val.probs.numpy(),

@@ -74,6 +74,15 @@ class Family:
         """How to install an optional package the card needs and that is missing, else None."""
         return None
 
+    def build_text_tower(self, card: ModelCard, *, pretrained: bool = True,
+                         weights: Optional[Path] = None, tokenizer: Optional[str] = None):
+        """The card's text encoder (a ``cytotune.models.text.TextTower``), from the same weights.
+
+        Only vision-language families implement it; ``card.text_tower`` says whether a card has one.
+        """
+        raise NotImplementedError(f"family '{self.name}' builds no text towers "
+                                  f"(card '{card.name}')")
+
     # -- running --------------------------------------------------------------------------------
     def pooled_features(self, card: ModelCard, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         """The model's own pooled output (pooling "model")."""

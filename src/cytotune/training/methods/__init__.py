@@ -10,22 +10,33 @@ from cytotune.training.methods.base import (Classifier, MethodContext, MethodRes
                                             new_head)
 from cytotune.training.methods.linear import run_linear_probe
 from cytotune.training.methods.lora import run_lora
+from cytotune.training.methods.zero_shot import run_zero_shot
 
 MethodFn = Callable[[MethodContext], MethodResult]
 
 METHODS: dict[str, MethodFn] = {}
+# methods that train nothing (zero-shot): no learning rate, seed or sample size changes their
+# test result, so sweeps run them once per (data set, backbone)
+TRAINING_FREE: set[str] = set()
 
 
-def register_method(name: str, fn: MethodFn, *, replace: bool = False) -> MethodFn:
-    """Make ``fn`` available as ``--method name`` (and ``method: name`` in configs and sweeps)."""
+def register_method(name: str, fn: MethodFn, *, replace: bool = False,
+                    trains: bool = True) -> MethodFn:
+    """Make ``fn`` available as ``--method name`` (and ``method: name`` in configs and sweeps);
+    ``trains=False`` marks a method that learns nothing from the training split."""
     if name in METHODS and not replace:
         raise ValueError(f"method {name!r} is already registered")
     METHODS[name] = fn
+    if trains:
+        TRAINING_FREE.discard(name)
+    else:
+        TRAINING_FREE.add(name)
     return fn
 
 
 register_method("linear", run_linear_probe)
 register_method("lora", run_lora)
+register_method("zero-shot", run_zero_shot, trains=False)
 
-__all__ = ["METHODS", "register_method", "MethodContext", "MethodResult", "SplitTensors",
-           "Classifier", "new_head", "run_linear_probe", "run_lora"]
+__all__ = ["METHODS", "TRAINING_FREE", "register_method", "MethodContext", "MethodResult", "SplitTensors",
+           "Classifier", "new_head", "run_linear_probe", "run_lora", "run_zero_shot"]

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache
@@ -35,6 +37,10 @@ class MethodContext:
     device: torch.device
     feature_cache: FeatureCache
     steps: int
+    # vision-language runs: one list of prompts per class, and the card's text encoder (built by
+    # the runner only when the method or head_init needs it; cytotune.models.text.TextEncoder)
+    prompts: list[list[str]] = field(default_factory=list)
+    text_encoder: Optional[nn.Module] = None
 
 
 @dataclass
@@ -55,6 +61,51 @@ def new_head(feature_dim: int, num_classes: int, seed: int, device: torch.device
     head = nn.Linear(feature_dim, num_classes)
     torch.random.set_rng_state(generator_state)
     return head.to(device)
+
+
+def needs_text_encoder(config: TrainConfig) -> bool:
+    """Whether a run uses the card's text tower (zero-shot, text-initialised head, text LoRA)."""
+    return config.method == "zero-shot" or config.head_init == "text" or config.encoder != "vision"
+
+
+def head_takes_normalised_features(config: TrainConfig) -> bool:
+    """Whether a run's saved head is CLIP's classifier (:class:`NormalisedLinear`): zero-shot and
+    LoRA on the text encoder; linear and image-tower LoRA heads work on the raw features."""
+    return config.method == "zero-shot" or config.encoder != "vision"
+
+
+class NormalisedLinear(nn.Linear):
+    """A linear head on L2-normalised features: CLIP's classifier, whose weight is the logit scale
+    times the class text embeddings (zero-shot and text-encoder LoRA runs save this head)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.normalize(x, dim=-1))
+
+
+def text_class_weights(ctx: MethodContext) -> torch.Tensor:
+    """(C, D) unit-norm class embeddings of the run's prompts (prompt-ensembled), without grad."""
+    if ctx.text_encoder is None:
+        raise ValueError(f"method {ctx.config.method!r} with head_init={ctx.config.head_init!r} "
+                         f"needs the card's text encoder, but the run built none")
+    with torch.no_grad():
+        weights = ctx.text_encoder.to(ctx.device).class_embeddings(ctx.prompts)
+    dim = getattr(ctx.backbone, "feature_dim", weights.shape[1])
+    if weights.shape[1] != dim:
+        raise ValueError(f"model card '{ctx.backbone.card.name}': text embeddings are "
+                         f"{weights.shape[1]}-d but the image features are {dim}-d; text heads "
+                         f"need the model's own joint embedding (pooling 'model')")
+    return weights.to(ctx.device)
+
+
+def initial_head(ctx: MethodContext, feature_dim: int) -> nn.Linear:
+    """The head a method starts from: seeded random weights, or with ``head_init: text`` the
+    normalised text embeddings of the class prompts as weights and a zero bias."""
+    head = new_head(feature_dim, len(ctx.class_names), ctx.config.seed, ctx.device)
+    if ctx.config.head_init == "text":
+        with torch.no_grad():
+            head.weight.copy_(text_class_weights(ctx).to(head.weight.dtype))
+            head.bias.zero_()
+    return head
 
 
 class Classifier(nn.Module):

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from cytotune.training.features import FeatureCache, extract_features
 from cytotune.training.loop import EvalResult, evaluate_logits, fit
-from cytotune.training.methods.base import MethodContext, MethodResult, SplitTensors, new_head
+from cytotune.training.methods.base import (MethodContext, MethodResult, SplitTensors,
+                                            initial_head)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def run_linear_probe(ctx: MethodContext) -> MethodResult:
         return feats, seconds
 
     (f_train, t1), (f_val, t2), (f_test, t3) = features(ctx.train), features(ctx.val), features(ctx.test)
-    head = new_head(f_train.shape[1], len(ctx.class_names), cfg.seed, ctx.device)
+    head = initial_head(ctx, f_train.shape[1])
     f_train, f_val, f_test = (f.to(ctx.device) for f in (f_train, f_val, f_test))
     y_train = ctx.train.labels.to(ctx.device)
     o = cfg.optim

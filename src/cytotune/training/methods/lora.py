@@ -13,13 +13,16 @@ from cytotune.training.augment import normalise, random_dihedral
 from cytotune.training.features import autocast_for
 from cytotune.training.loop import EvalResult, evaluate_logits, fit
 from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
-                                            new_head)
+                                            initial_head)
 
 log = logging.getLogger(__name__)
 
 
 def run_lora(ctx: MethodContext) -> MethodResult:
     """LoRA on the card's attention (or named) layers plus a linear head, trained end to end."""
+    if ctx.config.encoder != "vision":  # LoRA on the text tower: the CLIP classifier
+        from cytotune.training.methods.clip_lora import run_clip_lora
+        return run_clip_lora(ctx)
     cfg, bb = ctx.config, ctx.backbone
     pre = bb.preprocessing
     rng_state = torch.random.get_rng_state()
@@ -30,7 +33,7 @@ def run_lora(ctx: MethodContext) -> MethodResult:
     log.info("LoRA rank %d alpha %g on %d layers (%s)", lora.rank, lora.alpha, len(adapted),
              ", ".join(lora.targets))
     mark_only_lora_trainable(bb)
-    head = new_head(bb.feature_dim, len(ctx.class_names), cfg.seed, ctx.device)
+    head = initial_head(ctx, bb.feature_dim)
     model = Classifier(bb, head).to(ctx.device)
     o = cfg.optim
     aug_generator = torch.Generator().manual_seed(cfg.seed + 1)
