@@ -40,6 +40,10 @@ FLAT_OPTIONS: dict[str, str] = {
     "val_every": "optim.val_every",
     "linear_epochs": "optim.linear_epochs",
     "augment": "optim.augment",
+    "backbone_lr": "finetune.backbone_lr",
+    "layer_decay": "finetune.layer_decay",
+    "train_blocks": "finetune.train_blocks",
+    "grad_checkpointing": "finetune.grad_checkpointing",
 }
 
 

@@ -47,7 +47,8 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--weights", str, "local checkpoint file or directory instead of the hub"),
     ("--pretrained", _bool, "false: random initialisation (baselines)"),
     ("--image-size", int, "override the card's input size"),
-    ("--method", str, "linear | lora"),
+    ("--method", str, "linear | lora | full (every backbone parameter; with a CNN such as "
+                      "timm:resnet50 the conventionally trained baseline)"),
     ("--rank", int, "LoRA rank"),
     ("--alpha", float, "LoRA alpha (scaling = alpha / rank)"),
     ("--targets", str, "LoRA targets, comma-separated: q,k,v,o,fc1,fc2 or layer-name patterns"),
@@ -69,6 +70,10 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--out", str, "run directory to write"),
     ("--cache-dir", str, "where decoded images and features are cached"),
     ("--overwrite", _bool, "replace an existing run directory"),
+    ("--backbone-lr", float, "method full: the backbone's learning rate (default: --lr, the head's)"),
+    ("--layer-decay", float, "method full: layer-wise lr decay in (0, 1]; 1 = none"),
+    ("--train-blocks", int, "method full: train only the last N blocks, freeze the rest"),
+    ("--grad-checkpointing", _bool, "method full: recompute activations to save memory"),
 ]
 
 

@@ -13,6 +13,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The repeated blocks of the architectures cytotune builds (see ModelCard.block_pattern).
+DEFAULT_BLOCK_PATTERN = r"(?:.*\.)?(?:blocks|resblocks|layer|layers)\.\d+|(?:.*\.)?layer\d+"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,11 @@ class ModelCard:
     pooling     name of a pooling function in ``cytotune.models.pooling`` ("model" = the model's own)
     lora_targets canonical name -> LoraTarget; ``default_lora_targets`` used when none are given
     licence, gated, gated_note  shown by ``cytotune models``; gated models need a hub token
+    block_pattern regular expression (full match) over ``named_modules()`` names selecting the
+                network's repeated blocks in depth order, for ``--train-blocks`` and layer-wise
+                learning-rate decay; None: :data:`DEFAULT_BLOCK_PATTERN`, which covers timm ViTs
+                and EfficientNets (``blocks.N``), open_clip (``transformer.resblocks.N``),
+                transformers ViTs (``encoder.layer.N`` / ``layers.N``) and ResNets (``layerN``)
     """
 
     name: str
@@ -83,6 +90,7 @@ class ModelCard:
     gated: bool = False
     description: str = ""
     homepage: str = ""
+    block_pattern: Optional[str] = None
 
     def with_overrides(self, **changes: Any) -> "ModelCard":
         """A copy with some fields changed (tests build tiny random-init variants this way)."""

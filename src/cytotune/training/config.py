@@ -59,6 +59,29 @@ class LoRASettings:
 
 
 @dataclass
+class FinetuneSettings:
+    """Full fine-tuning (``method: full``): which backbone parameters train and at what rate.
+
+    ``optim.lr`` is the head's learning rate; the backbone's is ``backbone_lr`` (None: the same),
+    scaled by ``layer_decay ** (N + 1 - depth)`` for a parameter at ``depth`` of N blocks
+    (1.0: no decay). ``train_blocks`` N trains only the last N blocks (None: every parameter).
+    """
+
+    backbone_lr: Optional[float] = None
+    layer_decay: float = 1.0
+    train_blocks: Optional[int] = None
+    grad_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if self.backbone_lr is not None and self.backbone_lr <= 0:
+            raise ConfigError(f"finetune.backbone_lr must be > 0, got {self.backbone_lr}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.train_blocks is not None and self.train_blocks < 1:
+            raise ConfigError(f"finetune.train_blocks must be >= 1, got {self.train_blocks}")
+
+
+@dataclass
 class OptimConfig:
     """Optimiser and schedule; the defaults follow the reference study where it states them."""
 
@@ -103,6 +126,7 @@ class TrainConfig:
     cache_dir: Optional[str] = ".cytotune_cache"  # decoded images and features; None: no cache
     overwrite: bool = False
     num_workers: int = 2  # image decoding threads
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)  # method "full"
 
     def validate(self) -> None:
         if self.shots is not None and self.fraction is not None:
@@ -115,6 +139,7 @@ class TrainConfig:
             raise ConfigError("data.source is required (a folder, a CSV file, or a named layout's root)")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        self.finetune.validate()
         try:
             self.lora.resolve(("q",))
         except ValueError as err:

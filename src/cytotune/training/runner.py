@@ -45,6 +45,7 @@ class RunResult:
     timings: dict[str, float]
     history: list[dict] = field(default_factory=list)
     out_dir: Optional[Path] = None
+    memory: dict[str, Any] = field(default_factory=dict)  # peak memory, see peak_memory()
 
     @property
     def test_accuracy(self) -> float:
@@ -65,6 +66,28 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return device
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """The run's peak memory and what was measured: on CUDA the peak of tensors allocated on the
+    device since the run started (``torch.cuda.max_memory_allocated``), on CPU the peak resident
+    set size of the whole process since it started (``resource.getrusage``; an upper bound for
+    one run when a process runs several)."""
+    if device.type == "cuda":
+        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)),
+                "kind": "cuda_max_memory_allocated", "device": str(device)}
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in kilobytes on Linux, in bytes on macOS
+    return {"peak_bytes": int(rss if sys.platform == "darwin" else rss * 1024),
+            "kind": "process_peak_rss", "device": "cpu"}
 
 
 def select_indices(data: LabelledImages, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,6 +169,7 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     """The run itself; also returns the trained backbone and the tensors to save."""
     started = time.perf_counter()
     device = resolve_device(config.device)
+    reset_peak_memory(device)
     data = load_dataset(config.data.source, config.data.layout, **config.data.options)
     train_idx, val_idx, test_idx = select_indices(data, config)
     log.info("data %s: %d classes, %d train / %d val / %d test images", data.name,
@@ -190,7 +214,8 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     timings = {"decode_s": decode_s, **outcome.timings, "total_s": time.perf_counter() - started}
     result = RunResult(config=config, class_names=list(data.class_names), metrics=metrics,
                        predictions=predictions, trainable_parameters=outcome.trainable_parameters,
-                       timings=timings, history=outcome.history.evaluations)
+                       timings=timings, history=outcome.history.evaluations,
+                       memory=peak_memory(device))
     log.info(result.summary())
     return result, backbone, outcome.tensors_to_save
 
@@ -211,6 +236,7 @@ def _write_run(writer: RunWriter, result: RunResult, backbone: torch.nn.Module,
         "class_names": result.class_names,
         "trainable_parameters": result.trainable_parameters,
         "timings": result.timings,
+        "memory": result.memory,
         "history": result.history,
         "environment": {"cytotune": __version__, "torch": torch.__version__,
                         "python": platform.python_version(), "device": config.device},

@@ -8,6 +8,7 @@ from typing import Callable
 
 from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
                                             new_head)
+from cytotune.training.methods.full import run_full_finetune
 from cytotune.training.methods.linear import run_linear_probe
 from cytotune.training.methods.lora import run_lora
 
@@ -26,6 +27,7 @@ def register_method(name: str, fn: MethodFn, *, replace: bool = False) -> Method
 
 register_method("linear", run_linear_probe)
 register_method("lora", run_lora)
+register_method("full", run_full_finetune)
 
 __all__ = ["METHODS", "register_method", "MethodContext", "MethodResult", "SplitTensors",
-           "Classifier", "new_head", "run_linear_probe", "run_lora"]
+           "Classifier", "new_head", "run_linear_probe", "run_lora", "run_full_finetune"]
