@@ -428,7 +428,7 @@ class OnnxWrapper(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model((pixels / 255.0 - self.mean) / self.std)
-        return logits, logits.softmax(-1)
+        return logits, self.model.task.probabilities(logits)
 
 
 def export_onnx(model: CytotuneModel, path: Path, opset: int = MIN_OPSET) -> dict[str, Any]:

@@ -33,6 +33,10 @@ class DataConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     skip_bad_images: bool = False
+    # out-of-domain evaluation (needs a 'domain' column): images of test_domains are only tested
+    # on; None: all domains not named on the other side (both None: no domain split)
+    train_domains: Optional[tuple[str, ...]] = None
+    test_domains: Optional[tuple[str, ...]] = None
 
 
 @dataclass

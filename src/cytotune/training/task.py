@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from cytotune.training.metrics import classification_metrics, multilabel_metrics
+
 
 class Task:
     """Single-label classification: softmax, cross-entropy, selection by accuracy."""
@@ -35,8 +37,6 @@ class Task:
         return self.accuracy(probs, targets)
 
     def metrics(self, targets: np.ndarray, probs: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
-        from cytotune.training.metrics import classification_metrics
-
         return classification_metrics(targets, probs, names)
 
 
@@ -69,8 +69,6 @@ class MultiLabelTask(Task):
         return float(np.mean(aurocs)) if aurocs else -loss if math.isfinite(loss) else -math.inf
 
     def metrics(self, targets: np.ndarray, probs: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
-        from cytotune.training.metrics import multilabel_metrics
-
         return multilabel_metrics(targets, probs, names)
 
 
