@@ -340,7 +340,7 @@ def normalise(pixels):
 def predict(paths):
     pixels = torch.from_numpy(np.stack([preprocess(p) for p in paths]))
     with torch.no_grad():
-        probabilities = model(normalise(pixels)).softmax(-1)
+        probabilities = model(normalise(pixels)).{"sigmoid()" if model.task.multi_label else "softmax(-1)"}
     return [dict(zip(CLASS_NAMES, row.tolist())) for row in probabilities]
 '''
 
