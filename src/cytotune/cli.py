@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.leave_one_domain_out:
         from cytotune.training.leave_one_domain_out import run_leave_one_domain_out
 
-        results = run_leave_one_domain_out(config)
+        results = run_leave_one_domain_out(config)  # finished domains are kept, not retrained
         if results:
             _print_results(results)
         if config.out:
