@@ -42,6 +42,15 @@ FLAT_OPTIONS: dict[str, str] = {
     "augment": "optim.augment",
     "tokenizer": "model.tokenizer",
     "templates": "data.prompts.templates",
+    "backbone_lr": "finetune.backbone_lr",
+    "layer_decay": "finetune.layer_decay",
+    "train_blocks": "finetune.train_blocks",
+    "grad_checkpointing": "finetune.grad_checkpointing",
+    "train_domains": "data.train_domains",
+    "test_domains": "data.test_domains",
+    "label_columns": "data.options.label_columns",
+    "multi_label": "data.options.multi_label",
+    "label_names": "data.options.label_names",
 }
 
 
@@ -67,9 +76,19 @@ def train(config: TrainConfig | dict | str | Path | None = None, **options: Any)
     return run_training(build_config(config, **options))
 
 
+def train_leave_one_domain_out(config: TrainConfig | dict | str | Path | None = None,
+                               **options: Any) -> list[RunResult]:
+    """One run per domain of the data (its ``domain`` column), that domain held out for testing;
+    see :mod:`cytotune.training.leave_one_domain_out`."""
+    from cytotune.training.leave_one_domain_out import run_leave_one_domain_out
+
+    return run_leave_one_domain_out(build_config(config, **options))
+
+
 def models() -> list[ModelCard]:
     """The registered model cards."""
     return list_cards()
 
 
-__all__ = ["FLAT_OPTIONS", "build_config", "train", "models", "RunResult", "TrainConfig"]
+__all__ = ["FLAT_OPTIONS", "build_config", "train", "train_leave_one_domain_out", "models",
+           "RunResult", "TrainConfig"]

@@ -47,7 +47,8 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--weights", str, "local checkpoint file or directory instead of the hub"),
     ("--pretrained", _bool, "false: random initialisation (baselines)"),
     ("--image-size", int, "override the card's input size"),
-    ("--method", str, "linear | lora | zero-shot"),
+    ("--method", str, "linear | lora | zero-shot | full (every backbone parameter; with a CNN "
+                      "such as timm:resnet50 the conventionally trained baseline)"),
     ("--rank", int, "LoRA rank"),
     ("--alpha", float, "LoRA alpha (scaling = alpha / rank)"),
     ("--targets", str, "LoRA targets, comma-separated: q,k,v,o,fc1,fc2 or layer-name patterns"),
@@ -72,6 +73,16 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--head-init", str, "random | text: start the head from the class prompts' text embeddings"),
     ("--encoder", str, "LoRA on the vision | text | both towers (text, both: CLIP classifier)"),
     ("--tokenizer", str, "Hugging Face tokenizer (hub id or local directory) for HF text towers"),
+    ("--backbone-lr", float, "method full: the backbone's learning rate (default: --lr, the head's)"),
+    ("--layer-decay", float, "method full: layer-wise lr decay in (0, 1]; 1 = none"),
+    ("--train-blocks", int, "method full: train only the last N blocks, freeze the rest"),
+    ("--grad-checkpointing", _bool, "method full: recompute activations to save memory"),
+    ("--train-domains", str, "domains to train on, comma-separated (CSV 'domain' column); "
+                             "default: all not in --test-domains"),
+    ("--test-domains", str, "domains only tested on (out of domain), comma-separated"),
+    ("--label-columns", str, "multi-label CSV: one 0/1 column per label, comma-separated"),
+    ("--multi-label", _bool, "multi-label CSV: label names joined by '|' in the label column"),
+    ("--label-names", str, "multi-label CSV: the allowed label names, comma-separated"),
 ]
 
 
@@ -81,14 +92,27 @@ def _add_train(sub) -> None:
     p.add_argument("--config", type=Path, help="YAML file with a TrainConfig; flags override it")
     for flag, kind, help_text in TRAIN_FLAGS:
         p.add_argument(flag, type=kind, help=help_text, default=argparse.SUPPRESS)
+    p.add_argument("--leave-one-domain-out", action="store_true",
+                   help="one run per domain (CSV 'domain' column), trained on the others and "
+                        "tested on it; --out gets heldout_<domain>/ and leave_one_domain_out.csv")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cytotune.api import build_config
     from cytotune.training.runner import run_training
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("command", "config", "verbose", "leave_one_domain_out")}
     config = build_config(args.config, **options)
+    if args.leave_one_domain_out:
+        from cytotune.training.leave_one_domain_out import run_leave_one_domain_out
+
+        results = run_leave_one_domain_out(config)  # finished domains are kept, not retrained
+        if results:
+            _print_results(results)
+        if config.out:
+            console.print(f"runs and leave_one_domain_out.csv in [bold]{config.out}[/bold]")
+        return 0
     result = run_training(config)
     _print_results([result])
     if result.out_dir:
@@ -133,16 +157,20 @@ def _check_weights(name: str, weights: Optional[str]) -> int:
 
 def _print_results(results) -> None:
     table = Table(title="test metrics")
+    ood = any("test_ood" in r.metrics for r in results)
     for col in ("model", "method", "shots", "seed", "trainable", "accuracy", "bal. acc", "macro F1",
-                "AUROC", "ECE", "time (s)"):
+                "AUROC", "ECE", *(("OOD acc.", "OOD AUROC") if ood else ()), "time (s)"):
         table.add_column(col, justify="right" if col not in ("model", "method") else "left")
+    nan = float("nan")
     for r in results:
-        t = r.metrics["test"]
+        t, o = r.metrics["test"], r.metrics.get("test_ood", {})
         table.add_row(r.config.model.name, r.config.method,
                       str(r.config.shots) if r.config.shots is not None else "all",
                       str(r.config.seed), f"{r.trainable_parameters['total']:,}",
                       f"{t['accuracy']:.3f}", f"{t['balanced_accuracy']:.3f}", f"{t['macro_f1']:.3f}",
-                      f"{t['auroc']:.3f}", f"{t['ece']:.3f}", f"{r.timings['total_s']:.1f}")
+                      f"{t['auroc']:.3f}", f"{t.get('ece', nan):.3f}",
+                      *((f"{o.get('accuracy', nan):.3f}", f"{o.get('auroc', nan):.3f}") if ood else ()),
+                      f"{r.timings['total_s']:.1f}")
     console.print(table)
 
 

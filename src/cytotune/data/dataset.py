@@ -26,6 +26,12 @@ class LabelledImages:
     ``groups`` holds a source id (patient, slide) per image when known, so splits never put one
     source in two splits. ``label_levels`` keeps extra label columns (e.g. HiCervix levels 1-2)
     as level name -> (integer labels, class names), for hierarchical metrics.
+
+    ``domains`` holds a domain per image (centre, scanner, tumour type) when known, for
+    out-of-domain evaluation. ``targets`` makes the data set multi-label: a 0/1 matrix (N, L)
+    over the L labels in ``class_names``; ``labels`` then holds each image's stratum for splits
+    and fractions, the index of its rarest positive label, or L for an image with none (see
+    :meth:`stratification_view`).
     """
 
     paths: list[Path]
@@ -36,6 +42,8 @@ class LabelledImages:
     label_levels: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict)
     name: str = "dataset"
     root: Optional[Path] = None
+    domains: Optional[np.ndarray] = None  # object array of domain names
+    targets: Optional[np.ndarray] = None  # uint8 (N, L): multi-label 0/1 targets
 
     def __post_init__(self) -> None:
         self.paths = [Path(p) for p in self.paths]
@@ -43,9 +51,15 @@ class LabelledImages:
         n = len(self.paths)
         if self.labels.shape != (n,):
             raise DataError(f"{self.name}: {n} paths but labels of shape {self.labels.shape}")
-        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
-            raise DataError(f"{self.name}: labels must index class_names (0..{len(self.class_names) - 1})")
-        for attr in ("splits", "groups"):
+        top = len(self.class_names) if self.targets is None else len(self.class_names) + 1
+        if n and (self.labels.min() < 0 or self.labels.max() >= top):
+            raise DataError(f"{self.name}: labels must index class_names (0..{top - 1})")
+        if self.targets is not None:
+            self.targets = np.asarray(self.targets, dtype=np.uint8)
+            if self.targets.shape != (n, len(self.class_names)):
+                raise DataError(f"{self.name}: targets have shape {self.targets.shape}, expected "
+                                f"({n}, {len(self.class_names)})")
+        for attr in ("splits", "groups", "domains"):
             value = getattr(self, attr)
             if value is not None:
                 value = np.asarray(value, dtype=object)
@@ -76,8 +90,39 @@ class LabelledImages:
             label_levels={k: (v[0][idx], v[1]) for k, v in self.label_levels.items()},
             name=self.name,
             root=self.root,
+            domains=None if self.domains is None else self.domains[idx],
+            targets=None if self.targets is None else self.targets[idx],
         )
 
+    @property
+    def multi_label(self) -> bool:
+        return self.targets is not None
+
+    def stratification_view(self) -> "LabelledImages":
+        """A single-label view whose classes are the strata of a multi-label set (each image's
+        rarest positive label, or "(no label)"), so splits and fractions stay stratified; a
+        single-label data set is returned as is."""
+        if self.targets is None:
+            return self
+        return LabelledImages(paths=self.paths, labels=self.labels,
+                              class_names=[f"{c} (rarest label)" for c in self.class_names]
+                              + ["(no label)"],
+                              splits=self.splits, groups=self.groups, name=self.name,
+                              root=self.root, domains=self.domains)
+
     def class_counts(self) -> dict[str, int]:
+        if self.targets is not None:  # positives per label
+            return {name: int(c) for name, c in zip(self.class_names, self.targets.sum(0))}
         counts = np.bincount(self.labels, minlength=self.num_classes)
         return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+
+def rarest_label_strata(targets: np.ndarray) -> np.ndarray:
+    """Each image's stratum: the index of its rarest positive label (ties: the first), or L when
+    it has none."""
+    targets = np.asarray(targets, dtype=np.int64)
+    n, num_labels = targets.shape
+    positives = targets.sum(0)
+    rank = np.where(targets > 0, positives[None, :], np.iinfo(np.int64).max)
+    strata = rank.argmin(1) if num_labels else np.zeros(n, dtype=np.int64)
+    return np.where(targets.sum(1) > 0, strata, num_labels).astype(np.int64)

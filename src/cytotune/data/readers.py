@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from cytotune.data.dataset import SPLIT_NAMES, DataError, LabelledImages
+from cytotune.data.dataset import SPLIT_NAMES, DataError, LabelledImages, rarest_label_strata
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 # Folder (or CSV value) spellings accepted for each split.
@@ -160,20 +160,33 @@ def _encode(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
 def read_table(frame: pd.DataFrame, *, rows: Sequence[str], root: Path, name: str,
                path_column: str = "path", label_column: str = "label",
                split_column: Optional[str] = "split", group_column: Optional[str] = "group",
-               level_columns: Sequence[str] = (), origin: str = "table") -> LabelledImages:
+               level_columns: Sequence[str] = (), origin: str = "table",
+               domain_column: Optional[str] = "domain",
+               label_columns: Sequence[str] = (), multi_label: bool = False,
+               label_names: Sequence[str] = ()) -> LabelledImages:
     """Build a data set from a table already in memory (one row per image).
 
     ``rows[i]`` names row ``i`` in messages (e.g. ``"train.csv row 7"``); ``origin`` names the
-    table. Relative paths are resolved against ``root``. ``split_column``/``group_column`` are
-    used when present. Each level column becomes ``label_levels[column]``, -1 where empty.
+    table. Relative paths are resolved against ``root``. ``split_column``/``group_column``/
+    ``domain_column`` are used when present. Each level column becomes
+    ``label_levels[column]``, -1 where empty. Multi-label tables (see :func:`multilabel_targets`)
+    give ``label_columns`` (one 0/1 column per label) or ``multi_label`` (label names joined by
+    ``|`` in ``label_column``, checked against ``label_names`` when given).
     """
     paths_raw = _column_values(frame, path_column, origin)
-    label_values = _column_values(frame, label_column, origin)
-    for i, (path_value, label_value) in enumerate(zip(paths_raw, label_values)):
+    for i, path_value in enumerate(paths_raw):
         if not path_value:
             raise DataError(f"{rows[i]}, column {path_column!r}: empty image path")
-        if not label_value:
-            raise DataError(f"{rows[i]}, column {label_column!r}: empty label")
+    targets = None
+    if label_columns or multi_label:
+        targets, class_names = multilabel_targets(
+            frame, rows=rows, origin=origin, label_columns=label_columns,
+            label_column=label_column, label_names=label_names)
+    else:
+        label_values = _column_values(frame, label_column, origin)
+        for i, label_value in enumerate(label_values):
+            if not label_value:
+                raise DataError(f"{rows[i]}, column {label_column!r}: empty label")
     paths = [Path(p) if Path(p).is_absolute() else root / p for p in paths_raw]
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
@@ -181,7 +194,10 @@ def read_table(frame: pd.DataFrame, *, rows: Sequence[str], root: Path, name: st
         raise DataError(f"{rows[first]}, column {path_column!r}: image file {paths[first]} not "
                         f"found ({len(missing)} of {len(paths)} rows name missing files; "
                         f"relative paths are resolved against {root})")
-    labels, class_names = _encode(label_values)
+    if targets is None:
+        labels, class_names = _encode(label_values)
+    else:
+        labels = rarest_label_strata(targets)
 
     splits = None
     if split_column and split_column in frame.columns:
@@ -201,10 +217,82 @@ def read_table(frame: pd.DataFrame, *, rows: Sequence[str], root: Path, name: st
                                 f"or drop the column if images have no known source)")
         groups = np.asarray(raw, dtype=object)
 
+    domains = None
+    if domain_column and domain_column in frame.columns:
+        raw = _column_values(frame, domain_column, origin)
+        for i, value in enumerate(raw):
+            if not value:
+                raise DataError(f"{rows[i]}, column {domain_column!r}: missing domain (every "
+                                f"image needs its centre, scanner or tumour type, or drop the "
+                                f"column)")
+        domains = np.asarray(raw, dtype=object)
+
     label_levels = {column: _encode(_column_values(frame, column, origin))
                     for column in level_columns}
     return LabelledImages(paths=paths, labels=labels, class_names=class_names, splits=splits,
-                          groups=groups, label_levels=label_levels, name=name, root=root)
+                          groups=groups, label_levels=label_levels, name=name, root=root,
+                          domains=domains, targets=targets)
+
+
+LABEL_SEPARATOR = "|"
+_POSITIVE, _NEGATIVE = {"1", "1.0", "true"}, {"0", "0.0", "false"}
+
+
+def _as_names(value: Sequence[str] | str) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v).strip() for v in value]
+
+
+def multilabel_targets(frame: pd.DataFrame, *, rows: Sequence[str], origin: str,
+                       label_columns: Sequence[str] | str = (), label_column: str = "label",
+                       label_names: Sequence[str] | str = ()) -> tuple[np.ndarray, list[str]]:
+    """The 0/1 target matrix (N, L) and the label names of a multi-label table.
+
+    Either one column per label holding 0 or 1 (``label_columns``, in that order), or one column
+    of label names joined by ``|`` (an empty cell: no label) whose names are the sorted set seen,
+    or ``label_names`` when given (then any other name is an error). A label no image carries is
+    an error too: no AUROC or positive-based sample could be defined for it.
+    """
+    columns = _as_names(label_columns)
+    declared = _as_names(label_names)
+    if columns:
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"{origin}: no label column(s) {missing}; columns are "
+                            f"{list(frame.columns)}")
+        targets = np.zeros((len(frame), len(columns)), dtype=np.uint8)
+        for j, column in enumerate(columns):
+            for i, value in enumerate(_column_values(frame, column, origin)):
+                if value.lower() in _POSITIVE:
+                    targets[i, j] = 1
+                elif value.lower() not in _NEGATIVE:
+                    raise DataError(f"{rows[i]}, column {column!r}: {value!r} is not 0 or 1 (one "
+                                    f"0/1 column per label)")
+        names = columns
+        where = {name: f"column {name!r}" for name in names}
+    else:
+        cells = _column_values(frame, label_column, origin)
+        per_row = [[v.strip() for v in cell.split(LABEL_SEPARATOR) if v.strip()] for cell in cells]
+        names = declared or sorted({v for row in per_row for v in row})
+        index = {n: j for j, n in enumerate(names)}
+        targets = np.zeros((len(frame), len(names)), dtype=np.uint8)
+        for i, row in enumerate(per_row):
+            for value in row:
+                if value not in index:
+                    raise DataError(f"{rows[i]}, column {label_column!r}: unknown label {value!r}; "
+                                    f"known labels: {', '.join(names)}")
+                targets[i, index[value]] = 1
+        where = {name: f"label {name!r} (column {label_column!r})" for name in names}
+    if not names:
+        raise DataError(f"{origin}: no labels at all in column {label_column!r}")
+    if len(set(names)) != len(names):
+        raise DataError(f"{origin}: a label is listed twice in {names}")
+    empty = [n for n, count in zip(names, targets.sum(0)) if count == 0]
+    if empty:
+        raise DataError(f"{origin}, {where[empty[0]]}: all-negative, no image carries this label "
+                        f"(drop it or add positive images)")
+    return targets, list(names)
 
 
 def read_csv_frame(csv_path: Path) -> pd.DataFrame:
@@ -225,13 +313,18 @@ def csv_row_names(csv_path: Path, n_rows: int) -> list[str]:
 def read_csv(csv_path: Path | str, root: Path | str | None = None, path_column: str = "path",
              label_column: str = "label", split_column: Optional[str] = "split",
              group_column: Optional[str] = "group", name: Optional[str] = None,
-             level_columns: Sequence[str] = ()) -> LabelledImages:
+             level_columns: Sequence[str] = (), domain_column: Optional[str] = "domain",
+             label_columns: Sequence[str] | str = (), multi_label: bool = False,
+             label_names: Sequence[str] | str = ()) -> LabelledImages:
     """Read a CSV with one row per image: a path column and a label column.
 
     Relative paths are resolved against ``root`` (default: the CSV's folder). The split column
     (train/val/test) and group column (patient/slide id) are optional and used when present;
-    ``level_columns`` keeps extra label columns as ``label_levels``. Errors name the CSV row
-    (header = row 1) and column.
+    ``level_columns`` keeps extra label columns as ``label_levels``; a ``domain`` column
+    (centre, scanner, tumour type) is kept for out-of-domain evaluation. Multi-label manifests:
+    ``label_columns`` names one 0/1 column per label, or ``multi_label=True`` reads label names
+    joined by ``|`` from the label column (``label_names`` declares the allowed ones). Errors
+    name the CSV row (header = row 1) and column.
     """
     csv_path = Path(csv_path).expanduser()
     frame = read_csv_frame(csv_path)
@@ -242,4 +335,6 @@ def read_csv(csv_path: Path | str, root: Path | str | None = None, path_column: 
                       name=name or csv_path.stem, path_column=path_column,
                       label_column=label_column, split_column=split_column,
                       group_column=group_column, level_columns=level_columns,
-                      origin=f"CSV file {csv_path}")
+                      origin=f"CSV file {csv_path}", domain_column=domain_column,
+                      label_columns=label_columns, multi_label=multi_label,
+                      label_names=label_names)

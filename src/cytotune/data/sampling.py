@@ -97,3 +97,37 @@ def fraction(labels: Sequence[int] | np.ndarray, pool_indices: Sequence[int] | n
         n_keep = max(1, math.floor(len(order) * percent / 100.0 + 0.5))
         chosen.append(order[:n_keep])
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
+
+
+def few_shot_multilabel(targets: np.ndarray, pool_indices: Sequence[int] | np.ndarray, k: int,
+                        seed: int, label_names: Sequence[str], *, strict: bool = True) -> np.ndarray:
+    """Images from ``pool_indices`` giving every label at least ``k`` positive images.
+
+    The multi-label meaning of "k shots": labels are visited in order; each label's positive
+    pool images are shuffled by a generator seeded with (seed, label) and taken in that order,
+    skipping none, until the chosen set (which already holds images picked for earlier labels,
+    some of them positive for this one) has ``k`` positives of it. An image may thus count for
+    several labels, and images without any positive label are never picked. With ``strict``, a
+    label with fewer than ``k`` positives in the pool is an error; without (validation sets), it
+    gives all it has.
+    """
+    if k < 1:
+        raise DataError(f"k={k} must be >= 1 positive images per label")
+    _check_seed(seed)
+    targets = np.asarray(targets)
+    pool = np.unique(np.asarray(pool_indices, dtype=np.int64))
+    chosen: set[int] = set()
+    for j, name in enumerate(label_names):
+        positives = np.sort(pool[targets[pool, j] > 0])
+        if strict and len(positives) < k:
+            raise DataError(f"label {name!r} has only {len(positives)} positive image(s) in the "
+                            f"pool, fewer than k={k}")
+        have = sum(1 for i in chosen if targets[i, j] > 0)
+        order = positives[np.random.default_rng([int(seed), int(j)]).permutation(len(positives))]
+        for index in order:
+            if have >= k:
+                break
+            if int(index) not in chosen:
+                chosen.add(int(index))
+                have += 1
+    return np.asarray(sorted(chosen), dtype=np.int64)

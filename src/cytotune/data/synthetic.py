@@ -10,8 +10,10 @@ neighbouring classes overlap, so the task is learnable but not trivial.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -278,3 +280,45 @@ def generate_cytology_dataset(out_dir: Path | str, n_per_class: int = 40, image_
             # Fast zlib level: files are ~15% larger than the default and written 3x faster.
             Image.fromarray(pixels).save(class_dir / f"{name}_{i:04d}.png", compress_level=1)
     return out_dir
+
+
+# Multi-label targets of the generated classes: cumulative grades, so every label is a visible
+# property of the cells (larger, darker, more irregular nuclei) and labels co-occur.
+SYNTHETIC_LABELS = {"abnormal": ("low_grade", "high_grade", "carcinoma"),
+                    "high_grade_or_worse": ("high_grade", "carcinoma"),
+                    "carcinoma": ("carcinoma",)}
+
+
+def write_synthetic_manifest(data_dir: Path | str, csv_path: Path | str,
+                             domains: Sequence[str] = (), multi_label: bool = False) -> Path:
+    """A CSV manifest over a generated set (``data_dir/<class>/*.png``) for domain and
+    multi-label tests and demos.
+
+    Columns: ``path`` (relative to the CSV), ``label`` (the class; with ``multi_label``, the
+    :data:`SYNTHETIC_LABELS` an image carries joined by "|", empty for "normal"), with
+    ``multi_label`` one 0/1 column per label, and with ``domains`` a ``domain`` column assigning
+    each class's images to the domains in turn (so every domain holds every class). The domains
+    are names only: the generator draws no domain shift into the pixels.
+    """
+    data_dir, csv_path = Path(data_dir), Path(csv_path)
+    rows = []
+    for class_dir in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        for i, image in enumerate(sorted(class_dir.glob("*.png"))):
+            row = {"path": os.path.relpath(image, csv_path.parent)}
+            if multi_label:
+                carried = [n for n, classes in SYNTHETIC_LABELS.items() if class_dir.name in classes]
+                row["label"] = "|".join(carried)
+                row.update({n: int(n in carried) for n in SYNTHETIC_LABELS})
+            else:
+                row["label"] = class_dir.name
+            if domains:
+                row["domain"] = domains[i % len(domains)]
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{data_dir} holds no generated class folders of PNG images")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return csv_path

@@ -94,7 +94,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("store", metavar="STORE", help="result store (SQLite file) written by `sweep`")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--metrics", nargs="+", default=["accuracy"],
-                   help="test metrics: accuracy balanced_accuracy macro_f1 auroc ece")
+                   help="test metrics: accuracy balanced_accuracy macro_f1 auroc ece "
+                        "average_precision")
     p.add_argument("--sweep", dest="sweeps", action="append", metavar="NAME",
                    help="only this sweep (repeatable)")
     p.add_argument("--sota", action="append", type=_sota, default=[], metavar="DATASET=ACC",
@@ -102,6 +103,9 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
                         "hicervix=<HierSwin's level-3 accuracy>; no default (not in the study text)")
     p.add_argument("--sota-label", default=None, help="legend label of the --sota line")
     p.add_argument("--ddof", type=int, default=0, help="std over seeds: 0 population (default), 1 sample")
+    p.add_argument("--select-by", default="accuracy",
+                   help="validation metric the learning rate is chosen on (default accuracy; "
+                        "auroc for multi-label sweeps)")
     return p
 
 
@@ -141,7 +145,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     console = _console()
     report = make_report(args.store, args.out, metrics=_split_list(args.metrics) or ["accuracy"],
                          sweeps=args.sweeps, sota=dict(args.sota) or None,
-                         sota_label=args.sota_label or DEFAULT_SOTA_LABEL, ddof=args.ddof)
+                         sota_label=args.sota_label or DEFAULT_SOTA_LABEL, ddof=args.ddof,
+                         select_by=args.select_by)
     console.print(f"report written to [bold]{report.html}[/bold] ({len(report.tables)} tables, "
                   f"{len(report.figures)} figures)")
     for stem, table in list(report.tables.items())[:4]:

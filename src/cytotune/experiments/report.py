@@ -44,9 +44,10 @@ import pandas as pd
 
 from cytotune.experiments.store import ResultStore
 
-REPORT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
+REPORT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "average_precision")
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
-                 "macro_f1": "macro F1", "auroc": "AUROC", "ece": "ECE"}
+                 "macro_f1": "macro F1", "auroc": "AUROC", "ece": "ECE",
+                 "average_precision": "average precision"}
 ZERO_SHOT = "zero-shot"  # drawn as the 0-shot point of every shots figure of its sweep
 SETTING = ["sweep", "dataset", "backbone", "method", "shots", "fraction"]
 DEFAULT_SOTA_LABEL = "HierSwin (state of the art)"
@@ -348,6 +349,96 @@ def fractions_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str
     return _save(fig, path)
 
 
+# ---- methods compared: linear probe vs LoRA vs full fine-tuning, in and out of domain ---------
+def out_of_domain_summary(selected: pd.DataFrame, metrics: Sequence[str], ddof: int = 0) -> pd.DataFrame:
+    """:func:`summarize` of the chosen runs' out-of-domain test metrics (``ood_<metric>``): the
+    same runs (lr chosen on in-domain validation), scored on the held-out domains."""
+    present = [m for m in metrics if f"ood_{m}" in selected and selected[f"ood_{m}"].notna().any()]
+    if selected.empty or not present:
+        return summarize(selected.iloc[0:0], metrics, ddof)
+    swapped = selected.copy()
+    for m in present:
+        swapped[f"test_{m}"] = swapped[f"ood_{m}"]
+    return summarize(swapped[swapped[f"ood_{present[0]}"].notna()], present, ddof)
+
+
+def comparison_table(summary: pd.DataFrame, ood: pd.DataFrame, selected: pd.DataFrame,
+                     sweep: str, metric: str) -> Optional[pd.DataFrame]:
+    """One sweep's methods side by side: a row per (data set, backbone, method) with the
+    trainable parameters, then a "mean±std" cell per sample (1 %, 10 %, 100 % ...) of the test
+    metric and, for runs with test domains, the out-of-domain value next to it. None unless
+    the sweep runs more than one method."""
+    part = summary[(summary["sweep"] == sweep) & (summary["metric"] == metric)]
+    if part["method"].nunique() < 2:
+        return None
+    ood_part = ood[(ood["sweep"] == sweep) & (ood["metric"] == metric)] if not ood.empty else ood
+    ood_cells = {(r.dataset, r.backbone, r.method, sample_label(r.shots, r.fraction)): (r.mean, r.std)
+                 for r in ood_part.itertuples()}
+    samples = _first_seen(pd.Series([sample_label(r.shots, r.fraction) for r in part.itertuples()]))
+    chosen = selected[selected["sweep"] == sweep]
+    rows = {}
+    for r in part.itertuples():
+        key = (r.dataset, r.backbone, r.method)
+        row = rows.setdefault(key, {})
+        params = chosen[(chosen["dataset"] == r.dataset) & (chosen["backbone"] == r.backbone)
+                        & (chosen["method"] == r.method)]["trainable_params"].dropna()
+        row["trainable parameters"] = f"{int(params.median()):,}" if len(params) else ""
+        sample = sample_label(r.shots, r.fraction)
+        row[_sample_words(sample)] = _fmt(r.mean, r.std)
+        if ood_cells:
+            row[f"{_sample_words(sample)}, out of domain"] = _fmt(*ood_cells.get(
+                (*key, sample), (math.nan, math.nan)))
+    columns = ["trainable parameters"]
+    for sample in samples:
+        columns.append(_sample_words(sample))
+        if ood_cells:
+            columns.append(f"{_sample_words(sample)}, out of domain")
+    index = pd.Index([" / ".join(k) for k in rows], name="dataset / backbone / method")
+    return pd.DataFrame([[row.get(c, "") for c in columns] for row in rows.values()], index=index,
+                        columns=columns)
+
+
+def comparison_figure(summary: pd.DataFrame, ood: pd.DataFrame, sweep: str, metric: str,
+                      path: Path) -> Optional[Path]:
+    """Test metric vs percentage of the training data, one line per (method, backbone), one
+    subplot per data set; out-of-domain results dashed in the same colour."""
+    part = summary[(summary["sweep"] == sweep) & (summary["metric"] == metric)
+                   & summary["fraction"].notna()]
+    if part.empty or part["method"].nunique() < 2:
+        return None
+    plt = _pyplot()
+    ood_part = ood[(ood["sweep"] == sweep) & (ood["metric"] == metric)] if not ood.empty else ood
+    lines = _first_seen(pd.Series(list(zip(part["method"], part["backbone"]))))
+    colours = {key: plt.get_cmap("tab10")(i % 10) for i, key in enumerate(lines)}
+    datasets = _first_seen(part["dataset"])
+    fig, axes = _grid(len(datasets))
+    for ax, dataset in zip(axes, datasets):
+        for (method, backbone), colour in colours.items():
+            for frame, style, suffix in ((part, "-", ""), (ood_part, "--", ", out of domain")):
+                if frame.empty:
+                    continue
+                rows = frame[(frame["dataset"] == dataset) & (frame["method"] == method)
+                             & (frame["backbone"] == backbone) & frame["fraction"].notna()]
+                rows = rows.sort_values("fraction")
+                if rows.empty:
+                    continue
+                ax.errorbar(rows["fraction"], rows["mean"], yerr=rows["std"].fillna(0), ls=style,
+                            marker="o", ms=4, capsize=3, color=colour,
+                            label=f"{method} {backbone}{suffix}")
+        ax.set_xscale("log")
+        ticks = sorted(part[part["dataset"] == dataset]["fraction"].unique())
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.set_title(dataset)
+        ax.set_xlabel("training data (%)")
+        ax.set_ylabel(f"test {METRIC_LABELS.get(metric, metric)} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    _title(fig, f"{sweep}: methods compared, test {METRIC_LABELS.get(metric, metric)} vs "
+                f"training data (mean ± std over seeds; dashed: out of domain)")
+    return _save(fig, path)
+
+
 # ---- timings ----------------------------------------------------------------------------------
 def timing_summary(records: pd.DataFrame) -> pd.DataFrame:
     """Seconds spent per (sweep, method, backbone, data set): feature extraction, training, total
@@ -431,10 +522,35 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
                 (out / "tables" / f"{stem}.md").write_text(text, encoding="utf-8")
                 markdown.append(text)
                 files += [out / "tables" / f"{stem}.csv", out / "tables" / f"{stem}.md"]
+    ood = out_of_domain_summary(selected, metrics, ddof=ddof)
+    if not ood.empty:
+        ood.to_csv(out / "summary_out_of_domain.csv", index=False)
+        files.append(out / "summary_out_of_domain.csv")
+    compared = _first_seen(summary["sweep"]) if not summary.empty else []
+    for sweep in compared:
+        for metric in metrics:
+            table = comparison_table(summary, ood, selected, sweep, metric)
+            if table is None:
+                continue
+            stem = "__".join(_slug(x) for x in ("comparison", sweep, metric))
+            heading = (f"{sweep}: methods compared, test {METRIC_LABELS.get(metric, metric)} (%), "
+                       f"mean±std over seeds")
+            tables[stem], titles[stem] = table, heading
+            table.to_csv(out / "tables" / f"{stem}.csv")
+            text = _markdown(table, heading)
+            (out / "tables" / f"{stem}.md").write_text(text, encoding="utf-8")
+            markdown.append(text)
+            files += [out / "tables" / f"{stem}.csv", out / "tables" / f"{stem}.md"]
     (out / "tables.md").write_text("\n".join(markdown), encoding="utf-8")
     files.append(out / "tables.md")
 
     figures: list[Path] = []
+    for sweep in compared:
+        for metric in metrics:
+            made = comparison_figure(summary, ood, sweep, metric, out / "figures" /
+                                     f"comparison__{_slug(sweep)}__{_slug(metric)}.png")
+            if made:
+                figures.append(made)
     if not summary.empty:
         pairs = summary[["sweep", "method"]].drop_duplicates().itertuples(index=False)
         for sweep, method in pairs:

@@ -42,6 +42,9 @@ BUSY_TIMEOUT_S = 120.0
 KEY_COLUMNS = ("dataset", "backbone", "method", "shots", "fraction", "seed", "lr")
 # Scalar metrics flattened into ``records()`` as val_<name> / test_<name> columns.
 SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "loss", "n")
+# Scalar metrics also flattened as ood_<name> (out-of-domain test, runs with test domains) and,
+# for multi-label runs, average precision as val_/test_/ood_average_precision.
+EXTRA_METRICS = ("average_precision",)
 TIMING_COLUMNS = ("decode_s", "feature_extraction_s", "training_s", "evaluation_s", "total_s")
 
 _SCHEMA = """
@@ -318,10 +321,11 @@ def _flatten(raw: pd.DataFrame, full: bool) -> pd.DataFrame:
     frame["fraction"] = frame["fraction"].astype(float)
     metrics = [json.loads(m) for m in raw["metrics_json"]]
     timings = [json.loads(t) for t in raw["timings_json"]]
-    for split in ("val", "test"):
-        for name in SCALAR_METRICS:
-            frame[f"{split}_{name}"] = pd.Series(
-                [_num(m.get(split, {}).get(name)) for m in metrics], dtype=object).astype(float)
+    for split, prefix in (("val", "val"), ("test", "test"), ("test_ood", "ood")):
+        for name in SCALAR_METRICS + EXTRA_METRICS:
+            if prefix != "ood" or name != "loss":
+                frame[f"{prefix}_{name}"] = pd.Series(
+                    [_num((m.get(split) or {}).get(name)) for m in metrics], dtype=object).astype(float)
     frame["val_loss"] = raw["val_loss"].astype(float)  # the column is the source of truth
     extra_timings = sorted({k for t in timings for k in t} - set(TIMING_COLUMNS))
     for name in (*TIMING_COLUMNS, *extra_timings):

@@ -115,12 +115,18 @@ class DatasetSpec:
     test_fraction: Optional[float] = None
     skip_bad_images: Optional[bool] = None
     generate: Optional[GenerateSpec] = None
+    # out-of-domain evaluation (a CSV 'domain' column): as TrainConfig's data options, or
+    # leave_one_domain_out, the domains to hold out one at a time (see _expand_domains)
+    train_domains: Optional[list[str]] = None
+    test_domains: Optional[list[str]] = None
+    leave_one_domain_out: Optional[list[str]] = None
     resolved_source: str = field(default="", init=False, compare=False)
 
     def data_overrides(self) -> dict[str, Any]:
         values: dict[str, Any] = {"source": self.resolved_source, "layout": self.layout,
                                   "options": copy.deepcopy(self.options)}
-        for name in ("split_seed", "val_fraction", "test_fraction", "skip_bad_images"):
+        for name in ("split_seed", "val_fraction", "test_fraction", "skip_bad_images",
+                     "train_domains", "test_domains"):
             if getattr(self, name) is not None:
                 values[name] = getattr(self, name)
         return values
@@ -175,6 +181,8 @@ class SweepConfig:
     base: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source_path: Optional[str] = field(default=None, compare=False)
+    # combinations left out of the grid, e.g. [{backbone: "timm:resnet50", method: lora}]
+    exclude: list[dict[str, str]] = field(default_factory=list)
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -219,7 +227,16 @@ class SweepConfig:
         out["base"] = copy.deepcopy(self.base)
         if self.description:
             out["description"] = self.description
+        if self.exclude:
+            out["exclude"] = copy.deepcopy(self.exclude)
         return out
+
+    def excluded(self, dataset: str, backbone: str, method: str) -> bool:
+        """Whether an ``exclude`` entry matches this combination (every key it gives agrees;
+        a data set name also matches its ``.heldout-<domain>`` entries)."""
+        values = {"dataset": dataset, "backbone": backbone, "method": method}
+        return any(all(values[k] == v or (k == "dataset" and dataset.startswith(v + HELD_OUT))
+                       for k, v in entry.items()) for entry in self.exclude)
 
     # ---- expansion ----------------------------------------------------------------------------
     def samples(self) -> list[tuple[Optional[int], Optional[float]]]:
@@ -257,6 +274,8 @@ class SweepConfig:
         for dataset_name, spec in self.datasets.items():
             for backbone in self.backbones:
                 for method in self.method:
+                    if self.excluded(dataset_name, backbone, method):
+                        continue
                     template = self._template(dataset_name, spec, backbone, method)
                     samples, seeds, lrs = self.grid_for(method)
                     for shots, frac in samples:
@@ -358,7 +377,8 @@ def format_out(pattern: str, run: PlannedRun) -> str:
 
 # ---- parsing --------------------------------------------------------------------------------
 _SWEEP_KEYS = ("name", "description", "datasets", "backbones", "method", "shots", "fractions",
-               "seeds", "lrs", "base")
+               "seeds", "lrs", "base", "exclude")
+_EXCLUDE_KEYS = ("dataset", "backbone", "method")
 
 
 def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
@@ -391,11 +411,30 @@ def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
     lrs = _parse_lrs(values.get("lrs"), methods)
     if check_models:
         _check_models(backbones)
+    exclude = _parse_exclude(values.get("exclude") or [])
     sweep = SweepConfig(name=name, datasets=datasets, backbones=backbones, method=methods,
                         shots=shots, fractions=fractions, seeds=seeds, lrs=lrs, base=base,
-                        description=description)
-    sweep.runs()  # every run must be a valid TrainConfig: fail at load, not mid-sweep
+                        description=description, exclude=exclude)
+    if not sweep.runs():  # every run must be a valid TrainConfig: fail at load, not mid-sweep
+        raise ConfigError("exclude leaves no run in the grid")
     return sweep
+
+
+def _parse_exclude(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list):
+        raise ConfigError(f"exclude: expected a list of {{dataset, backbone, method}} mappings, "
+                          f"got {value!r}")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, Mapping) or not entry:
+            raise ConfigError(f"exclude[{i}]: expected a mapping with some of "
+                              f"{', '.join(_EXCLUDE_KEYS)}, got {entry!r}")
+        unknown = sorted(set(entry) - set(_EXCLUDE_KEYS))
+        if unknown:
+            raise ConfigError(f"exclude[{i}]: unknown key(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(_EXCLUDE_KEYS)}")
+        out.append({k: coerce_value(str, v, f"exclude[{i}].{k}") for k, v in entry.items()})
+    return out
 
 
 def _string_list(value: Any, option: str) -> list[str]:
@@ -427,6 +466,10 @@ def _parse_datasets(value: Any, environ) -> dict[str, DatasetSpec]:
             raise ConfigError(f"{option}: data set names are letters, digits, '_', '.' or '-'")
         if isinstance(entry, str):  # shorthand: name: path
             entry = {"source": entry}
+        if isinstance(entry, Mapping) and isinstance(entry.get("leave_one_domain_out"), str):
+            # a comma-separated list, possibly from an environment variable
+            entry = {**entry, "leave_one_domain_out": expand_env(
+                entry["leave_one_domain_out"], f"{option}.leave_one_domain_out", environ)}
         spec = dataclass_from_dict(DatasetSpec, entry, option + ".")
         if not spec.source:
             raise ConfigError(f"{option}.source is required")
@@ -436,7 +479,31 @@ def _parse_datasets(value: Any, environ) -> dict[str, DatasetSpec]:
         expanded = expand_env(spec.source, f"{option}.source", environ)
         spec.resolved_source = str(Path(expanded).expanduser().resolve())
         spec.options = _expand_tree(spec.options, f"{option}.options", environ)
-        out[name] = spec
+        out.update(_expand_domains(name, spec, option))
+    return out
+
+
+HELD_OUT = ".heldout-"
+
+
+def _expand_domains(name: str, spec: DatasetSpec, option: str) -> dict[str, DatasetSpec]:
+    """A data set entry with ``leave_one_domain_out: [a, b, c]`` becomes one entry per domain,
+    ``<name>.heldout-<domain>``, trained on the other domains and tested on that one (the
+    report's out-of-domain columns); every other entry stays as it is."""
+    domains = spec.leave_one_domain_out
+    if domains is None:
+        return {name: spec}
+    if spec.train_domains or spec.test_domains:
+        raise ConfigError(f"{option}: leave_one_domain_out chooses the domains itself; drop "
+                          f"train_domains / test_domains")
+    if len(domains) < 2:
+        raise ConfigError(f"{option}.leave_one_domain_out: give at least two domains")
+    _no_repeats(domains, f"{option}.leave_one_domain_out")
+    out = {}
+    for domain in domains:
+        held = dataclasses.replace(spec, leave_one_domain_out=None, test_domains=[domain])
+        held.resolved_source = spec.resolved_source
+        out[f"{name}{HELD_OUT}{re.sub(r'[^A-Za-z0-9_.-]+', '_', domain)}"] = held
     return out
 
 

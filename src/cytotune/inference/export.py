@@ -351,7 +351,7 @@ def normalise(pixels):
 def predict(paths):
     pixels = torch.from_numpy(np.stack([preprocess(p) for p in paths]))
     with torch.no_grad():
-        probabilities = model(normalise(pixels)).softmax(-1)
+        probabilities = model(normalise(pixels)).{"sigmoid()" if model.task.multi_label else "softmax(-1)"}
     return [dict(zip(CLASS_NAMES, row.tolist())) for row in probabilities]
 '''
 
@@ -439,7 +439,7 @@ class OnnxWrapper(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model((pixels / 255.0 - self.mean) / self.std)
-        return logits, logits.softmax(-1)
+        return logits, self.model.task.probabilities(logits)
 
 
 def export_onnx(model: CytotuneModel, path: Path, opset: int = MIN_OPSET) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from cytotune.models import Preprocessing
 from cytotune.training.augment import normalise
 from cytotune.training.features import autocast_for
 from cytotune.training.runner import resolve_device
+from cytotune.training.task import MULTI_LABEL, Task, task_for
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor, np.ndarray]
 
@@ -45,6 +46,11 @@ class Predictions:
     @property
     def predicted(self) -> list[str]:
         return [self.class_names[i] for i in self.indices]
+
+    def labels_above(self, threshold: float = 0.5) -> list[str]:
+        """Multi-label runs: each image's labels with probability >= ``threshold``, "|"-joined."""
+        return ["|".join(n for n, p in zip(self.class_names, row) if p >= threshold)
+                for row in self.probs.tolist()]
 
     def to_frame(self) -> pd.DataFrame:
         """``predicted`` plus one ``prob_<class>`` column per class (as a run's predictions.csv)."""
@@ -75,6 +81,8 @@ class CytotuneModel(nn.Module):
         self.config = run.config
         self.metrics: dict[str, Any] = run.metrics
         self.run_dir: Path = run.path
+        # multi-label runs (metrics.json "task") give one sigmoid per label instead of a softmax
+        self.task: Task = task_for(run.metrics.get("task") == MULTI_LABEL.name)
 
     @property
     def device(self) -> torch.device:
@@ -139,7 +147,8 @@ class CytotuneModel(nn.Module):
     # -- prediction -----------------------------------------------------------------------------
     @torch.no_grad()
     def predict_pixels(self, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Probabilities (N, C), float32 on the CPU, of uint8 (N, 3, S, S) pixels.
+        """Probabilities (N, C), float32 on the CPU, of uint8 (N, 3, S, S) pixels (softmax over
+        classes; for a multi-label run one sigmoid per label).
 
         Batched; on CUDA under bf16 autocast, as training evaluated.
         """
@@ -153,7 +162,7 @@ class CytotuneModel(nn.Module):
                 batch = pixels[start:start + batch_size].to(device, non_blocking=True)
                 with autocast_for(device):
                     logits = self(normalise(batch, pre.mean, pre.std))
-                out.append(logits.float().softmax(-1).cpu())
+                out.append(self.task.probabilities(logits).cpu())
         finally:
             self.train(was_training)
         if not out:

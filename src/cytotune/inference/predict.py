@@ -94,8 +94,13 @@ def predict_files(model, paths: Sequence[Union[str, Path]], batch_size: int = 64
             probs[rows] = model.predict_pixels(decoded.pixels, batch_size=batch_size).numpy()
         if on_progress is not None:
             on_progress(len(chunk))
-    best = np.nan_to_num(probs, nan=-1.0).argmax(1) if c else np.zeros(n, dtype=np.int64)
-    predicted = [model.class_names[i] if s == STATUS_OK else "" for i, s in zip(best, status)]
+    if model.task.multi_label:
+        # multi-label: every label whose sigmoid output is >= 0.5, joined by "|"
+        predicted = ["|".join(n for n, p in zip(model.class_names, row) if p >= 0.5)
+                     if s == STATUS_OK else "" for row, s in zip(probs, status)]
+    else:
+        best = np.nan_to_num(probs, nan=-1.0).argmax(1) if c else np.zeros(n, dtype=np.int64)
+        predicted = [model.class_names[i] if s == STATUS_OK else "" for i, s in zip(best, status)]
     frame = pd.DataFrame({"path": [str(p) for p in paths], "predicted": predicted})
     for j, name in enumerate(model.class_names):
         frame[f"prob_{name}"] = probs[:, j]

@@ -24,6 +24,8 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 HEAD_FILE = "head.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
+BACKBONE_FILE = "backbone.safetensors"  # the whole fine-tuned backbone of a method "full" run
+FULL_METHOD = "full"
 PREDICTIONS_FILE = "predictions.csv"
 HEAD_KEYS = ("weight", "bias")
 
@@ -42,6 +44,7 @@ class RunFiles:
     class_names: list[str]
     head: Path  # head.safetensors
     adapter: Optional[Path] = None  # adapter.safetensors of a LoRA run
+    backbone: Optional[Path] = None  # backbone.safetensors of a full fine-tuning run
 
     @property
     def model_name(self) -> str:
@@ -96,8 +99,17 @@ def read_run(run_dir: PathLike) -> RunFiles:
     if config.method != "lora" and adapter.is_file():
         raise RunDirError(f"{adapter}: a LoRA adapter in a {config.method!r} run (config.yaml: "
                           f"method {config.method}); the folder mixes files of different runs")
+    backbone = path / BACKBONE_FILE
+    if config.method == FULL_METHOD and not backbone.is_file():
+        raise RunDirError(f"run directory {path} is a full fine-tuning run (config.yaml: method "
+                          f"full) but has no {BACKBONE_FILE}")
+    if config.method != FULL_METHOD and backbone.is_file():
+        raise RunDirError(f"{backbone}: fine-tuned backbone weights in a {config.method!r} run "
+                          f"(config.yaml: method {config.method}); the folder mixes files of "
+                          f"different runs")
     return RunFiles(path=path, config=config, metrics=metrics, class_names=list(class_names),
-                    head=path / HEAD_FILE, adapter=adapter if adapter.is_file() else None)
+                    head=path / HEAD_FILE, adapter=adapter if adapter.is_file() else None,
+                    backbone=backbone if backbone.is_file() else None)
 
 
 def _safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -168,6 +180,8 @@ def build_merged_backbone(run: RunFiles):
     from cytotune.training.runner import build_run_backbone
 
     backbone = build_run_backbone(run.config)
+    if run.backbone is not None:
+        load_backbone_weights(run, backbone)
     if run.adapter is None:
         return backbone.eval()
     where = str(run.adapter)
@@ -197,3 +211,29 @@ def build_merged_backbone(run: RunFiles):
         raise RunDirError(message if where in message else f"adapter {where}: {message}") from err
     remove_lora(backbone.model, merge=True)
     return backbone.eval()
+
+
+def load_backbone_weights(run: RunFiles, backbone) -> None:
+    """Replace the rebuilt backbone's weights with a full fine-tuning run's backbone.safetensors,
+    checked key by key and shape by shape against the architecture config.yaml names."""
+    assert run.backbone is not None
+    tensors, meta = _safetensors(run.backbone)
+    where = str(run.backbone)
+    if "model" in meta and meta["model"] != run.model_name:
+        raise RunDirError(f"{where} holds weights of model '{meta['model']}' but config.yaml names "
+                          f"'{run.model_name}'")
+    expected = backbone.model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [f"{k}: file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)}"
+             for k in sorted(set(expected) & set(tensors)) if tensors[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing (first {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) (first {unexpected[0]!r})")
+        if wrong:
+            parts.append(f"shape mismatch {wrong[0]}")
+        raise RunDirError(f"{where} does not fit model '{run.model_name}': " + "; ".join(parts))
+    backbone.model.load_state_dict(tensors, strict=True)

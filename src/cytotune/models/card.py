@@ -14,6 +14,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The repeated blocks of the architectures cytotune builds (see ModelCard.block_pattern).
+DEFAULT_BLOCK_PATTERN = r"(?:.*\.)?(?:blocks|resblocks|layer|layers)\.\d+|(?:.*\.)?layer\d+"
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,11 @@ class ModelCard:
                 builds it with ``build_text_tower`` (zero-shot, text-initialised heads, text LoRA)
     tokenizer   where a Hugging Face tokenizer comes from (hub id or local directory) for text
                 towers that use one; None: the one the model config names
+    block_pattern regular expression (full match) over ``named_modules()`` names selecting the
+                network's repeated blocks in depth order, for ``--train-blocks`` and layer-wise
+                learning-rate decay; None: :data:`DEFAULT_BLOCK_PATTERN`, which covers timm ViTs
+                and EfficientNets (``blocks.N``), open_clip (``transformer.resblocks.N``),
+                transformers ViTs (``encoder.layer.N`` / ``layers.N``) and ResNets (``layerN``)
     """
 
     name: str
@@ -141,6 +148,7 @@ class ModelCard:
     homepage: str = ""
     text_tower: bool = False
     tokenizer: Optional[str] = None
+    block_pattern: Optional[str] = None
 
     def with_overrides(self, **changes: Any) -> "ModelCard":
         """A copy with some fields changed (tests build tiny random-init variants this way)."""

@@ -44,6 +44,10 @@ class DataConfig:
     test_fraction: float = 0.2
     skip_bad_images: bool = False
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    # out-of-domain evaluation (needs a 'domain' column): images of test_domains are only tested
+    # on; None: all domains not named on the other side (both None: no domain split)
+    train_domains: Optional[tuple[str, ...]] = None
+    test_domains: Optional[tuple[str, ...]] = None
 
 
 @dataclass
@@ -68,6 +72,29 @@ class LoRASettings:
     def resolve(self, default_targets: tuple[str, ...]) -> LoRAConfig:
         return LoRAConfig(rank=self.rank, alpha=self.alpha, dropout=self.dropout,
                           targets=tuple(self.targets or default_targets))
+
+
+@dataclass
+class FinetuneSettings:
+    """Full fine-tuning (``method: full``): which backbone parameters train and at what rate.
+
+    ``optim.lr`` is the head's learning rate; the backbone's is ``backbone_lr`` (None: the same),
+    scaled by ``layer_decay ** (N + 1 - depth)`` for a parameter at ``depth`` of N blocks
+    (1.0: no decay). ``train_blocks`` N trains only the last N blocks (None: every parameter).
+    """
+
+    backbone_lr: Optional[float] = None
+    layer_decay: float = 1.0
+    train_blocks: Optional[int] = None
+    grad_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if self.backbone_lr is not None and self.backbone_lr <= 0:
+            raise ConfigError(f"finetune.backbone_lr must be > 0, got {self.backbone_lr}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.train_blocks is not None and self.train_blocks < 1:
+            raise ConfigError(f"finetune.train_blocks must be >= 1, got {self.train_blocks}")
 
 
 @dataclass
@@ -119,6 +146,7 @@ class TrainConfig:
     # or random weights; LoRA adapts the image tower, the text tower (CLIP classifier) or both
     head_init: Literal["random", "text"] = "random"
     encoder: Literal["vision", "text", "both"] = "vision"
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)  # method "full"
 
     def validate(self) -> None:
         if self.shots is not None and self.fraction is not None:
@@ -135,6 +163,7 @@ class TrainConfig:
             # zero-shot uses both towers as they are, so a sweep's shared encoder fits it too
             raise ConfigError(f"encoder={self.encoder!r} chooses where LoRA goes; the linear "
                               f"probe adapts no encoder (use method 'lora')")
+        self.finetune.validate()
         try:
             self.lora.resolve(("q",))
         except ValueError as err:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 
 from cytotune.training.schedule import warmup_cosine
+from cytotune.training.task import SINGLE_LABEL, Task
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,21 @@ class EvalResult:
     """Probabilities and labels of one evaluation pass, with the two numbers used for selection."""
 
     probs: torch.Tensor  # (N, C) float32, CPU
-    labels: torch.Tensor  # (N,) int64, CPU
+    labels: torch.Tensor  # (N,) int64, CPU; multi-label: (N, C) float 0/1 targets
     loss: float
     accuracy: float
+    score: Optional[float] = None  # the task's selection score; None: accuracy
+
+    @property
+    def selection_score(self) -> float:
+        return self.accuracy if self.score is None else self.score
 
 
 @dataclass
 class FitHistory:
     steps: int = 0
     best_step: int = 0
-    best_val_accuracy: float = -1.0
+    best_val_accuracy: float = -math.inf  # the best selection score (accuracy by default)
     best_val_loss: float = math.inf
     seconds: float = 0.0
     evaluations: list[dict] = field(default_factory=list)
@@ -50,7 +55,7 @@ def batch_order(num_items: int, batch_size: int, generator: torch.Generator) -> 
 
 
 def evaluate_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], inputs_fn, labels: torch.Tensor,
-                    batch_size: int) -> EvalResult:
+                    batch_size: int, task: Task = SINGLE_LABEL) -> EvalResult:
     """Run ``logits_fn`` over ``inputs_fn(index_batch)`` in batches without gradients."""
     probs, losses = [], 0.0
     with torch.no_grad():
@@ -58,28 +63,35 @@ def evaluate_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], inputs_fn
             idx = torch.arange(start, min(start + batch_size, len(labels)))
             logits = logits_fn(inputs_fn(idx)).float()
             y = labels[idx].to(logits.device)
-            losses += F.cross_entropy(logits, y, reduction="sum").item()
-            probs.append(logits.softmax(-1).cpu())
+            losses += task.loss(logits, y, reduction="sum").item()
+            probs.append(task.probabilities(logits).cpu())
     p = torch.cat(probs)
-    return EvalResult(probs=p, labels=labels.cpu(), loss=losses / max(1, len(labels)),
-                      accuracy=float((p.argmax(-1) == labels.cpu()).float().mean()))
+    loss = losses / max(1, len(labels))
+    y_all = labels.cpu()
+    return EvalResult(probs=p, labels=y_all, loss=loss, accuracy=task.accuracy(p, y_all),
+                      score=task.score(p, y_all, loss) if task.multi_label else None)
 
 
 def fit(module: torch.nn.Module, train_step_loss: Callable[[torch.Tensor], torch.Tensor],
         num_train: int, validate: Optional[Callable[[], EvalResult]], *, lr: float,
         weight_decay: float, batch_size: int, steps: int, warmup_fraction: float,
-        val_every: Optional[int], seed: int, device: torch.device) -> FitHistory:
+        val_every: Optional[int], seed: int, device: torch.device,
+        param_groups: Optional[list[dict]] = None) -> FitHistory:
     """Train the parameters of ``module`` that require grad; restore the best-validated state.
 
     ``train_step_loss(index_batch)`` returns the loss of one batch of training items. Selection is
     by validation accuracy, ties broken by lower validation loss (few-shot validation sets are
-    small, so ties are common).
+    small, so ties are common); a task may define its own score (``EvalResult.score``).
+    ``param_groups`` (AdamW groups, each with its own "lr") replace the single group at ``lr``:
+    full fine-tuning gives the backbone and the head, or each depth, its own rate. Buffers
+    (batch-norm statistics) are kept with the best state too.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
     fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    groups = param_groups if param_groups is not None else [{"params": params}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused)
     scheduler = warmup_cosine(optimizer, steps, round(warmup_fraction * steps))
     generator = torch.Generator().manual_seed(seed)
     order = batch_order(num_train, min(batch_size, num_train), generator)
@@ -102,24 +114,35 @@ def fit(module: torch.nn.Module, train_step_loss: Callable[[torch.Tensor], torch
             result = validate()
             module.train()
             history.evaluations.append({"step": step, "train_loss": float(loss.detach()),
-                                        "val_loss": result.loss, "val_accuracy": result.accuracy})
+                                        "val_loss": result.loss, "val_accuracy": result.accuracy,
+                                        **({} if result.score is None else {"val_score": result.score})})
             log.info("step %d/%d  train loss %.4f  val loss %.4f  val acc %.4f", step, steps,
                      float(loss.detach()), result.loss, result.accuracy)
-            better = (result.accuracy > history.best_val_accuracy
-                      or (result.accuracy == history.best_val_accuracy
+            score = result.selection_score
+            better = (score > history.best_val_accuracy
+                      or (score == history.best_val_accuracy
                           and result.loss < history.best_val_loss))
             if better:
-                history.best_val_accuracy, history.best_val_loss = result.accuracy, result.loss
+                history.best_val_accuracy, history.best_val_loss = score, result.loss
                 history.best_step = step
-                params_by_name = dict(module.named_parameters())
-                best_state = {n: params_by_name[n].detach().clone() for n in trainable_names}
+                best_state = _snapshot(module, trainable_names)
     module.eval()
     if best_state is not None:
-        params_by_name = dict(module.named_parameters())
+        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
         with torch.no_grad():
             for n, value in best_state.items():
-                params_by_name[n].copy_(value)
+                tensors[n].copy_(value)
     else:
         history.best_step = steps
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _snapshot(module: torch.nn.Module, trainable_names: list[str]) -> dict[str, torch.Tensor]:
+    """Copies of the trainable parameters and of the buffers that training may change."""
+    params_by_name = dict(module.named_parameters())
+    state = {n: params_by_name[n].detach().clone() for n in trainable_names}
+    for n, buffer in module.named_buffers():
+        if buffer.is_floating_point() or n.endswith("num_batches_tracked"):
+            state[n] = buffer.detach().clone()
+    return state

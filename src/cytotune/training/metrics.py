@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             recall_score, roc_auc_score)
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score,
+                             confusion_matrix, f1_score, recall_score, roc_auc_score)
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
@@ -72,6 +72,54 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
         "ece": ece,
         "per_class_recall": {name: float(r) for name, r, p in zip(class_names, recalls, present) if p},
         "confusion_matrix": matrix,
+    }
+
+
+def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, label_names: Sequence[str],
+                       threshold: float = 0.5) -> dict[str, Any]:
+    """Metrics of a multi-label evaluation; ``probs`` (N, L) are per-label sigmoid outputs.
+
+    The headline is ``auroc``, the mean over labels of each label's AUROC (scikit-learn's
+    ``roc_auc_score``), with ``average_precision`` (``average_precision_score``) beside it, both
+    also per label. Labels whose evaluation set has only positives or only negatives have neither
+    and are listed in ``auroc_undefined_labels`` instead of being counted. Thresholded at
+    ``threshold``: label-wise ``accuracy``, ``balanced_accuracy`` (mean over labels),
+    ``macro_f1`` and ``subset_accuracy`` (every label of an image right).
+    """
+    y = np.asarray(targets, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 2 or p.shape != y.shape or y.shape[1] != len(label_names):
+        raise ValueError(f"targets {y.shape} and probs {p.shape} must both be (N, "
+                         f"{len(label_names)})")
+    if len(y) == 0:
+        raise ValueError("cannot compute metrics on an empty evaluation set")
+    auroc: dict[str, float] = {}
+    ap: dict[str, float] = {}
+    undefined: list[str] = []
+    balanced: list[float] = []
+    predicted = (p >= threshold).astype(np.int64)
+    for j, name in enumerate(label_names):
+        if 0 < y[:, j].sum() < len(y):
+            auroc[name] = float(roc_auc_score(y[:, j], p[:, j]))
+            ap[name] = float(average_precision_score(y[:, j], p[:, j]))
+            balanced.append(float(balanced_accuracy_score(y[:, j], predicted[:, j])))
+        else:
+            undefined.append(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        macro_f1 = float(f1_score(y, predicted, average="macro", zero_division=0))
+    return {
+        "n": int(len(y)),
+        "auroc": float(np.mean(list(auroc.values()))) if auroc else math.nan,
+        "auroc_per_label": auroc,
+        "auroc_undefined_labels": undefined,
+        "average_precision": float(np.mean(list(ap.values()))) if ap else math.nan,
+        "average_precision_per_label": ap,
+        "accuracy": float((predicted == y).mean()),
+        "balanced_accuracy": float(np.mean(balanced)) if balanced else math.nan,
+        "macro_f1": macro_f1,
+        "subset_accuracy": float((predicted == y).all(1).mean()),
+        "positives_per_label": {name: int(c) for name, c in zip(label_names, y.sum(0))},
     }
 
 

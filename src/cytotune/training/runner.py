@@ -20,18 +20,20 @@ from safetensors.torch import save_file
 
 from cytotune._version import __version__
 from cytotune.adapters import count_lora_parameters, save_adapter
-from cytotune.data import (DataError, ImageStore, LabelledImages, few_shot, few_shot_validation,
-                           fraction, load_dataset, make_splits)
+from cytotune.data import (DataError, ImageStore, LabelledImages, domain_pools, few_shot,
+                           few_shot_multilabel, few_shot_validation, fraction, load_dataset,
+                           make_splits)
 from cytotune.data.prompts import class_prompts
+from cytotune.data.sampling import FEW_SHOT_VALIDATION_MAX
 from cytotune.models import build_backbone, get_card
 from cytotune.models.text import build_text_encoder
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache
 from cytotune.training.methods import METHODS, TRAINING_FREE, MethodContext, SplitTensors
 from cytotune.training.methods.base import needs_text_encoder
-from cytotune.training.metrics import (classification_metrics, coarse_class_map,
-                                       coarse_level_metrics)
+from cytotune.training.metrics import coarse_class_map, coarse_level_metrics
 from cytotune.training.rundir import RunWriter
+from cytotune.training.task import Task, task_for
 
 log = logging.getLogger("cytotune")
 
@@ -48,6 +50,7 @@ class RunResult:
     timings: dict[str, float]
     history: list[dict] = field(default_factory=list)
     out_dir: Optional[Path] = None
+    memory: dict[str, Any] = field(default_factory=dict)  # peak memory, see peak_memory()
 
     @property
     def test_accuracy(self) -> float:
@@ -55,10 +58,14 @@ class RunResult:
 
     def summary(self) -> str:
         t = self.metrics["test"]
+        ood = self.metrics.get("test_ood")
         return (f"{self.config.model.name} {self.config.method} "
                 f"shots={self.config.shots if self.config.shots is not None else 'all'} "
                 f"seed={self.config.seed}: test accuracy {t['accuracy']:.4f}, "
-                f"balanced {t['balanced_accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}")
+                f"balanced {t['balanced_accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}, "
+                f"AUROC {t['auroc']:.4f}"
+                + (f"; out of domain: accuracy {ood['accuracy']:.4f}, AUROC {ood['auroc']:.4f}"
+                   if ood else ""))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,21 +77,80 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def select_indices(data: LabelledImages, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train / val / test indices of a run: the split, then few-shot or fraction sampling.
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
-    The split uses ``data.split_seed`` (same test set for every run seed); sampling uses the run
-    seed. Few-shot validation takes min(k, 4) images per class, as the reference study does.
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """The run's peak memory and what was measured: on CUDA the peak of tensors allocated on the
+    device since the run started (``torch.cuda.max_memory_allocated``), on CPU the peak resident
+    set size of the whole process since it started (``resource.getrusage``; an upper bound for
+    one run when a process runs several)."""
+    if device.type == "cuda":
+        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)),
+                "kind": "cuda_max_memory_allocated", "device": str(device)}
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in kilobytes on Linux, in bytes on macOS
+    return {"peak_bytes": int(rss if sys.platform == "darwin" else rss * 1024),
+            "kind": "process_peak_rss", "device": "cpu"}
+
+
+@dataclass
+class RunIndices:
+    """Indices into the data set of a run's splits; ``test_ood`` holds the images of the test
+    domains (empty without a domain split), which never reach training or validation."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    test_ood: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+
+def select_indices(data: LabelledImages, config: TrainConfig) -> RunIndices:
+    """Train / val / test (and out-of-domain test) indices: domains, split, then sampling.
+
+    With train/test domains, only the training domains' images are split (so in-domain test is
+    their held-out part) and the test domains' images are all out-of-domain test. The split uses
+    ``data.split_seed`` (same test set for every run seed); sampling uses the run seed. Few-shot
+    validation takes min(k, 4) images per class (per label for multi-label data, where k shots
+    means k positive images per label), as the reference study does. Multi-label splits and
+    fractions are stratified by each image's rarest label.
     """
-    splits = make_splits(data, seed=config.data.split_seed, val_fraction=config.data.val_fraction,
+    pools = domain_pools(data, config.data.train_domains, config.data.test_domains)
+    view = data.stratification_view()
+    pool = pools.in_domain if pools is not None else np.arange(len(data), dtype=np.int64)
+    splits = make_splits(view.subset(pool) if pools is not None else view,
+                         seed=config.data.split_seed, val_fraction=config.data.val_fraction,
                          test_fraction=config.data.test_fraction)
-    train, val = splits.train, splits.val
+    train, val, test = pool[splits.train], pool[splits.val], pool[splits.test]
     if config.shots is not None:
-        train = few_shot(data.labels, train, config.shots, config.seed, data.class_names)
-        val = few_shot_validation(data.labels, val, config.shots, config.seed, data.class_names)
+        if data.targets is not None:
+            train = few_shot_multilabel(data.targets, train, config.shots, config.seed,
+                                        data.class_names)
+            val = few_shot_multilabel(data.targets, val, min(config.shots, FEW_SHOT_VALIDATION_MAX),
+                                      config.seed, data.class_names, strict=False)
+        else:
+            train = few_shot(data.labels, train, config.shots, config.seed, data.class_names)
+            val = few_shot_validation(data.labels, val, config.shots, config.seed, data.class_names)
     elif config.fraction is not None:
-        train = fraction(data.labels, train, config.fraction, config.seed)
-    return train, val, splits.test
+        train = fraction(view.labels, train, config.fraction, config.seed)
+    if pools is not None and len(test) == 0:
+        raise DataError(f"{data.name}: no in-domain test images (test_fraction="
+                        f"{config.data.test_fraction}); in- and out-of-domain results are "
+                        f"reported side by side, so keep test_fraction > 0")
+    ood = pools.out_of_domain if pools is not None else np.empty(0, dtype=np.int64)
+    return RunIndices(train=train, val=val, test=test, test_ood=ood)
+
+
+def _targets(data: LabelledImages, indices: np.ndarray) -> torch.Tensor:
+    """What the loss compares with: class indices, or float 0/1 rows of multi-label data."""
+    if data.targets is not None:
+        return torch.as_tensor(data.targets[indices], dtype=torch.float32)
+    return torch.as_tensor(data.labels[indices])
 
 
 def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, skip_bad: bool,
@@ -98,7 +164,7 @@ def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, s
     if len(kept) == 0:
         raise DataError(f"no readable images in the {split} split")
     return SplitTensors(pixels=torch.as_tensor(np.asarray(decoded.pixels)),
-                        labels=torch.as_tensor(data.labels[indices][kept]),
+                        labels=_targets(data, np.asarray(indices, dtype=np.int64)[kept]),
                         paths=[paths[i] for i in kept], images_key=decoded.key,
                         rows=np.asarray(indices, dtype=np.int64)[kept])
 
@@ -166,10 +232,14 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     """The run itself; also returns the trained backbone and the tensors to save."""
     started = time.perf_counter()
     device = resolve_device(config.device)
+    reset_peak_memory(device)
     data = load_dataset(config.data.source, config.data.layout, **config.data.options)
-    train_idx, val_idx, test_idx = select_indices(data, config)
-    log.info("data %s: %d classes, %d train / %d val / %d test images", data.name,
-             data.num_classes, len(train_idx), len(val_idx), len(test_idx))
+    indices = select_indices(data, config)
+    log.info("data %s: %d %s, %d train / %d val / %d test images%s", data.name, data.num_classes,
+             "labels" if data.multi_label else "classes", len(indices.train), len(indices.val),
+             len(indices.test), f" + {len(indices.test_ood)} out-of-domain test images"
+             if len(indices.test_ood) else "")
+    task = task_for(data.multi_label)
 
     prompts = class_prompts(data.class_names, config.data.layout,
                             config.data.prompts.class_names, config.data.prompts.templates)
@@ -179,10 +249,13 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=config.num_workers)
     t0 = time.perf_counter()
     pre = backbone.preprocessing
+    # out-of-domain images are evaluated with the in-domain test images, as one test split, and
+    # told apart again by their rows below: methods need not know about domains
+    test_all = np.concatenate([indices.test, indices.test_ood])
     # a training-free method (zero-shot) never looks at the training images: not decoded
     training_free = config.method in TRAINING_FREE
-    wanted = (("val", val_idx), ("test", test_idx)) if training_free else (
-        ("train", train_idx), ("val", val_idx), ("test", test_idx))
+    wanted = (("val", indices.val), ("test", test_all)) if training_free else (
+        ("train", indices.train), ("val", indices.val), ("test", test_all))
     splits = {name: _decode(store, data, idx, pre, config.data.skip_bad_images, name)
               for name, idx in wanted}
     if training_free:
@@ -195,35 +268,80 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     ctx = MethodContext(config=config, backbone=backbone, train=splits["train"], val=splits["val"],
                         test=splits["test"], class_names=list(data.class_names), device=device,
                         feature_cache=FeatureCache(cache_dir), steps=steps, prompts=prompts,
-                        text_encoder=text_encoder)
+                        text_encoder=text_encoder, task=task)
     outcome = METHODS[config.method](ctx)
 
-    metrics = {"val": classification_metrics(outcome.val.labels.numpy(), outcome.val.probs.numpy(),
-                                             data.class_names),
-               "test": classification_metrics(outcome.test.labels.numpy(),
-                                              outcome.test.probs.numpy(), data.class_names),
-               "best_step": outcome.history.best_step, "steps": outcome.history.steps}
-    probs = outcome.test.probs.numpy()
     test_rows = splits["test"].rows
+    in_domain = ~np.isin(test_rows, indices.test_ood)
+    probs, targets = outcome.test.probs.numpy(), outcome.test.labels.numpy()
+    names = data.class_names
+    metrics = {"val": task.metrics(outcome.val.labels.numpy(), outcome.val.probs.numpy(), names),
+               "test": task.metrics(targets[in_domain], probs[in_domain], names),
+               "best_step": outcome.history.best_step, "steps": outcome.history.steps,
+               "task": task.name}
+    if len(indices.test_ood):
+        metrics.update(domain_metrics(data, config, task, test_rows, in_domain, targets, probs))
     for level, (level_labels, level_names) in data.label_levels.items():
         # accuracy higher up a class tree (HiCervix levels 1-2), from the fine predictions; the
         # tree (each fine class's parent) is label metadata, read off the whole data set
         mapping = coarse_class_map(data.labels, level_labels, data.num_classes)
         metrics.setdefault("test_levels", {})[level] = coarse_level_metrics(
-            level_labels[test_rows], probs, mapping, level_names)
-    predictions = pd.DataFrame({
-        "path": [str(p) for p in splits["test"].paths],
-        "label": [data.class_names[i] for i in outcome.test.labels.tolist()],
-        "predicted": [data.class_names[i] for i in probs.argmax(1)],
-    })
-    for c, name in enumerate(data.class_names):
-        predictions[f"prob_{name}"] = probs[:, c]
+            level_labels[test_rows[in_domain]], probs[in_domain], mapping, level_names)
+    predictions = prediction_table(data, task, splits["test"].paths, test_rows, targets, probs)
+    if len(indices.test_ood):
+        predictions["in_domain"] = in_domain
     timings = {"decode_s": decode_s, **outcome.timings, "total_s": time.perf_counter() - started}
     result = RunResult(config=config, class_names=list(data.class_names), metrics=metrics,
                        predictions=predictions, trainable_parameters=outcome.trainable_parameters,
-                       timings=timings, history=outcome.history.evaluations)
+                       timings=timings, history=outcome.history.evaluations,
+                       memory=peak_memory(device))
     log.info(result.summary())
     return result, backbone, outcome.tensors_to_save
+
+
+def domain_metrics(data: LabelledImages, config: TrainConfig, task: Task, test_rows: np.ndarray,
+                   in_domain: np.ndarray, targets: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Out-of-domain test metrics beside the in-domain ones: all test-domain images together
+    (``test_ood``), each test domain alone and each training domain's held-out images
+    (``test_by_domain``), and which domains were on which side (``domains``)."""
+    assert data.domains is not None
+    pools = domain_pools(data, config.data.train_domains, config.data.test_domains)
+    assert pools is not None
+    names = data.class_names
+    out: dict[str, Any] = {"test_ood": task.metrics(targets[~in_domain], probs[~in_domain], names),
+                           "domains": {"train": list(pools.train_domains),
+                                       "test": list(pools.test_domains)}}
+    row_domains = data.domains[test_rows]
+    by_domain = {}
+    for domain in (*pools.train_domains, *pools.test_domains):
+        mask = row_domains == domain
+        if mask.any():
+            by_domain[domain] = {"in_domain": domain in pools.train_domains,
+                                 **task.metrics(targets[mask], probs[mask], names)}
+    out["test_by_domain"] = by_domain
+    return out
+
+
+def prediction_table(data: LabelledImages, task: Task, paths: list[Path], rows: np.ndarray,
+                     targets: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    """predictions.csv: one row per test image with its label(s), prediction and probabilities
+    (softmax over classes, or one sigmoid per label whose names are joined by "|" at 0.5)."""
+    names = data.class_names
+    if task.multi_label:
+        def joined(row: np.ndarray) -> str:
+            return "|".join(n for n, on in zip(names, row) if on)
+        frame = pd.DataFrame({"path": [str(p) for p in paths],
+                              "label": [joined(t > 0.5) for t in targets],
+                              "predicted": [joined(p >= 0.5) for p in probs]})
+    else:
+        frame = pd.DataFrame({"path": [str(p) for p in paths],
+                              "label": [names[i] for i in targets.tolist()],
+                              "predicted": [names[i] for i in probs.argmax(1)]})
+    if data.domains is not None:
+        frame["domain"] = data.domains[rows]
+    for c, name in enumerate(names):
+        frame[f"prob_{name}"] = probs[:, c]
+    return frame
 
 
 def _write_run(writer: RunWriter, result: RunResult, backbone: torch.nn.Module,
@@ -242,6 +360,7 @@ def _write_run(writer: RunWriter, result: RunResult, backbone: torch.nn.Module,
         "class_names": result.class_names,
         "trainable_parameters": result.trainable_parameters,
         "timings": result.timings,
+        "memory": result.memory,
         "history": result.history,
         "environment": {"cytotune": __version__, "torch": torch.__version__,
                         "python": platform.python_version(), "device": config.device},

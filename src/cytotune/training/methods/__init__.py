@@ -8,6 +8,7 @@ from typing import Callable
 
 from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
                                             new_head)
+from cytotune.training.methods.full import run_full_finetune
 from cytotune.training.methods.linear import run_linear_probe
 from cytotune.training.methods.lora import run_lora
 from cytotune.training.methods.zero_shot import run_zero_shot
@@ -37,6 +38,8 @@ def register_method(name: str, fn: MethodFn, *, replace: bool = False,
 register_method("linear", run_linear_probe)
 register_method("lora", run_lora)
 register_method("zero-shot", run_zero_shot, trains=False)
+register_method("full", run_full_finetune)
 
-__all__ = ["METHODS", "TRAINING_FREE", "register_method", "MethodContext", "MethodResult", "SplitTensors",
-           "Classifier", "new_head", "run_linear_probe", "run_lora", "run_zero_shot"]
+__all__ = ["METHODS", "TRAINING_FREE", "register_method", "MethodContext", "MethodResult",
+           "SplitTensors", "Classifier", "new_head", "run_linear_probe", "run_lora",
+           "run_zero_shot", "run_full_finetune"]

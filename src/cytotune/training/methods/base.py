@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache
 from cytotune.training.loop import EvalResult, FitHistory
+from cytotune.training.task import SINGLE_LABEL, Task
 
 
 @dataclass
@@ -20,7 +21,7 @@ class SplitTensors:
     """Decoded images of one split, ready for the device."""
 
     pixels: torch.Tensor  # uint8 (N, 3, S, S), CPU
-    labels: torch.Tensor  # int64 (N,)
+    labels: torch.Tensor  # int64 (N,); multi-label: float32 (N, L) 0/1 targets
     paths: list[Path]
     images_key: str  # content key of these images at this preprocessing (cache key part)
     rows: np.ndarray  # int64 (N,): positions of these images in the data set
@@ -41,6 +42,7 @@ class MethodContext:
     # the runner only when the method or head_init needs it; cytotune.models.text.TextEncoder)
     prompts: list[list[str]] = field(default_factory=list)
     text_encoder: Optional[nn.Module] = None
+    task: Task = SINGLE_LABEL  # loss, probabilities and selection score of the labels' kind
 
 
 @dataclass

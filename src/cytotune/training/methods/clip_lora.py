@@ -89,7 +89,7 @@ def run_clip_lora(ctx: MethodContext) -> MethodResult:
         y = ctx.train.labels[idx].to(ctx.device)
         with autocast_for(ctx.device):
             logits = model(normalise(x, pre.mean, pre.std))
-        return F.cross_entropy(logits.float(), y)
+        return ctx.task.loss(logits, y)
 
     def evaluate(split: SplitTensors) -> EvalResult:
         with torch.no_grad(), autocast_for(ctx.device):
@@ -100,7 +100,7 @@ def run_clip_lora(ctx: MethodContext) -> MethodResult:
                 images = model.image_embeddings(normalise(x.to(ctx.device), pre.mean, pre.std))
             return model.logit_scale * images @ weights.T
 
-        return evaluate_logits(logits_of, lambda idx: split.pixels[idx], split.labels, 64)
+        return evaluate_logits(logits_of, lambda idx: split.pixels[idx], split.labels, 64, ctx.task)
 
     history = fit(model, loss_of, len(ctx.train.labels), lambda: evaluate(ctx.val), lr=o.lr,
                   weight_decay=o.weight_decay, batch_size=o.batch_size, steps=ctx.steps,

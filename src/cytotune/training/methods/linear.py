@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from cytotune.training.features import FeatureCache, extract_features
 from cytotune.training.loop import EvalResult, evaluate_logits, fit
@@ -39,10 +38,11 @@ def run_linear_probe(ctx: MethodContext) -> MethodResult:
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
         idx = idx.to(ctx.device)
-        return F.cross_entropy(head(f_train[idx]), y_train[idx])
+        return ctx.task.loss(head(f_train[idx]), y_train[idx])
 
     def evaluate(feats: torch.Tensor, split: SplitTensors) -> EvalResult:
-        return evaluate_logits(head, lambda idx: feats[idx.to(ctx.device)], split.labels, 4096)
+        return evaluate_logits(head, lambda idx: feats[idx.to(ctx.device)], split.labels, 4096,
+                               ctx.task)
 
     per_epoch = -(-len(y_train) // min(o.batch_size, len(y_train)))
     history = fit(head, loss_of, len(y_train), lambda: evaluate(f_val, ctx.val), lr=o.lr,

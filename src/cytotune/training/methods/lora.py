@@ -6,7 +6,6 @@ import logging
 import time
 
 import torch
-import torch.nn.functional as F
 
 from cytotune.adapters import apply_lora, count_lora_parameters, mark_only_lora_trainable
 from cytotune.training.augment import normalise, random_dihedral
@@ -45,14 +44,14 @@ def run_lora(ctx: MethodContext) -> MethodResult:
         y = ctx.train.labels[idx].to(ctx.device)
         with autocast_for(ctx.device):
             logits = model(normalise(x, pre.mean, pre.std))
-        return F.cross_entropy(logits.float(), y)
+        return ctx.task.loss(logits, y)
 
     def logits_of(x: torch.Tensor) -> torch.Tensor:
         with autocast_for(ctx.device):
             return model(normalise(x.to(ctx.device), pre.mean, pre.std))
 
     def evaluate(split: SplitTensors) -> EvalResult:
-        return evaluate_logits(logits_of, lambda idx: split.pixels[idx], split.labels, 64)
+        return evaluate_logits(logits_of, lambda idx: split.pixels[idx], split.labels, 64, ctx.task)
 
     history = fit(model, loss_of, len(ctx.train.labels), lambda: evaluate(ctx.val), lr=o.lr,
                   weight_decay=o.weight_decay, batch_size=o.batch_size, steps=ctx.steps,

@@ -45,7 +45,7 @@ def run_zero_shot(ctx: MethodContext) -> MethodResult:
             key, lambda: extract_features(bb, split.pixels, pre.mean, pre.std, ctx.device))
         feats = feats.to(ctx.device)
         return evaluate_logits(head, lambda idx: feats[idx.to(ctx.device)], split.labels,
-                               4096), seconds
+                               4096, ctx.task), seconds
 
     (val, t_val), (test, t_test) = evaluate(ctx.val), evaluate(ctx.test)
     log.info("zero-shot: %d classes x %d prompts, logit scale %.2f; val accuracy %.4f",
