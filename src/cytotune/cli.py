@@ -97,13 +97,20 @@ def _add_train(sub) -> None:
                         "tested on it; --out gets heldout_<domain>/ and leave_one_domain_out.csv")
 
 
+# parsed `train` arguments that steer the command rather than describe the run
+_NOT_CONFIG = ("command", "config", "verbose", "leave_one_domain_out")
+
+
+def train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat config options (``cytotune.api.FLAT_OPTIONS`` keys) given on a `train` line."""
+    return {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from cytotune.api import build_config
     from cytotune.training.runner import run_training
 
-    options = {k: v for k, v in vars(args).items()
-               if k not in ("command", "config", "verbose", "leave_one_domain_out")}
-    config = build_config(args.config, **options)
+    config = build_config(args.config, **train_options(args))
     if args.leave_one_domain_out:
         from cytotune.training.leave_one_domain_out import run_leave_one_domain_out
 

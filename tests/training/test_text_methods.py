@@ -240,12 +240,11 @@ def test_configuration_errors_name_the_option(synthetic_data):
 
 
 def test_cli_flags_reach_the_config():
-    from cytotune.cli import build_parser
+    from cytotune.cli import build_parser, train_options
 
     args = build_parser().parse_args(["train", "--data", "x", "--method", "lora", "--head-init",
                                       "text", "--encoder", "both", "--tokenizer", "/models/bert"])
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
-    config = build_config(**options)
+    config = build_config(**train_options(args))
     assert (config.head_init, config.encoder, config.model.tokenizer) == ("text", "both",
                                                                            "/models/bert")
     assert TrainConfig.from_dict(yaml.safe_load(config.to_yaml())) == config
