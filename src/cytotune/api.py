@@ -40,6 +40,7 @@ FLAT_OPTIONS: dict[str, str] = {
     "val_every": "optim.val_every",
     "linear_epochs": "optim.linear_epochs",
     "augment": "optim.augment",
+    "compile": "optim.compile",
     "tokenizer": "model.tokenizer",
     "templates": "data.prompts.templates",
     "backbone_lr": "finetune.backbone_lr",

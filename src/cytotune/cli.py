@@ -65,6 +65,7 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--val-every", int, "validate every N steps (and at the end)"),
     ("--linear-epochs", int, "linear probe epochs over cached features"),
     ("--augment", _bool, "flips and right-angle rotations while training"),
+    ("--compile", _bool, "methods lora and full: torch.compile the model"),
     ("--skip-bad-images", _bool, "skip unreadable images (reported in the log) instead of failing"),
     ("--device", str, "auto | cpu | cuda | cuda:N"),
     ("--out", str, "run directory to write"),
@@ -76,7 +77,7 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--backbone-lr", float, "method full: the backbone's learning rate (default: --lr, the head's)"),
     ("--layer-decay", float, "method full: layer-wise lr decay in (0, 1]; 1 = none"),
     ("--train-blocks", int, "method full: train only the last N blocks, freeze the rest"),
-    ("--grad-checkpointing", _bool, "method full: recompute activations to save memory"),
+    ("--grad-checkpointing", _bool, "methods full and lora: recompute activations to save memory"),
     ("--train-domains", str, "domains to train on, comma-separated (CSV 'domain' column); "
                              "default: all not in --test-domains"),
     ("--test-domains", str, "domains only tested on (out of domain), comma-separated"),
@@ -214,11 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the built-in default: offline, on CPU, generated data")
     demo.add_argument("--out", default="demo_runs", help="output folder")
     demo.add_argument("--shots", default=None, help="comma-separated shot counts (default 1,4,16)")
+    from cytotune.benchmark.cli import register as register_benchmark
     from cytotune.experiments.cli import register as register_experiments
     from cytotune.inference.cli import register as register_inference
 
     COMMANDS.update(register_inference(sub))
     COMMANDS.update(register_experiments(sub))
+    COMMANDS.update(register_benchmark(sub))
     return parser
 
 

@@ -49,16 +49,17 @@ def register_tiny_cards_and_count_attempts() -> None:
 
     import cytotune.training.runner as runner
 
-    original = runner.run_training
+    # every run, alone or in a group of runs, chooses its images through select_indices
+    original = runner.select_indices
     counter = itertools.count()
     marks = Path(os.environ["CYTOTUNE_TEST_HOOK_DIR"])
 
-    def run_training(config):
+    def select_indices(data, config):
         if config.shots == 50:
             (marks / f"attempt-{os.getpid()}-{next(counter)}").write_text("tried")
-        return original(config)
+        return original(data, config)
 
-    runner.run_training = run_training
+    runner.select_indices = select_indices
 
 
 def broken_setup() -> None:

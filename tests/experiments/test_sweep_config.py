@@ -189,3 +189,22 @@ def test_overrides_and_round_trip(monkeypatch):
     assert [r.run_id for r in again.runs()] == [r.run_id for r in sweep.runs()]
     with pytest.raises(ConfigError, match="base.optim.stepz"):
         load_sweep(minimal(), overrides={"base.optim.stepz": 5})
+
+
+def test_pack_size_chunks_lora_runs_and_is_validated(tmp_path):
+    values = {"name": "p", "datasets": {"a": {"source": "/data/a"}},
+              "backbones": ["efficientnet-lite0", "vit-b16"], "method": ["linear", "lora"],
+              "shots": [1, 2], "seeds": [1, 2], "lrs": [1e-3], "pack_size": 3}
+    sweep = load_sweep(values)
+    assert sweep.pack_size == 3 and load_sweep(sweep.to_dict()).pack_size == 3
+    runs = sweep.runs()
+    chunks = chunk_runs(runs, pack_size=sweep.pack_size)
+    lora = [c for c in chunks if c[0].method == "lora"]
+    # 4 LoRA runs per backbone: packs of 3 and 1, never mixing backbones
+    assert sorted(len(c) for c in lora) == [1, 1, 3, 3]
+    assert all(len({r.backbone for r in c}) == 1 for c in chunks)
+    assert [len(c) for c in chunks if c[0].method == "linear"] == [4, 4]
+    assert sorted(r.run_id for c in chunks for r in c) == sorted(r.run_id for r in runs)
+    assert all(len(c) == 1 for c in chunk_runs(runs) if c[0].method == "lora")
+    with pytest.raises(ConfigError, match="pack_size"):
+        load_sweep({**values, "pack_size": 0})

@@ -252,3 +252,19 @@ def test_cli_commands(synthetic_data, tiny_model_names, tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "missing.sqlite"), "--out", str(out)]) == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["report", str(store), "--out", str(out), "--sota", "hicervix"])
+
+
+def test_packed_sweep_stores_what_the_unpacked_sweep_stores(synthetic_data, tiny_model_names,
+                                                           tmp_path):
+    # random-init backbones: runs of one seed share a backbone (lrs x shots), so packs of 4
+    values = small_sweep("packed", {"gen": synthetic_data}, [tiny_model_names["uni"]],
+                         tmp_path / "cache")
+    plain = run_sweep(values, ResultStore(tmp_path / "plain.sqlite"), progress=False)
+    packed = run_sweep({**values, "pack_size": 4}, ResultStore(tmp_path / "packed.sqlite"),
+                       progress=False)
+    assert len(plain.completed) == len(packed.completed) == 8 and not packed.failed
+    a = ResultStore(tmp_path / "plain.sqlite").records().set_index("run_id").sort_index()
+    b = ResultStore(tmp_path / "packed.sqlite").records().set_index("run_id").sort_index()
+    assert list(a.index) == list(b.index)  # packing does not change what a run is
+    np.testing.assert_allclose(a["test_accuracy"], b["test_accuracy"])
+    np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=1e-4, atol=1e-6)

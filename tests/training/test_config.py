@@ -41,3 +41,13 @@ def test_steps_follow_the_study_rule_for_few_shot():
     assert OptimConfig(steps=7).resolve_steps(16, 4) == 7
     assert OptimConfig(epochs=2).resolve_steps(num_train=64, shots=None) == 4
     assert OptimConfig().resolve_steps(num_train=64, shots=None) == 20
+
+
+@pytest.mark.parametrize("method", ["linear", "full"])
+def test_text_encoder_choice_needs_lora(method):
+    # full fine-tuning trains an image-feature head: a text-tower choice would be saved as a
+    # CLIP classifier that predict then applies to normalised features
+    with pytest.raises(ConfigError, match="encoder='text'.*use method 'lora'"):
+        build_config(data="x", method=method, encoder="text").validate()
+    build_config(data="x", method="lora", encoder="both").validate()
+    build_config(data="x", method="zero-shot", encoder="both").validate()

@@ -81,6 +81,9 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                    help="called once in each worker before its first run")
     p.add_argument("--no-retry-failed", action="store_true",
                    help="skip runs that failed before instead of retrying them")
+    p.add_argument("--pack", dest="pack_size", type=int, default=None, metavar="K",
+                   help="train up to K image-tower LoRA runs of a data set and backbone packed on "
+                        "one backbone (default: the sweep's pack_size, else 1); same results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -133,7 +136,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         devices=_split_list(args.devices), dry_run=args.dry_run,
                         progress=not args.quiet, retry_failed=not args.no_retry_failed,
                         worker_setup=args.worker_setup, console=console,
-                        executor_options=executor_options)
+                        executor_options=executor_options,
+                        pack_size=getattr(args, "pack_size", None))
     if args.quiet:
         console.print(summary.line())
     return 1 if summary.failed or summary.not_run else 0

@@ -115,6 +115,53 @@ def execute_task(task: RunTask, device: Optional[str] = None, worker: str = "mai
                           seconds=time.perf_counter() - start, keys=task.keys, config=task.config)
 
 
+def execute_chunk(tasks: Sequence[RunTask], device: Optional[str] = None,
+                  worker: str = "main") -> list[RunOutcome]:
+    """Run a chunk's tasks; a chunk of several is trained as a group
+    (:func:`cytotune.training.group.run_training_group`: shared decode and features for linear
+    probes, packed LoRA). Like :func:`execute_task`, never raises for a failing run."""
+    if len(tasks) <= 1:
+        return [execute_task(task, device, worker) for task in tasks]
+    from cytotune.training.config import TrainConfig
+    from cytotune.training.group import run_training_group
+
+    start = time.perf_counter()
+    configs, outcomes = [], {}
+    for task in tasks:
+        try:
+            config = TrainConfig.from_dict(task.config)
+            if device is not None:
+                config.device = device
+            configs.append((task, config))
+        except Exception as err:  # noqa: BLE001 - a bad config fails its run only
+            outcomes[task.run_id] = _failed(task, err, device, worker, start)
+    results = run_training_group([c for _, c in configs], pack_size=len(configs))
+    seconds = (time.perf_counter() - start) / max(1, len(configs))
+    for (task, config), result in zip(configs, results):
+        if isinstance(result, Exception):
+            outcomes[task.run_id] = _failed(task, result, device, worker, start)
+            continue
+        try:
+            record = make_record({"run_id": task.run_id, **task.keys}, result,
+                                 device=config.device, worker=worker)
+            outcomes[task.run_id] = RunOutcome(run_id=task.run_id, ok=True, record=record,
+                                               worker=worker, device=config.device,
+                                               seconds=seconds, keys=task.keys, config=task.config)
+        except Exception as err:  # noqa: BLE001
+            outcomes[task.run_id] = _failed(task, err, device, worker, start)
+    return [outcomes[task.run_id] for task in tasks]
+
+
+def _failed(task: RunTask, err: BaseException, device: Optional[str], worker: str,
+            start: float) -> RunOutcome:
+    message = f"{type(err).__name__}: {err}"
+    log.warning("run %s (%s) failed: %s", task.run_id, task.label, message)
+    return RunOutcome(run_id=task.run_id, ok=False, error=message,
+                      traceback="".join(traceback_module.format_exception(err)), worker=worker,
+                      device=device, seconds=time.perf_counter() - start, keys=task.keys,
+                      config=task.config)
+
+
 class Executor(ABC):
     """Runs chunks of tasks and reports events to the driver, in the driver's thread."""
 
@@ -165,7 +212,8 @@ class LocalExecutor(Executor):
         for chunk in chunks:
             for task in chunk:
                 report(RunStarted(task.run_id, worker, device))
-                report(execute_task(task, device, worker))
+            for outcome in execute_chunk(chunk, device, worker):
+                report(outcome)
 
 
 # ---- worker processes ---------------------------------------------------------------------------
@@ -198,7 +246,8 @@ def _worker_main(device: str, conn, setup: WorkerSetup, parent_pid: int,
                 return
             for task in chunk:
                 conn.send(("started", RunStarted(task.run_id, worker, device)))
-                conn.send(("outcome", execute_task(task, device, worker)))
+            for outcome in execute_chunk(chunk, device, worker):
+                conn.send(("outcome", outcome))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return
 

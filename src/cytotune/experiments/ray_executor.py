@@ -36,7 +36,8 @@ import socket
 from typing import Any, Mapping, Optional, Sequence
 
 from cytotune.experiments.executors import (Executor, Report, RunOutcome, RunStarted, RunTask,
-                                            WorkerSetup, execute_task, resolve_worker_setup)
+                                            WorkerSetup, execute_chunk, execute_task,
+                                            resolve_worker_setup)
 
 log = logging.getLogger("cytotune")
 
@@ -89,14 +90,14 @@ def run_chunk(tasks: Sequence[RunTask], device: Optional[str], setup: WorkerSetu
         except Exception:  # noqa: BLE001 - only a label
             pass
     outcomes = []
-    for task in tasks:
-        for attempt in range(max(0, int(run_retries)) + 1):
-            outcome = execute_task(task, device, worker)
+    # the chunk trains as a group; a run that fails there is retried alone
+    for task, outcome in zip(tasks, execute_chunk(tasks, device, worker)):
+        for attempt in range(max(0, int(run_retries))):
             if outcome.ok:
                 break
-            if attempt < run_retries:
-                log.warning("run %s failed (attempt %d of %d), retrying: %s", task.run_id,
-                            attempt + 1, run_retries + 1, outcome.error)
+            log.warning("run %s failed (attempt %d of %d), retrying: %s", task.run_id,
+                        attempt + 1, run_retries + 1, outcome.error)
+            outcome = execute_task(task, device, worker)
         outcomes.append(outcome)
     return outcomes
 

@@ -56,22 +56,25 @@ class SweepSummary:
                 f"{len(self.not_run)} not run; {self.seconds:.1f} s")
 
 
-def chunk_runs(runs: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
-    """Group runs into chunks a single worker runs in order: the linear-probe runs sharing a
-    (data set, backbone) form one chunk (the first extracts the frozen features, the others read
-    them from the feature cache); every other run is a chunk of its own. Order is kept."""
+def chunk_runs(runs: Sequence[PlannedRun], pack_size: int = 1) -> list[list[PlannedRun]]:
+    """Group runs into chunks a single worker trains together (cytotune.training.group): the
+    linear-probe runs sharing a (data set, backbone) form one chunk (one feature extraction, all
+    heads in one batched loop); with ``pack_size`` > 1, LoRA runs sharing a (data set, backbone)
+    form chunks of up to ``pack_size`` runs (packed on one backbone); every other run is a chunk
+    of its own. Order is kept within chunks."""
     chunks: list[list[PlannedRun]] = []
-    linear_group: dict[tuple[str, str], list[PlannedRun]] = {}
+    open_groups: dict[tuple[str, str, str], list[PlannedRun]] = {}
     for run in runs:
-        if run.method == "linear":
-            key = (run.dataset, run.backbone)
-            group = linear_group.get(key)
-            if group is None:
-                group = linear_group[key] = []
-                chunks.append(group)
-            group.append(run)
-        else:
+        limit = None if run.method == "linear" else pack_size if run.method == "lora" else 1
+        if limit == 1:
             chunks.append([run])
+            continue
+        key = (run.method, run.dataset, run.backbone)
+        group = open_groups.get(key)
+        if group is None or (limit is not None and len(group) >= limit):
+            group = open_groups[key] = []
+            chunks.append(group)
+        group.append(run)
     return chunks
 
 
@@ -95,14 +98,16 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
               devices: Optional[Sequence[str]] = None, dry_run: bool = False,
               progress: bool = True, *, retry_failed: bool = True,
               worker_setup: WorkerSetup = None, console: Optional[Console] = None,
-              executor_options: Optional[Mapping[str, Any]] = None) -> SweepSummary:
+              executor_options: Optional[Mapping[str, Any]] = None,
+              pack_size: Optional[int] = None) -> SweepSummary:
     """Run every run of ``sweep`` that ``store`` does not hold yet.
 
     ``executor``: "local" (default) or an :class:`Executor`. ``devices``: e.g. ``["cuda:0",
     "cuda:1"]`` runs one worker process per device; None or one device runs here, one run at a
     time, on that device (None: each run's ``device`` option). ``worker_setup``: a callable or
     'module:function' run once per worker before its first run (e.g. to register model cards).
-    ``dry_run``: plan only; prints the plan and returns it in the summary.
+    ``dry_run``: plan only; prints the plan and returns it in the summary. ``pack_size``:
+    LoRA runs packed on one backbone (None: the sweep's ``pack_size``).
     """
     started = time.perf_counter()
     sweep = load_sweep(sweep)
@@ -137,7 +142,7 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
     chunks = [[RunTask(run_id=r.run_id, keys={k: v for k, v in r.key_fields().items()
                                                if k != "run_id"},
                        config=r.config.to_dict(), label=r.describe()) for r in chunk]
-              for chunk in chunk_runs(todo)]
+              for chunk in chunk_runs(todo, sweep.pack_size if pack_size is None else pack_size)]
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[left]} left, [red]{task.fields[failed]} failed[/red]"),

@@ -183,6 +183,9 @@ class SweepConfig:
     source_path: Optional[str] = field(default=None, compare=False)
     # combinations left out of the grid, e.g. [{backbone: "timm:resnet50", method: lora}]
     exclude: list[dict[str, str]] = field(default_factory=list)
+    # image-tower LoRA runs trained together on one backbone (cytotune.training.group): 1 runs
+    # them one by one; results are the same either way, only the speed differs
+    pack_size: int = 1
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -229,6 +232,8 @@ class SweepConfig:
             out["description"] = self.description
         if self.exclude:
             out["exclude"] = copy.deepcopy(self.exclude)
+        if self.pack_size != 1:
+            out["pack_size"] = self.pack_size
         return out
 
     def excluded(self, dataset: str, backbone: str, method: str) -> bool:
@@ -377,7 +382,7 @@ def format_out(pattern: str, run: PlannedRun) -> str:
 
 # ---- parsing --------------------------------------------------------------------------------
 _SWEEP_KEYS = ("name", "description", "datasets", "backbones", "method", "shots", "fractions",
-               "seeds", "lrs", "base", "exclude")
+               "seeds", "lrs", "base", "exclude", "pack_size")
 _EXCLUDE_KEYS = ("dataset", "backbone", "method")
 
 
@@ -412,9 +417,12 @@ def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
     if check_models:
         _check_models(backbones)
     exclude = _parse_exclude(values.get("exclude") or [])
+    pack_size = coerce_value(int, values.get("pack_size", 1), "pack_size")
+    if pack_size < 1:
+        raise ConfigError(f"pack_size must be >= 1, got {pack_size}")
     sweep = SweepConfig(name=name, datasets=datasets, backbones=backbones, method=methods,
                         shots=shots, fractions=fractions, seeds=seeds, lrs=lrs, base=base,
-                        description=description, exclude=exclude)
+                        description=description, exclude=exclude, pack_size=pack_size)
     if not sweep.runs():  # every run must be a valid TrainConfig: fail at load, not mid-sweep
         raise ConfigError("exclude leaves no run in the grid")
     return sweep

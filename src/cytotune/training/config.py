@@ -110,6 +110,7 @@ class OptimConfig:
     val_every: Optional[int] = None  # validate every N steps (and at the end); None: ~10 times
     linear_epochs: int = 200  # linear probe: epochs over the cached features
     augment: bool = True  # flips and right-angle rotations during LoRA training
+    compile: bool = False  # LoRA / full: torch.compile the model (faster steps after a warm-up)
 
     def resolve_steps(self, num_train: int, shots: Optional[int]) -> int:
         """Optimizer steps for a run: explicit steps, else epochs, else the study's few-shot rule
@@ -159,10 +160,11 @@ class TrainConfig:
             raise ConfigError("data.source is required (a folder, a CSV file, or a named layout's root)")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
-        if self.encoder != "vision" and self.method == "linear":
-            # zero-shot uses both towers as they are, so a sweep's shared encoder fits it too
-            raise ConfigError(f"encoder={self.encoder!r} chooses where LoRA goes; the linear "
-                              f"probe adapts no encoder (use method 'lora')")
+        if self.encoder != "vision" and self.method not in ("lora", "zero-shot"):
+            # zero-shot uses both towers as they are, so a sweep's shared encoder fits it too;
+            # other methods train an image-feature head, which the text tower would not feed
+            raise ConfigError(f"encoder={self.encoder!r} chooses where LoRA goes; method "
+                              f"{self.method!r} adapts no text encoder (use method 'lora')")
         self.finetune.validate()
         try:
             self.lora.resolve(("q",))

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -44,6 +44,61 @@ class FitHistory:
     best_val_loss: float = math.inf
     seconds: float = 0.0
     evaluations: list[dict] = field(default_factory=list)
+    # where the time went: preparing batches (index, copy to the device, augment), the
+    # optimisation steps including that preparation, and validation passes
+    data_seconds: float = 0.0
+    step_seconds: float = 0.0
+    validation_seconds: float = 0.0
+
+    @property
+    def data_wait_fraction(self) -> float:
+        """Share of the training-step time spent waiting for the batch (0 when not measured)."""
+        return self.data_seconds / self.step_seconds if self.step_seconds > 0 else 0.0
+
+    def timings(self) -> dict[str, float]:
+        return {"training_s": self.seconds, "data_s": self.data_seconds,
+                "step_s": self.step_seconds, "validation_s": self.validation_seconds}
+
+
+class BestState:
+    """The best-validated state of a set of tensors, kept in memory.
+
+    Selection is by the task's score (validation accuracy by default), ties broken by lower
+    validation loss: few-shot validation sets are small, so ties are common. Shared by the
+    single-run loop and the grouped trainers, so every way of training selects the same step.
+    """
+
+    def __init__(self, tensors: Callable[[], dict[str, torch.Tensor]]):
+        self._tensors = tensors  # the live tensors to copy on improvement (name -> tensor)
+        self.state: Optional[dict[str, torch.Tensor]] = None
+
+    def offer(self, history: FitHistory, step: int, result: EvalResult) -> bool:
+        score = result.selection_score
+        better = (score > history.best_val_accuracy
+                  or (score == history.best_val_accuracy and result.loss < history.best_val_loss))
+        if better:
+            history.best_val_accuracy, history.best_val_loss = score, result.loss
+            history.best_step = step
+            self.state = {n: t.detach().clone() for n, t in self._tensors().items()}
+        return better
+
+    def restore(self, history: FitHistory, live: dict[str, torch.Tensor]) -> None:
+        """Copy the best state back into ``live`` (or record the last step as best if none)."""
+        if self.state is None:
+            history.best_step = history.steps
+            return
+        with torch.no_grad():
+            for n, value in self.state.items():
+                live[n].copy_(value)
+
+
+def record_evaluation(history: FitHistory, step: int, steps: int, train_loss: float,
+                      result: EvalResult) -> None:
+    history.evaluations.append({"step": step, "train_loss": train_loss, "val_loss": result.loss,
+                                "val_accuracy": result.accuracy,
+                                **({} if result.score is None else {"val_score": result.score})})
+    log.info("step %d/%d  train loss %.4f  val loss %.4f  val acc %.4f", step, steps, train_loss,
+             result.loss, result.accuracy)
 
 
 def batch_order(num_items: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -72,77 +127,72 @@ def evaluate_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], inputs_fn
                       score=task.score(p, y_all, loss) if task.multi_label else None)
 
 
-def fit(module: torch.nn.Module, train_step_loss: Callable[[torch.Tensor], torch.Tensor],
+def fit(module: torch.nn.Module, train_step_loss: Callable[[Any], torch.Tensor],
         num_train: int, validate: Optional[Callable[[], EvalResult]], *, lr: float,
         weight_decay: float, batch_size: int, steps: int, warmup_fraction: float,
         val_every: Optional[int], seed: int, device: torch.device,
-        param_groups: Optional[list[dict]] = None) -> FitHistory:
+        param_groups: Optional[list[dict]] = None,
+        fetch: Optional[Callable[[torch.Tensor], Any]] = None) -> FitHistory:
     """Train the parameters of ``module`` that require grad; restore the best-validated state.
 
-    ``train_step_loss(index_batch)`` returns the loss of one batch of training items. Selection is
-    by validation accuracy, ties broken by lower validation loss (few-shot validation sets are
-    small, so ties are common); a task may define its own score (``EvalResult.score``).
-    ``param_groups`` (AdamW groups, each with its own "lr") replace the single group at ``lr``:
-    full fine-tuning gives the backbone and the head, or each depth, its own rate. Buffers
-    (batch-norm statistics) are kept with the best state too.
+    ``train_step_loss(batch)`` returns the loss of one batch of training items, where the batch
+    is ``fetch(index_batch)`` when ``fetch`` is given (its time is the data wait the history
+    reports) and the index batch itself otherwise. Validation runs every ``val_every`` steps and
+    at the end; selection is :class:`BestState`'s. ``param_groups`` (AdamW groups, each with its
+    own "lr") replace the single group at ``lr``: full fine-tuning gives the backbone and the
+    head, or each depth, its own rate. Buffers (batch-norm statistics) are kept with the best
+    state too.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
-    fused = device.type == "cuda"
     groups = param_groups if param_groups is not None else [{"params": params}]
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay,
+                                  fused=device.type == "cuda")
     scheduler = warmup_cosine(optimizer, steps, round(warmup_fraction * steps))
     generator = torch.Generator().manual_seed(seed)
     order = batch_order(num_train, min(batch_size, num_train), generator)
     every = val_every or max(1, steps // 10)
     history = FitHistory()
-    best_state: Optional[dict[str, torch.Tensor]] = None
     trainable_names = [n for n, p in module.named_parameters() if p.requires_grad]
+    best = BestState(lambda: _snapshot(module, trainable_names))
     start = time.perf_counter()
 
     module.train()
     for step in range(1, steps + 1):
-        loss = train_step_loss(next(order))
+        t0 = time.perf_counter()
+        idx = next(order)
+        if fetch is not None:
+            batch = fetch(idx)
+            history.data_seconds += time.perf_counter() - t0
+        else:
+            batch = idx
+        loss = train_step_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        history.step_seconds += time.perf_counter() - t0
         history.steps = step
         if validate is not None and (step % every == 0 or step == steps):
+            t1 = time.perf_counter()
             module.eval()
             result = validate()
             module.train()
-            history.evaluations.append({"step": step, "train_loss": float(loss.detach()),
-                                        "val_loss": result.loss, "val_accuracy": result.accuracy,
-                                        **({} if result.score is None else {"val_score": result.score})})
-            log.info("step %d/%d  train loss %.4f  val loss %.4f  val acc %.4f", step, steps,
-                     float(loss.detach()), result.loss, result.accuracy)
-            score = result.selection_score
-            better = (score > history.best_val_accuracy
-                      or (score == history.best_val_accuracy
-                          and result.loss < history.best_val_loss))
-            if better:
-                history.best_val_accuracy, history.best_val_loss = score, result.loss
-                history.best_step = step
-                best_state = _snapshot(module, trainable_names)
+            record_evaluation(history, step, steps, float(loss.detach()), result)
+            best.offer(history, step, result)
+            history.validation_seconds += time.perf_counter() - t1
     module.eval()
-    if best_state is not None:
-        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-        with torch.no_grad():
-            for n, value in best_state.items():
-                tensors[n].copy_(value)
-    else:
-        history.best_step = steps
+    best.restore(history, {**dict(module.named_parameters()), **dict(module.named_buffers())})
     history.seconds = time.perf_counter() - start
     return history
 
 
 def _snapshot(module: torch.nn.Module, trainable_names: list[str]) -> dict[str, torch.Tensor]:
-    """Copies of the trainable parameters and of the buffers that training may change."""
+    """The trainable parameters and the buffers that training may change (live tensors)."""
     params_by_name = dict(module.named_parameters())
-    state = {n: params_by_name[n].detach().clone() for n in trainable_names}
+    state = {n: params_by_name[n] for n in trainable_names}
     for n, buffer in module.named_buffers():
         if buffer.is_floating_point() or n.endswith("num_batches_tracked"):
-            state[n] = buffer.detach().clone()
+            state[n] = buffer
     return state

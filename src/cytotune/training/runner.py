@@ -228,50 +228,83 @@ def run_training(config: TrainConfig) -> RunResult:
         raise
 
 
-def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dict[str, torch.Tensor]]]:
-    """The run itself; also returns the trained backbone and the tensors to save."""
-    started = time.perf_counter()
-    device = resolve_device(config.device)
-    reset_peak_memory(device)
-    data = load_dataset(config.data.source, config.data.layout, **config.data.options)
+@dataclass
+class RunData:
+    """What a run knows before any image is decoded: the data set, its split indices, the kind
+    of labels and the class prompts."""
+
+    data: LabelledImages
+    indices: RunIndices
+    task: Task
+    prompts: list[list[str]]
+
+
+def prepare_run_data(config: TrainConfig, data: Optional[LabelledImages] = None) -> RunData:
+    """Read the data set (unless given: runs of a group share one) and choose the run's images."""
+    if data is None:
+        data = load_dataset(config.data.source, config.data.layout, **config.data.options)
     indices = select_indices(data, config)
     log.info("data %s: %d %s, %d train / %d val / %d test images%s", data.name, data.num_classes,
              "labels" if data.multi_label else "classes", len(indices.train), len(indices.val),
              len(indices.test), f" + {len(indices.test_ood)} out-of-domain test images"
              if len(indices.test_ood) else "")
-    task = task_for(data.multi_label)
-
     prompts = class_prompts(data.class_names, config.data.layout,
                             config.data.prompts.class_names, config.data.prompts.templates)
+    return RunData(data=data, indices=indices, task=task_for(data.multi_label), prompts=prompts)
+
+
+def wanted_splits(config: TrainConfig, indices: RunIndices) -> dict[str, np.ndarray]:
+    """The rows each split decodes. Out-of-domain images are evaluated with the in-domain test
+    images, as one test split, and told apart again by their rows (methods need not know about
+    domains); a training-free method (zero-shot) never looks at the training images."""
+    test_all = np.concatenate([indices.test, indices.test_ood])
+    if config.method in TRAINING_FREE:
+        return {"val": indices.val, "test": test_all}
+    return {"train": indices.train, "val": indices.val, "test": test_all}
+
+
+def run_steps(config: TrainConfig, splits: dict[str, SplitTensors]) -> int:
+    if config.method in TRAINING_FREE:
+        return 0
+    return config.optim.resolve_steps(len(splits["train"].labels), config.shots)
+
+
+def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dict[str, torch.Tensor]]]:
+    """The run itself; also returns the trained backbone and the tensors to save."""
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    reset_peak_memory(device)
+    prepared = prepare_run_data(config)
     backbone = build_run_backbone(config)
     text_encoder = build_run_text_encoder(config) if needs_text_encoder(config) else None
     cache_dir = Path(config.cache_dir) if config.cache_dir else None
     store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=config.num_workers)
     t0 = time.perf_counter()
     pre = backbone.preprocessing
-    # out-of-domain images are evaluated with the in-domain test images, as one test split, and
-    # told apart again by their rows below: methods need not know about domains
-    test_all = np.concatenate([indices.test, indices.test_ood])
-    # a training-free method (zero-shot) never looks at the training images: not decoded
-    training_free = config.method in TRAINING_FREE
-    wanted = (("val", indices.val), ("test", test_all)) if training_free else (
-        ("train", indices.train), ("val", indices.val), ("test", test_all))
-    splits = {name: _decode(store, data, idx, pre, config.data.skip_bad_images, name)
-              for name, idx in wanted}
-    if training_free:
-        splits["train"] = _no_images(pre.image_size)
+    splits = {name: _decode(store, prepared.data, idx, pre, config.data.skip_bad_images, name)
+              for name, idx in wanted_splits(config, prepared.indices).items()}
+    splits.setdefault("train", _no_images(pre.image_size))
     decode_s = time.perf_counter() - t0
-    steps = 0 if training_free else config.optim.resolve_steps(len(splits["train"].labels),
-                                                               config.shots)
 
     torch.manual_seed(config.seed)
     ctx = MethodContext(config=config, backbone=backbone, train=splits["train"], val=splits["val"],
-                        test=splits["test"], class_names=list(data.class_names), device=device,
-                        feature_cache=FeatureCache(cache_dir), steps=steps, prompts=prompts,
-                        text_encoder=text_encoder, task=task)
+                        test=splits["test"], class_names=list(prepared.data.class_names),
+                        device=device, feature_cache=FeatureCache(cache_dir),
+                        steps=run_steps(config, splits), prompts=prepared.prompts,
+                        text_encoder=text_encoder, task=prepared.task)
     outcome = METHODS[config.method](ctx)
+    result = assemble_result(config, prepared, splits["test"], outcome,
+                             {"decode_s": decode_s}, started, device)
+    return result, backbone, outcome.tensors_to_save
 
-    test_rows = splits["test"].rows
+
+def assemble_result(config: TrainConfig, prepared: RunData, test_split: SplitTensors,
+                    outcome, timings: dict[str, float], started: float,
+                    device: torch.device) -> RunResult:
+    """Metrics (in and out of domain, upper levels of a class tree), the predictions table and
+    the timings of one finished method call."""
+    data, indices, task = prepared.data, prepared.indices, prepared.task
+    test_rows = test_split.rows
     in_domain = ~np.isin(test_rows, indices.test_ood)
     probs, targets = outcome.test.probs.numpy(), outcome.test.labels.numpy()
     names = data.class_names
@@ -287,16 +320,16 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
         mapping = coarse_class_map(data.labels, level_labels, data.num_classes)
         metrics.setdefault("test_levels", {})[level] = coarse_level_metrics(
             level_labels[test_rows[in_domain]], probs[in_domain], mapping, level_names)
-    predictions = prediction_table(data, task, splits["test"].paths, test_rows, targets, probs)
+    predictions = prediction_table(data, task, test_split.paths, test_rows, targets, probs)
     if len(indices.test_ood):
         predictions["in_domain"] = in_domain
-    timings = {"decode_s": decode_s, **outcome.timings, "total_s": time.perf_counter() - started}
+    timings = {**timings, **outcome.timings, "total_s": time.perf_counter() - started}
     result = RunResult(config=config, class_names=list(data.class_names), metrics=metrics,
                        predictions=predictions, trainable_parameters=outcome.trainable_parameters,
                        timings=timings, history=outcome.history.evaluations,
                        memory=peak_memory(device))
     log.info(result.summary())
-    return result, backbone, outcome.tensors_to_save
+    return result
 
 
 def domain_metrics(data: LabelledImages, config: TrainConfig, task: Task, test_rows: np.ndarray,

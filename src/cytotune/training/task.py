@@ -53,6 +53,8 @@ class MultiLabelTask(Task):
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         per_item = F.binary_cross_entropy_with_logits(logits.float(), targets.float(),
                                                       reduction="none").mean(-1)
+        if reduction == "none":
+            return per_item
         return per_item.sum() if reduction == "sum" else per_item.mean()
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

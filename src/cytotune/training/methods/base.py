@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cytotune.training.augment import normalise, random_dihedral
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache
 from cytotune.training.loop import EvalResult, FitHistory
@@ -133,3 +134,42 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+# Training images kept on the accelerator when they fit in this budget (uint8; few-shot sets and
+# most data sets do), else pinned host memory copied asynchronously batch by batch.
+DEVICE_RESIDENT_BYTES = 4 * 1024 ** 3
+
+
+def pixels_for_device(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The uint8 image tensor a training loop indexes: on the device when it fits the budget
+    (a batch is then one gather, no host copy), else pinned on the host (CPU runs: as is)."""
+    if device.type != "cuda":
+        return pixels
+    if pixels.numel() <= DEVICE_RESIDENT_BYTES:
+        return pixels.to(device)
+    return pixels.pin_memory()
+
+
+def image_batch_fetcher(ctx: MethodContext, augment: bool):
+    """``fetch(index_batch) -> (normalised images, targets)`` on the device: the whole data path
+    of an image-training step (gather uint8 pixels, copy, random flips/rotations drawn from the
+    run's own generator, normalise). ``fit`` times it as the step's data wait."""
+    pre = ctx.backbone.preprocessing
+    pixels = pixels_for_device(ctx.train.pixels, ctx.device)
+    labels = ctx.train.labels.to(ctx.device)
+    generator = torch.Generator().manual_seed(ctx.config.seed + 1)
+
+    def fetch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pixels[idx.to(pixels.device)].to(ctx.device, non_blocking=True)
+        if augment:
+            x = random_dihedral(x, generator)
+        return normalise(x, pre.mean, pre.std), labels[idx.to(labels.device)]
+
+    return fetch
+
+
+def compiled(model: nn.Module, enabled: bool):
+    """``torch.compile(model)`` when asked (the same parameters, so the optimiser and the best
+    state see no difference), else the model itself."""
+    return torch.compile(model) if enabled else model

@@ -18,10 +18,11 @@ from torch import nn
 
 from cytotune.adapters import (apply_lora, count_lora_parameters, lora_state_dict,
                                mark_only_lora_trainable)
-from cytotune.training.augment import normalise, random_dihedral
+from cytotune.training.augment import normalise
 from cytotune.training.features import autocast_for
 from cytotune.training.loop import EvalResult, evaluate_logits, fit
-from cytotune.training.methods.base import MethodContext, MethodResult, SplitTensors
+from cytotune.training.methods.base import (MethodContext, MethodResult, SplitTensors,
+                                            image_batch_fetcher)
 from cytotune.training.methods.zero_shot import clip_head
 
 log = logging.getLogger(__name__)
@@ -80,15 +81,12 @@ def run_clip_lora(ctx: MethodContext) -> MethodResult:
     mark_only_lora_trainable(text)
     model = ClipClassifier(bb, text, ctx.prompts, train_vision).to(ctx.device)
     o = cfg.optim
-    aug_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    fetch = image_batch_fetcher(ctx, o.augment)
 
-    def loss_of(idx: torch.Tensor) -> torch.Tensor:
-        x = ctx.train.pixels[idx].to(ctx.device, non_blocking=True)
-        if o.augment:
-            x = random_dihedral(x, aug_generator)
-        y = ctx.train.labels[idx].to(ctx.device)
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
         with autocast_for(ctx.device):
-            logits = model(normalise(x, pre.mean, pre.std))
+            logits = model(x)
         return ctx.task.loss(logits, y)
 
     def evaluate(split: SplitTensors) -> EvalResult:
@@ -105,7 +103,7 @@ def run_clip_lora(ctx: MethodContext) -> MethodResult:
     history = fit(model, loss_of, len(ctx.train.labels), lambda: evaluate(ctx.val), lr=o.lr,
                   weight_decay=o.weight_decay, batch_size=o.batch_size, steps=ctx.steps,
                   warmup_fraction=o.warmup_fraction, val_every=o.val_every, seed=cfg.seed,
-                  device=ctx.device)
+                  device=ctx.device, fetch=fetch)
     start = time.perf_counter()
     test, val = evaluate(ctx.test), evaluate(ctx.val)
     with torch.no_grad():
@@ -118,4 +116,4 @@ def run_clip_lora(ctx: MethodContext) -> MethodResult:
         tensors_to_save={"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
                          "text_adapter": {k: v.detach().cpu()
                                           for k, v in lora_state_dict(text.model).items()}},
-        timings={"training_s": history.seconds, "evaluation_s": time.perf_counter() - start})
+        timings={**history.timings(), "evaluation_s": time.perf_counter() - start})

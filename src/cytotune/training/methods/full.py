@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from cytotune.models.blocks import block_names, enable_grad_checkpointing, parameter_depths
-from cytotune.training.augment import normalise, random_dihedral
+from cytotune.training.augment import normalise
 from cytotune.training.config import FinetuneSettings
 from cytotune.training.features import autocast_for
 from cytotune.training.loop import EvalResult, evaluate_logits, fit
 from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
-                                            initial_head)
+                                            compiled, image_batch_fetcher, initial_head)
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +83,18 @@ def run_full_finetune(ctx: MethodContext) -> MethodResult:
              "backbone lr %g, layer decay %g", bb.card.name, f"{backbone_params:,}",
              "all blocks" if trained_blocks == ["*"] else f"blocks {', '.join(trained_blocks)}",
              o.lr, settings.backbone_lr or o.lr, settings.layer_decay)
-    aug_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    fetch = image_batch_fetcher(ctx, o.augment)
+    forward = compiled(model, o.compile)
 
-    def loss_of(idx: torch.Tensor) -> torch.Tensor:
-        x = ctx.train.pixels[idx].to(ctx.device, non_blocking=True)
-        if o.augment:
-            x = random_dihedral(x, aug_generator)
-        y = ctx.train.labels[idx].to(ctx.device)
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
         with autocast_for(ctx.device):
-            logits = model(normalise(x, pre.mean, pre.std))
+            logits = forward(x)
         return ctx.task.loss(logits, y)
 
     def logits_of(x: torch.Tensor) -> torch.Tensor:
         with autocast_for(ctx.device):
-            return model(normalise(x.to(ctx.device), pre.mean, pre.std))
+            return forward(normalise(x.to(ctx.device), pre.mean, pre.std))
 
     def evaluate(split: SplitTensors) -> EvalResult:
         return evaluate_logits(logits_of, lambda idx: split.pixels[idx], split.labels, 64, ctx.task)
@@ -104,7 +102,7 @@ def run_full_finetune(ctx: MethodContext) -> MethodResult:
     history = fit(model, loss_of, len(ctx.train.labels), lambda: evaluate(ctx.val), lr=o.lr,
                   weight_decay=o.weight_decay, batch_size=o.batch_size, steps=ctx.steps,
                   warmup_fraction=o.warmup_fraction, val_every=o.val_every, seed=cfg.seed,
-                  device=ctx.device, param_groups=groups)
+                  device=ctx.device, param_groups=groups, fetch=fetch)
     start = time.perf_counter()
     test = evaluate(ctx.test)
     val = evaluate(ctx.val)
@@ -118,4 +116,4 @@ def run_full_finetune(ctx: MethodContext) -> MethodResult:
             "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
             # the whole fine-tuned backbone (buffers included), so inference rebuilds it exactly
             "backbone": {k: v.detach().cpu().clone() for k, v in bb.model.state_dict().items()}},
-        timings={"training_s": history.seconds, "evaluation_s": time.perf_counter() - start})
+        timings={**history.timings(), "evaluation_s": time.perf_counter() - start})

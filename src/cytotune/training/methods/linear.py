@@ -1,4 +1,9 @@
-"""Linear probe: a frozen backbone's cached clean features and a linear head trained with AdamW."""
+"""Linear probe: a frozen backbone's cached clean features and a linear head trained with AdamW.
+
+One run is a group of one for :func:`cytotune.training.heads.fit_linear_heads`; a sweep's probes
+on one backbone and data set (seeds x learning rates x sample sizes) are one group
+(:mod:`cytotune.training.group`), sharing one feature extraction and one batched training loop.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,52 +11,72 @@ import logging
 import torch
 
 from cytotune.training.features import FeatureCache, extract_features
-from cytotune.training.loop import EvalResult, evaluate_logits, fit
+from cytotune.training.heads import HeadProblem, fit_linear_heads
+from cytotune.training.loop import EvalResult, FitHistory, evaluate_logits
 from cytotune.training.methods.base import (MethodContext, MethodResult, SplitTensors,
                                             initial_head)
 
 log = logging.getLogger(__name__)
 
 
-def run_linear_probe(ctx: MethodContext) -> MethodResult:
-    """Frozen backbone: cached clean features, then a linear head trained with AdamW."""
-    bb, pre, cfg = ctx.backbone, ctx.backbone.preprocessing, ctx.config
-    bb.to(ctx.device).eval()
-    for p in bb.parameters():
+def frozen_features(ctx: MethodContext, split: SplitTensors) -> tuple[torch.Tensor, float]:
+    """Clean features of a split's images from the feature cache (computed on a miss)."""
+    bb, pre = ctx.backbone, ctx.backbone.preprocessing
+    key = FeatureCache.key(bb.card.name, bb.weights_fingerprint(), pre.fingerprint(),
+                           split.images_key)
+    feats, seconds, hit = ctx.feature_cache.get_or_compute(
+        key, lambda: extract_features(bb, split.pixels, pre.mean, pre.std, ctx.device))
+    log.info("features for %d images: %s", len(split.labels),
+             "cache hit" if hit else f"extracted in {seconds:.1f}s")
+    return feats, seconds
+
+
+def freeze(backbone: torch.nn.Module, device: torch.device) -> None:
+    backbone.to(device).eval()
+    for p in backbone.parameters():
         p.requires_grad_(False)
-    fingerprint = bb.weights_fingerprint()
 
-    def features(split: SplitTensors) -> tuple[torch.Tensor, float]:
-        key = FeatureCache.key(bb.card.name, fingerprint, pre.fingerprint(), split.images_key)
-        feats, seconds, hit = ctx.feature_cache.get_or_compute(
-            key, lambda: extract_features(bb, split.pixels, pre.mean, pre.std, ctx.device))
-        log.info("features for %d images: %s", len(split.labels),
-                 "cache hit" if hit else f"extracted in {seconds:.1f}s")
-        return feats, seconds
 
-    (f_train, t1), (f_val, t2), (f_test, t3) = features(ctx.train), features(ctx.val), features(ctx.test)
-    head = initial_head(ctx, f_train.shape[1])
-    f_train, f_val, f_test = (f.to(ctx.device) for f in (f_train, f_val, f_test))
+def linear_problem(ctx: MethodContext, f_train: torch.Tensor, f_val: torch.Tensor) -> HeadProblem:
+    """The head training of one linear-probe run, on its features (on the device)."""
+    cfg, o = ctx.config, ctx.config.optim
     y_train = ctx.train.labels.to(ctx.device)
-    o = cfg.optim
-    steps = o.steps or max(1, o.linear_epochs * -(-len(y_train) // min(o.batch_size, len(y_train))))
-
-    def loss_of(idx: torch.Tensor) -> torch.Tensor:
-        idx = idx.to(ctx.device)
-        return ctx.task.loss(head(f_train[idx]), y_train[idx])
-
-    def evaluate(feats: torch.Tensor, split: SplitTensors) -> EvalResult:
-        return evaluate_logits(head, lambda idx: feats[idx.to(ctx.device)], split.labels, 4096,
-                               ctx.task)
-
     per_epoch = -(-len(y_train) // min(o.batch_size, len(y_train)))
-    history = fit(head, loss_of, len(y_train), lambda: evaluate(f_val, ctx.val), lr=o.lr,
-                  weight_decay=o.weight_decay, batch_size=o.batch_size, steps=steps,
-                  warmup_fraction=o.warmup_fraction, val_every=o.val_every or per_epoch,
-                  seed=cfg.seed, device=ctx.device)
+    steps = o.steps or max(1, o.linear_epochs * per_epoch)
+    return HeadProblem(head=initial_head(ctx, f_train.shape[1]), features=f_train,
+                       targets=y_train, validate=lambda head: evaluate_head(ctx, head, f_val,
+                                                                            ctx.val),
+                       lr=o.lr, weight_decay=o.weight_decay, batch_size=o.batch_size, steps=steps,
+                       warmup_fraction=o.warmup_fraction, val_every=o.val_every or per_epoch,
+                       seed=cfg.seed)
+
+
+def evaluate_head(ctx: MethodContext, head: torch.nn.Linear, feats: torch.Tensor,
+                  split: SplitTensors) -> EvalResult:
+    return evaluate_logits(head, lambda idx: feats[idx.to(feats.device)], split.labels, 4096,
+                           ctx.task)
+
+
+def linear_result(ctx: MethodContext, problem: HeadProblem, history: FitHistory,
+                  f_val: torch.Tensor, f_test: torch.Tensor,
+                  timings: dict[str, float]) -> MethodResult:
+    head = problem.head
     head_params = sum(p.numel() for p in head.parameters())
     return MethodResult(
-        head=head, val=evaluate(f_val, ctx.val), test=evaluate(f_test, ctx.test), history=history,
+        head=head, val=evaluate_head(ctx, head, f_val, ctx.val),
+        test=evaluate_head(ctx, head, f_test, ctx.test), history=history,
         trainable_parameters={"backbone": 0, "head": head_params, "total": head_params},
         tensors_to_save={"head": {k: v.detach().cpu() for k, v in head.state_dict().items()}},
-        timings={"feature_extraction_s": t1 + t2 + t3, "training_s": history.seconds})
+        timings={**timings, "training_s": history.seconds})
+
+
+def run_linear_probe(ctx: MethodContext) -> MethodResult:
+    """Frozen backbone: cached clean features, then a linear head trained with AdamW."""
+    freeze(ctx.backbone, ctx.device)
+    (f_train, t1), (f_val, t2), (f_test, t3) = (frozen_features(ctx, s)
+                                                for s in (ctx.train, ctx.val, ctx.test))
+    f_train, f_val, f_test = (f.to(ctx.device) for f in (f_train, f_val, f_test))
+    problem = linear_problem(ctx, f_train, f_val)
+    (history,) = fit_linear_heads([problem], ctx.device, ctx.task)
+    return linear_result(ctx, problem, history, f_val, f_test,
+                         {"feature_extraction_s": t1 + t2 + t3})

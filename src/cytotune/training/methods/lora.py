@@ -8,11 +8,12 @@ import time
 import torch
 
 from cytotune.adapters import apply_lora, count_lora_parameters, mark_only_lora_trainable
-from cytotune.training.augment import normalise, random_dihedral
+from cytotune.models.blocks import enable_grad_checkpointing
+from cytotune.training.augment import normalise
 from cytotune.training.features import autocast_for
 from cytotune.training.loop import EvalResult, evaluate_logits, fit
 from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
-                                            initial_head)
+                                            compiled, image_batch_fetcher, initial_head)
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +34,22 @@ def run_lora(ctx: MethodContext) -> MethodResult:
              ", ".join(lora.targets))
     mark_only_lora_trainable(bb)
     head = initial_head(ctx, bb.feature_dim)
+    if cfg.finetune.grad_checkpointing:
+        enable_grad_checkpointing(bb.card, bb.model)
     model = Classifier(bb, head).to(ctx.device)
     o = cfg.optim
-    aug_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    fetch = image_batch_fetcher(ctx, o.augment)
+    forward = compiled(model, o.compile)
 
-    def loss_of(idx: torch.Tensor) -> torch.Tensor:
-        x = ctx.train.pixels[idx].to(ctx.device, non_blocking=True)
-        if o.augment:
-            x = random_dihedral(x, aug_generator)
-        y = ctx.train.labels[idx].to(ctx.device)
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
         with autocast_for(ctx.device):
-            logits = model(normalise(x, pre.mean, pre.std))
+            logits = forward(x)
         return ctx.task.loss(logits, y)
 
     def logits_of(x: torch.Tensor) -> torch.Tensor:
         with autocast_for(ctx.device):
-            return model(normalise(x.to(ctx.device), pre.mean, pre.std))
+            return forward(normalise(x.to(ctx.device), pre.mean, pre.std))
 
     def evaluate(split: SplitTensors) -> EvalResult:
         return evaluate_logits(logits_of, lambda idx: split.pixels[idx], split.labels, 64, ctx.task)
@@ -56,7 +57,7 @@ def run_lora(ctx: MethodContext) -> MethodResult:
     history = fit(model, loss_of, len(ctx.train.labels), lambda: evaluate(ctx.val), lr=o.lr,
                   weight_decay=o.weight_decay, batch_size=o.batch_size, steps=ctx.steps,
                   warmup_fraction=o.warmup_fraction, val_every=o.val_every, seed=cfg.seed,
-                  device=ctx.device)
+                  device=ctx.device, fetch=fetch)
     start = time.perf_counter()
     test = evaluate(ctx.test)
     val = evaluate(ctx.val)
@@ -67,4 +68,4 @@ def run_lora(ctx: MethodContext) -> MethodResult:
         trainable_parameters={"backbone": lora_params, "head": head_params,
                               "total": lora_params + head_params},
         tensors_to_save={"head": {k: v.detach().cpu() for k, v in head.state_dict().items()}},
-        timings={"training_s": history.seconds, "evaluation_s": time.perf_counter() - start})
+        timings={**history.timings(), "evaluation_s": time.perf_counter() - start})

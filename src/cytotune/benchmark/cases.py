@@ -1,0 +1,306 @@
+"""The benchmark: each case times cytotune and the reference-style baseline
+(:mod:`cytotune.benchmark.reference`) on the same images, model, splits and step counts, in the
+same process, and reports images/s, wall time, peak memory and their ratio.
+
+Cases: ``features`` (plain forward vs cytotune's extraction vs the baseline's), ``linear`` (a
+seeds x learning-rates grid of linear probes), ``lora`` (one few-shot LoRA run), ``packed`` (K
+LoRA runs one by one vs packed on one backbone).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from cytotune.adapters import apply_lora, mark_only_lora_trainable
+from cytotune.api import build_config
+from cytotune.benchmark import reference as ref
+from cytotune.data import ImageStore
+from cytotune.training.augment import normalise
+from cytotune.training.features import autocast_for, extract_features
+from cytotune.training.group import run_training_group
+from cytotune.training.methods.base import Classifier, new_head
+from cytotune.training.runner import (build_run_backbone, prepare_run_data, resolve_device,
+                                      run_training)
+
+CASES = ("features", "linear", "lora", "packed")
+
+
+@dataclass
+class BenchSettings:
+    data: str
+    layout: Optional[str] = None
+    model: str = "timm:vit_tiny_patch16_224"
+    weights: Optional[str] = None  # None with random_weights: a random checkpoint is written
+    random_weights: bool = True
+    image_size: Optional[int] = None  # None: the card's own input size
+    device: str = "auto"
+    seeds: tuple[int, ...] = (1, 2, 3)
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    linear_epochs: int = 100
+    shots: int = 4
+    lora_steps: int = 60
+    pack: int = 4
+    baseline_workers: int = field(default_factory=lambda: min(5, os.cpu_count() or 1))
+    batch_size: int = 32
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
+    """The case's peak memory: CUDA allocations, or the process's resident set sampled every
+    20 ms (the process peak of ``getrusage`` cannot be reset between cases)."""
+    out: dict[str, Any] = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield out
+        torch.cuda.synchronize(device)
+        out.update(peak_bytes=int(torch.cuda.max_memory_allocated(device)),
+                   kind="cuda_max_memory_allocated")
+        return
+    peak, stop = [_rss()], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak[0] = max(peak[0], _rss())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        out.update(peak_bytes=max(peak[0], _rss()), kind="process_rss_sampled")
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, dict[str, Any]]:
+    with peak_memory(device) as memory:
+        start = time.perf_counter()
+        value = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    return value, seconds, memory
+
+
+class Bench:
+    """Shared set-up of the cases: the model's weights file, configs and the data splits."""
+
+    def __init__(self, settings: BenchSettings, workdir: Path):
+        self.s = settings
+        self.device = resolve_device(settings.device)
+        self.workdir = workdir
+        self.weights = settings.weights
+        if self.weights is None and settings.random_weights:
+            # a random-init checkpoint file: runs of several seeds then share one backbone, as
+            # they do with real pretrained weights
+            from safetensors.torch import save_file
+
+            backbone = build_run_backbone(self.config(seed=0, pretrained=False))
+            path = workdir / "random_weights.safetensors"
+            save_file({k: v.contiguous().clone() for k, v in backbone.model.state_dict().items()},
+                      str(path))
+            self.weights = str(path)
+
+    def config(self, **options: Any):
+        s = self.s
+        values: dict[str, Any] = dict(data=s.data, layout=s.layout, model=s.model,
+                                      image_size=s.image_size, device=str(self.device),
+                                      cache_dir=None, batch_size=s.batch_size)
+        if self.weights is not None:
+            values["weights"] = self.weights
+        values.update(options)
+        return build_config(**values)
+
+    def datasets(self, config) -> tuple[ref.FileImages, ref.FileImages, ref.FileImages]:
+        """The run's train/val/test images as the baseline reads them (same rows as cytotune)."""
+        prepared = prepare_run_data(config)
+        data, idx = prepared.data, prepared.indices
+        pre = build_run_backbone(config).preprocessing
+        return tuple(ref.FileImages([data.paths[i] for i in rows], data.labels[rows].tolist(), pre)
+                     for rows in (idx.train, idx.val, idx.test))  # type: ignore[return-value]
+
+
+# ---- cases ---------------------------------------------------------------------------------------
+def case_features(bench: Bench) -> dict[str, Any]:
+    """Feature extraction: a plain forward over normalised in-memory tensors (the ceiling),
+    cytotune's extract_features over decoded uint8 images, and the baseline's loader."""
+    config = bench.config(method="linear")
+    backbone = build_run_backbone(config).to(bench.device).eval()
+    pre = backbone.preprocessing
+    prepared = prepare_run_data(config)
+    paths = list(prepared.data.paths)
+    decoded, decode_s, _ = _timed(lambda: ImageStore(None, num_workers=config.num_workers).get(
+        paths, resize_size=pre.effective_resize, crop_size=pre.image_size,
+        interpolation=pre.interpolation), bench.device)
+    pixels = torch.as_tensor(decoded.pixels)
+    n = len(pixels)
+    batches = [normalise(pixels[i:i + 64], pre.mean, pre.std).to(bench.device)
+               for i in range(0, n, 64)]
+
+    @torch.no_grad()
+    def plain() -> None:
+        for x in batches:
+            with autocast_for(bench.device):
+                backbone(x)
+
+    plain()  # warm-up (kernels, allocator)
+    _, plain_s, plain_mem = _timed(plain, bench.device)
+    batches.clear()  # free them before the next measurement
+    _, ours_s, ours_mem = _timed(lambda: extract_features(backbone, pixels, pre.mean, pre.std,
+                                                          bench.device), bench.device)
+    dataset = ref.FileImages(paths, prepared.data.labels.tolist(), pre)
+    _, base_s, base_mem = _timed(lambda: ref.reference_features(
+        backbone, dataset, 64, bench.s.baseline_workers), bench.device)
+    return {"images": n, "decode_once_s": decode_s,
+            "plain_forward": {"images_per_s": n / plain_s, "wall_s": plain_s, "memory": plain_mem},
+            "cytotune": {"images_per_s": n / ours_s, "wall_s": ours_s, "memory": ours_mem},
+            "baseline": {"images_per_s": n / base_s, "wall_s": base_s, "memory": base_mem},
+            "cytotune_vs_plain_forward": plain_s / ours_s,
+            "speedup_vs_baseline": base_s / ours_s}
+
+
+def case_linear(bench: Bench) -> dict[str, Any]:
+    """A seeds x learning-rates grid of linear probes on all training data: the baseline runs
+    each probe alone (its own extraction, JPEG decoding, validation every epoch); cytotune
+    trains the grid as one group (one decode, one extraction, all heads batched)."""
+    s = bench.s
+    grid = [(seed, lr) for seed in s.seeds for lr in s.lrs]
+    configs = [bench.config(method="linear", seed=seed, lr=lr, linear_epochs=s.linear_epochs)
+               for seed, lr in grid]
+
+    def ours() -> list:
+        results = run_training_group(configs)
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
+    results, ours_s, ours_mem = _timed(ours, bench.device)
+
+    def baseline() -> list[dict[str, float]]:
+        out = []
+        backbone = build_run_backbone(configs[0]).to(bench.device).eval()
+        for config in configs:
+            train, val, test = bench.datasets(config)
+            out.append(ref.reference_linear_probe(
+                backbone, train, val, test, lr=config.optim.lr, epochs=s.linear_epochs,
+                batch_size=config.optim.batch_size, seed=config.seed,
+                workers=s.baseline_workers, num_classes=len(set(train.labels))))
+        return out
+
+    base, base_s, base_mem = _timed(baseline, bench.device)
+    ours_acc = [r.metrics["test"]["accuracy"] for r in results]
+    return {"runs": len(configs), "epochs": s.linear_epochs,
+            "cytotune": {"wall_s": ours_s, "memory": ours_mem,
+                         "mean_test_accuracy": sum(ours_acc) / len(ours_acc)},
+            "baseline": {"wall_s": base_s, "memory": base_mem,
+                         "mean_test_accuracy": sum(b["test_accuracy"] for b in base) / len(base)},
+            "speedup_vs_baseline": base_s / ours_s}
+
+
+def case_lora(bench: Bench) -> dict[str, Any]:
+    """One few-shot LoRA run (r=2 on q,v) with the same number of steps both ways."""
+    s = bench.s
+    config = bench.config(method="lora", shots=s.shots, steps=s.lora_steps, seed=1, lr=1e-3)
+    result, ours_s, ours_mem = _timed(lambda: run_training(config), bench.device)
+    t = result.timings
+    images = s.lora_steps * min(s.batch_size, len(prepare_run_data(config).indices.train))
+
+    def baseline() -> dict[str, float]:
+        train, val, test = bench.datasets(config)
+        backbone = build_run_backbone(config)
+        lora = config.lora.resolve(backbone.card.default_lora_targets)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            apply_lora(backbone.model, lora, backbone.card.lora_targets)
+        mark_only_lora_trainable(backbone)
+        model = Classifier(backbone, new_head(backbone.feature_dim, len(result.class_names),
+                                              config.seed, torch.device("cpu"))).to(bench.device)
+        return ref.reference_lora_run(model, train, val, test, lr=config.optim.lr,
+                                      steps=s.lora_steps, batch_size=s.batch_size,
+                                      seed=config.seed, workers=s.baseline_workers)
+
+    base, base_s, base_mem = _timed(baseline, bench.device)
+    return {"shots": s.shots, "steps": s.lora_steps,
+            "cytotune": {"wall_s": ours_s, "memory": ours_mem,
+                         "train_images_per_s": images / max(t.get("step_s", 0.0), 1e-9),
+                         "test_accuracy": result.metrics["test"]["accuracy"],
+                         "data_wait_fraction": t.get("data_s", 0.0) / max(t.get("step_s", 0.0), 1e-9),
+                         "validation_s": t.get("validation_s"), "step_s": t.get("step_s")},
+            "baseline": {"wall_s": base_s, "memory": base_mem,
+                         "train_images_per_s": images / max(base["train_step_s"], 1e-9),
+                         "test_accuracy": base["test_accuracy"],
+                         "validation_s": base["validation_s"], "step_s": base["train_step_s"]},
+            "speedup_vs_baseline": base_s / ours_s}
+
+
+def case_packed(bench: Bench) -> dict[str, Any]:
+    """K few-shot LoRA runs (seeds x learning rates): one by one vs packed on one backbone."""
+    s = bench.s
+    grid = [(s.seeds[i % len(s.seeds)], s.lrs[i % len(s.lrs)]) for i in range(s.pack)]
+    configs = [bench.config(method="lora", shots=s.shots, steps=s.lora_steps, seed=seed, lr=lr)
+               for seed, lr in grid]
+    sequential, seq_s, seq_mem = _timed(lambda: [run_training(c) for c in configs], bench.device)
+
+    def packed() -> list:
+        results = run_training_group(configs, pack_size=len(configs))
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
+    packed_results, pack_s, pack_mem = _timed(packed, bench.device)
+    seq_train = sum(r.timings["step_s"] for r in sequential)
+    pack_train = sum(r.timings["step_s"] for r in packed_results)  # shares of one loop
+    same = max(abs(a.metrics["test"]["accuracy"] - b.metrics["test"]["accuracy"])
+               for a, b in zip(sequential, packed_results))
+    return {"runs": len(configs), "steps": s.lora_steps,
+            "sequential": {"wall_s": seq_s, "train_step_s": seq_train, "memory": seq_mem},
+            "packed": {"wall_s": pack_s, "train_step_s": pack_train, "memory": pack_mem},
+            "train_throughput_ratio": seq_train / pack_train, "wall_ratio": seq_s / pack_s,
+            "max_test_accuracy_difference": same}
+
+
+CASE_FUNCTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "features": case_features, "linear": case_linear, "lora": case_lora, "packed": case_packed}
+
+
+def run_benchmark(settings: BenchSettings, cases: tuple[str, ...] = CASES,
+                  progress: Optional[Callable[[str, dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Run the chosen cases; returns a JSON-ready dict (settings, environment, one entry per case)."""
+    unknown = [c for c in cases if c not in CASE_FUNCTIONS]
+    if unknown:
+        raise ValueError(f"unknown benchmark case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    with tempfile.TemporaryDirectory(prefix="cytotune-bench-") as tmp:
+        bench = Bench(settings, Path(tmp))
+        out: dict[str, Any] = {
+            "settings": dataclasses.asdict(settings),
+            "environment": {"torch": torch.__version__, "device": str(bench.device),
+                            "gpu": torch.cuda.get_device_name(bench.device)
+                            if bench.device.type == "cuda" else None,
+                            "cpu_threads": torch.get_num_threads()},
+            "cases": {}}
+        for name in cases:
+            result = CASE_FUNCTIONS[name](bench)
+            out["cases"][name] = result
+            if progress is not None:
+                progress(name, result)
+    return out

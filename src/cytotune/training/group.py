@@ -1,0 +1,271 @@
+"""Several runs that share a frozen backbone, trained together.
+
+A sweep's runs on one data set and backbone differ in seed, learning rate and sample size, and
+most of their cost is shared: reading the data set, building the backbone, decoding images and,
+for linear probes, extracting features. :func:`run_training_group` plans such runs into groups
+and trains each group at once:
+
+- linear probes: one data set read, one decode of the union of their images, one feature
+  extraction, and all heads in one batched loop (:func:`~cytotune.training.heads.fit_linear_heads`);
+- LoRA on the image tower: up to ``pack_size`` runs packed on one backbone
+  (:mod:`cytotune.adapters.packed`), one forward/backward per step for all of them
+  (:func:`~cytotune.training.packed.fit_packed_lora`).
+
+Each run still gets its own result and run directory, equal to what :func:`run_training`
+gives it alone (tested), and a failing run fails alone: a run whose preparation raises gets its
+error back, and a group that cannot be trained together falls back to one run at a time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from cytotune.data import ImageStore, load_dataset
+from cytotune.training.config import TrainConfig
+from cytotune.training.features import FeatureCache, extract_features
+from cytotune.training.heads import fit_linear_heads
+from cytotune.training.methods import MethodContext, SplitTensors
+from cytotune.training.methods.base import needs_text_encoder
+from cytotune.training.methods.linear import freeze, linear_problem, linear_result
+from cytotune.training.rundir import RunWriter
+from cytotune.training.runner import (RunData, RunResult, _decode, _write_run, assemble_result,
+                                      build_run_backbone, build_run_text_encoder,
+                                      prepare_run_data, reset_peak_memory, resolve_device,
+                                      run_steps, run_training, wanted_splits)
+
+log = logging.getLogger("cytotune")
+
+Outcome = Union[RunResult, Exception]
+
+# options that may differ between the runs of one group, per kind of group
+_RUN_OPTIONS = ("seed", "shots", "fraction", "out", "overwrite")
+_LINEAR_FREE = _RUN_OPTIONS + ("optim",)
+_LORA_FREE_OPTIM = ("lr", "weight_decay", "steps", "epochs", "warmup_fraction", "val_every")
+
+
+def group_key(config: TrainConfig) -> Optional[str]:
+    """Runs with equal keys can be trained together; None: this run is trained alone.
+
+    The key is the config without what a group lets differ (seed, sample size, output and, for
+    linear probes, every optimiser setting; for LoRA, learning rate, weight decay, schedule and
+    validation cadence). A random-init backbone depends on the seed, so there the seed stays.
+    LoRA runs with dropout, torch.compile or gradient checkpointing are trained alone.
+    """
+    if config.method == "linear":
+        free = _LINEAR_FREE
+    elif (config.method == "lora" and config.encoder == "vision" and not config.lora.dropout
+          and not config.optim.compile and not config.finetune.grad_checkpointing):
+        free = _RUN_OPTIONS
+    else:
+        return None
+    values = config.to_dict()
+    for name in free:
+        values.pop(name, None)
+    if config.method == "lora":
+        values["optim"] = {k: v for k, v in values["optim"].items() if k not in _LORA_FREE_OPTIM}
+    if not config.model.pretrained:
+        values["seed"] = config.seed
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def plan_groups(configs: Sequence[TrainConfig], pack_size: int) -> list[list[int]]:
+    """Indices of ``configs`` grouped by :func:`group_key` (first-seen order); LoRA groups are
+    cut into packs of at most ``pack_size`` runs, linear groups are never cut."""
+    groups: dict[str, list[int]] = {}
+    plan: list[list[int]] = []
+    for i, config in enumerate(configs):
+        key = group_key(config)
+        if key is None or (config.method == "lora" and pack_size <= 1):
+            plan.append([i])
+            continue
+        group = groups.get(key)
+        if group is None or (config.method == "lora" and len(group) >= pack_size):
+            group = groups[key] = []
+            plan.append(group)
+        group.append(i)
+    return plan
+
+
+def run_training_group(configs: Sequence[TrainConfig], pack_size: int = 8) -> list[Outcome]:
+    """Train ``configs`` (grouped where they share a backbone); one result or error per config,
+    in order. Run directories are written as by :func:`run_training`."""
+    outcomes: list[Optional[Outcome]] = [None] * len(configs)
+    for members in plan_groups(configs, pack_size):
+        chosen = [configs[i] for i in members]
+        if len(members) == 1:
+            results = [_alone(chosen[0])]
+        else:
+            try:
+                results = _run_group(chosen)
+            except Exception as err:  # noqa: BLE001 - the group failed as a whole: retry alone
+                log.warning("group of %d %s runs failed together (%s: %s); running them one by "
+                            "one", len(chosen), chosen[0].method, type(err).__name__, err)
+                results = [_alone(c) for c in chosen]
+        for i, result in zip(members, results):
+            outcomes[i] = result
+    return outcomes  # type: ignore[return-value]
+
+
+def _alone(config: TrainConfig) -> Outcome:
+    try:
+        return run_training(config)
+    except Exception as err:  # noqa: BLE001 - reported per run
+        return err
+
+
+class _Member:
+    """One run of a group: its config, prepared data (or the error preparing it) and context."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.prepared: Optional[RunData] = None
+        self.error: Optional[Exception] = None
+        self.ctx: Optional[MethodContext] = None
+        self.splits: dict[str, SplitTensors] = {}
+
+
+def _run_group(configs: list[TrainConfig]) -> list[Outcome]:
+    first = configs[0]
+    for config in configs:
+        config.validate()
+    started = time.perf_counter()
+    device = resolve_device(first.device)
+    reset_peak_memory(device)
+    data = load_dataset(first.data.source, first.data.layout, **first.data.options)
+    members = [_Member(c) for c in configs]
+    for m in members:
+        try:
+            m.prepared = prepare_run_data(m.config, data)
+        except Exception as err:  # noqa: BLE001 - this run fails alone
+            m.error = err
+    live = [m for m in members if m.error is None]
+    if not live:
+        return [m.error for m in members]  # type: ignore[misc]
+    backbone = build_run_backbone(first)
+    text_encoder = build_run_text_encoder(first) if needs_text_encoder(first) else None
+    pre = backbone.preprocessing
+    cache_dir = Path(first.cache_dir) if first.cache_dir else None
+    store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=first.num_workers)
+
+    # one decode of every image any run uses; each run's splits are rows of it
+    t0 = time.perf_counter()
+    rows = np.unique(np.concatenate([idx for m in live for idx in
+                                     wanted_splits(m.config, m.prepared.indices).values()]))
+    union = _decode(store, data, rows, pre, first.data.skip_bad_images, "union")
+    position = {int(r): i for i, r in enumerate(union.rows)}
+    decode_s = time.perf_counter() - t0
+    keep_pixels = first.method != "linear"  # linear probes need only their features
+    shared: dict[str, SplitTensors] = {}  # equal row sets (the test split) share one tensor
+    for m in live:
+        try:
+            m.splits = {name: _subset(union, position, idx, name, keep_pixels, shared)
+                        for name, idx in wanted_splits(m.config, m.prepared.indices).items()}
+        except Exception as err:  # noqa: BLE001
+            m.error = err
+            continue
+        m.ctx = MethodContext(config=m.config, backbone=backbone, train=m.splits["train"],
+                              val=m.splits["val"], test=m.splits["test"],
+                              class_names=list(data.class_names), device=device,
+                              feature_cache=FeatureCache(cache_dir),
+                              steps=run_steps(m.config, m.splits), prompts=m.prepared.prompts,
+                              text_encoder=text_encoder, task=m.prepared.task)
+    live = [m for m in members if m.error is None]
+    if not live:
+        return [m.error for m in members]  # type: ignore[misc]
+    timings = {"decode_s": decode_s, "group_size": float(len(live))}
+    if first.method == "linear":
+        method_results = _linear_group(live, backbone, union, position, device, timings)
+    else:
+        from cytotune.training.packed import run_packed_lora
+        method_results = run_packed_lora([m.ctx for m in live], timings)
+
+    out: list[Outcome] = []
+    results = iter(zip(live, method_results))
+    for m in members:
+        if m.error is not None:
+            out.append(m.error)
+            continue
+        _, (outcome, adapter_writer) = next(results)
+        try:
+            result = assemble_result(m.config, m.prepared, m.splits["test"], outcome, timings,
+                                     started, device)
+            if m.config.out:
+                _write(m.config, result, backbone, outcome.tensors_to_save, adapter_writer)
+            out.append(result)
+        except Exception as err:  # noqa: BLE001
+            out.append(err)
+    return out
+
+
+def _write(config: TrainConfig, result: RunResult, backbone, tensors, adapter_writer) -> None:
+    writer = RunWriter(config.out, overwrite=config.overwrite)
+    writer.attach_log(log)
+    try:
+        if adapter_writer is None:
+            _write_run(writer, result, backbone, tensors)
+        else:
+            with adapter_writer():  # the backbone holds this run's plain LoRA layers
+                _write_run(writer, result, backbone, tensors)
+        result.out_dir = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _subset(union: SplitTensors, position: dict[int, int], rows: np.ndarray, name: str,
+            keep_pixels: bool, shared: dict[str, SplitTensors]) -> SplitTensors:
+    """A split as rows of the decoded union (unreadable images, skipped there, left out);
+    ``shared`` memoises them, so runs with the same rows hold one copy of their pixels."""
+    from cytotune.data import DataError
+
+    pos = np.asarray([position[int(r)] for r in rows if int(r) in position], dtype=np.int64)
+    if len(pos) == 0:
+        raise DataError(f"no readable images in the {name} split")
+    key = _digest(pos)
+    if key not in shared:
+        index = torch.as_tensor(pos)
+        pixels = union.pixels[index] if keep_pixels else union.pixels[:0]
+        shared[key] = SplitTensors(pixels=pixels, labels=union.labels[index],
+                                   paths=[union.paths[i] for i in pos.tolist()],
+                                   images_key=f"{union.images_key}:{key}", rows=union.rows[pos])
+    return shared[key]
+
+
+def _digest(pos: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.blake2b(pos.tobytes(), digest_size=8).hexdigest()
+
+
+def _linear_group(members: list[_Member], backbone, union: SplitTensors,
+                  position: dict[int, int], device: torch.device, timings: dict[str, float]):
+    """Every member's head trained at once on one extraction of the union's features."""
+    ctx0 = members[0].ctx
+    freeze(backbone, device)
+    pre = backbone.preprocessing
+    key = FeatureCache.key(backbone.card.name, backbone.weights_fingerprint(), pre.fingerprint(),
+                           union.images_key)
+    feats, seconds, hit = ctx0.feature_cache.get_or_compute(
+        key, lambda: extract_features(backbone, union.pixels, pre.mean, pre.std, device))
+    log.info("features for %d images shared by %d linear probes: %s", len(union.labels),
+             len(members), "cache hit" if hit else f"extracted in {seconds:.1f}s")
+    feats = feats.to(device)
+
+    def of(split: SplitTensors) -> torch.Tensor:
+        return feats[torch.as_tensor([position[int(r)] for r in split.rows], device=device)]
+
+    problems, views = [], []
+    for m in members:
+        f_train, f_val, f_test = of(m.ctx.train), of(m.ctx.val), of(m.ctx.test)
+        problems.append(linear_problem(m.ctx, f_train, f_val))
+        views.append((f_val, f_test))
+    histories = fit_linear_heads(problems, device, ctx0.task)
+    shared = {"feature_extraction_s": seconds / len(members)}
+    return [(linear_result(m.ctx, p, h, f_val, f_test, shared), None)
+            for m, p, h, (f_val, f_test) in zip(members, problems, histories, views)]

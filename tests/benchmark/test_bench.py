@@ -1,0 +1,63 @@
+"""The benchmark runs every case at a tiny size and reports figures for both ways of working
+(the figures themselves are measured by `cytotune bench`, not asserted here)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from cytotune.adapters import LoRAConfig, apply_lora
+from cytotune.benchmark.reference import DenseLoRALinear, reference_model
+from cytotune.cli import main
+
+
+def test_bench_command_writes_every_case(synthetic_data, tmp_path):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--data", str(synthetic_data), "--model", "uni-tiny", "--seeds", "1,2",
+                 "--lrs", "1e-3,1e-2", "--linear-epochs", "3", "--shots", "2", "--lora-steps", "3",
+                 "--pack", "2", "--baseline-workers", "0", "--json", str(out)])
+    assert code == 0
+    figures = json.loads(out.read_text())
+    cases = figures["cases"]
+    assert set(cases) == {"features", "linear", "lora", "packed"}
+    assert cases["features"]["images"] == 48
+    for key in ("plain_forward", "cytotune", "baseline"):
+        assert cases["features"][key]["images_per_s"] > 0
+        assert cases["features"][key]["memory"]["peak_bytes"] > 0
+    assert cases["linear"]["runs"] == 4 and cases["linear"]["speedup_vs_baseline"] > 0
+    assert 0 <= cases["lora"]["cytotune"]["data_wait_fraction"] < 1
+    assert cases["lora"]["baseline"]["validation_s"] > 0  # it validated after every step
+    # packing changes the speed, never the result
+    assert cases["packed"]["max_test_accuracy_difference"] == 0
+
+
+def test_unknown_case_is_named(synthetic_data, tmp_path):
+    assert main(["bench", "--data", str(synthetic_data), "--cases", "features,warp",
+                 "--json", str(tmp_path / "b.json")]) == 2
+
+
+def test_reference_model_computes_the_same_function_the_dense_way():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6))
+    apply_lora(model, LoRAConfig(rank=2, targets=("0",)))
+    with torch.no_grad():
+        for p in model[0].lora_B.values():
+            p.normal_()
+    x = torch.randn(3, 4)
+    expected = model(x)
+    with reference_model(model):
+        assert isinstance(model[0], DenseLoRALinear)
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    assert not isinstance(model[0], DenseLoRALinear)
+
+
+@pytest.mark.slow
+def test_bench_on_mlcc_features_case(mlcc_root, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(mlcc_root), "--layout", "mlcc", "--model",
+                 "efficientnet-lite0", "--cases", "features", "--baseline-workers", "0",
+                 "--json", str(out)]) == 0
+    case = json.loads(out.read_text())["cases"]["features"]
+    assert case["images"] == 950

@@ -1,0 +1,117 @@
+"""Runs trained as a group (shared features for linear probes, packed LoRA) give what each run
+gives alone, write the same run directories, and fail one by one."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cytotune.api import build_config
+from cytotune.training.group import group_key, plan_groups, run_training_group
+from cytotune.training.runner import build_run_backbone, run_training
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Random-init weights saved as files: runs of several seeds then share one backbone, as
+    they do with real pretrained weights (a random-init backbone depends on the run seed)."""
+    out = {}
+    for name in ("uni-tiny", "clip-vit-b16-tiny"):
+        backbone = build_run_backbone(build_config(data="x", model=name, pretrained=False, seed=0))
+        path = tmp_path_factory.mktemp("weights") / f"{name}.safetensors"
+        save_file({k: v.contiguous().clone() for k, v in backbone.model.state_dict().items()},
+                  str(path))
+        out[name] = str(path)
+    return out
+
+
+def _configs(data, weights, model, method, grid, tmp_path, **extra):
+    return [build_config(data=str(data), model=model, weights=weights, method=method,
+                         cache_dir=None, device="cpu", seed=seed, lr=lr, shots=shots,
+                         out=str(tmp_path / f"{method}-{i}"), **extra)
+            for i, (seed, lr, shots) in enumerate(grid)]
+
+
+def _same_results(alone, together):
+    for a, b in zip(alone, together):
+        assert not isinstance(b, Exception), b
+        assert a.metrics["best_step"] == b.metrics["best_step"]
+        assert a.metrics["test"]["accuracy"] == b.metrics["test"]["accuracy"]
+        pa = a.predictions.filter(like="prob_").to_numpy()
+        pb = b.predictions.filter(like="prob_").to_numpy()
+        assert abs(pa - pb).max() < 1e-4
+        assert list(a.predictions["path"]) == list(b.predictions["path"])
+        assert a.trainable_parameters == b.trainable_parameters
+
+
+def test_linear_grid_trained_together_equals_runs_alone(synthetic_data, checkpoints, tmp_path):
+    grid = [(1, 1e-3, 2), (2, 1e-2, 2), (1, 3e-2, 4), (3, 1e-2, None)]
+    configs = _configs(synthetic_data, checkpoints["uni-tiny"], "uni-tiny", "linear", grid,
+                       tmp_path / "alone", linear_epochs=15)
+    alone = [run_training(c) for c in configs]
+    grouped_configs = _configs(synthetic_data, checkpoints["uni-tiny"], "uni-tiny", "linear", grid,
+                               tmp_path / "group", linear_epochs=15)
+    assert len(plan_groups(grouped_configs, pack_size=1)) == 1  # one group: one extraction
+    together = run_training_group(grouped_configs)
+    _same_results(alone, together)
+    for a, b in zip(alone, together):
+        assert b.out_dir is not None and (b.out_dir / "metrics.json").exists()
+        ha, hb = (load_file(str(r.out_dir / "head.safetensors")) for r in (a, b))
+        torch.testing.assert_close(ha["weight"], hb["weight"], atol=1e-5, rtol=1e-4)
+        assert json.loads((b.out_dir / "metrics.json").read_text())["timings"]["group_size"] == 4
+
+
+@pytest.mark.parametrize("model", ["uni-tiny", "clip-vit-b16-tiny"])
+def test_packed_lora_equals_runs_alone(synthetic_data, checkpoints, tmp_path, model):
+    # seeds, learning rates and shot counts differ; the 1-shot run has fewer steps
+    grid = [(1, 1e-3, 2), (2, 3e-3, 2), (3, 1e-2, 1)]
+    kwargs = dict(val_every=3, rank=2, alpha=2.0)
+    configs = _configs(synthetic_data, checkpoints[model], model, "lora", grid, tmp_path / "a",
+                       **kwargs)
+    for c, steps in zip(configs, (9, 9, 5)):
+        c.optim.steps = steps
+    alone = [run_training(c) for c in configs]
+    packed_configs = _configs(synthetic_data, checkpoints[model], model, "lora", grid,
+                              tmp_path / "p", **kwargs)
+    for c, steps in zip(packed_configs, (9, 9, 5)):
+        c.optim.steps = steps
+    assert plan_groups(packed_configs, pack_size=8) == [[0, 1, 2]]
+    together = run_training_group(packed_configs, pack_size=8)
+    _same_results(alone, together)
+    for a, b in zip(alone, together):
+        assert b.timings["packed_runs"] == 3
+        sa, sb = (load_file(str(r.out_dir / "adapter.safetensors")) for r in (a, b))
+        assert sa.keys() == sb.keys()
+        assert any(v.abs().sum() > 0 for k, v in sa.items() if "lora_B" in k)  # it trained
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], atol=1e-5, rtol=1e-4)
+
+
+def test_a_failing_run_fails_alone(synthetic_data, checkpoints, tmp_path):
+    grid = [(1, 1e-2, 2), (2, 1e-2, 50)]  # 50 shots: more than a class has
+    configs = _configs(synthetic_data, checkpoints["uni-tiny"], "uni-tiny", "linear", grid,
+                       tmp_path, linear_epochs=3)
+    ok, failed = run_training_group(configs)
+    assert not isinstance(ok, Exception) and ok.out_dir.exists()
+    assert isinstance(failed, Exception) and "50" in str(failed)
+    assert not (tmp_path / "linear-1").exists()
+
+
+def test_group_keys():
+    base = dict(data="d", model="uni", method="lora")
+    a, b = build_config(**base, seed=1, lr=1e-3), build_config(**base, seed=2, lr=1e-2, shots=4)
+    assert group_key(a) == group_key(b)
+    assert group_key(build_config(**base, rank=4)) != group_key(a)
+    assert group_key(build_config(**base, lora_dropout=0.1)) is None  # dropout: not packed
+    assert group_key(build_config(**{**base, "method": "full"})) is None
+    # a random-init backbone depends on the seed: such runs share nothing
+    r1, r2 = (build_config(**base, pretrained=False, seed=s) for s in (1, 2))
+    assert group_key(r1) != group_key(r2)
+    configs = [build_config(**base, seed=s) for s in range(5)]
+    assert plan_groups(configs, pack_size=2) == [[0, 1], [2, 3], [4]]
+    assert plan_groups(configs, pack_size=1) == [[0], [1], [2], [3], [4]]
+    linear = [build_config(data="d", model="uni", seed=s, lr=lr) for s in range(3)
+              for lr in (1e-3, 1e-2)]
+    assert plan_groups(linear, pack_size=1) == [list(range(6))]
