@@ -56,8 +56,7 @@ def test_reference_model_computes_the_same_function_the_dense_way():
 @pytest.mark.slow
 def test_bench_on_mlcc_features_case(mlcc_root, tmp_path):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--data", str(mlcc_root), "--layout", "mlcc", "--model",
-                 "efficientnet-lite0", "--cases", "features", "--baseline-workers", "0",
-                 "--json", str(out)]) == 0
+    assert main(["bench", "--data", str(mlcc_root), "--layout", "mlcc", "--model", "uni-tiny",
+                 "--cases", "features", "--baseline-workers", "0", "--json", str(out)]) == 0
     case = json.loads(out.read_text())["cases"]["features"]
     assert case["images"] == 950

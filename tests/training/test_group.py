@@ -115,3 +115,19 @@ def test_group_keys():
     linear = [build_config(data="d", model="uni", seed=s, lr=lr) for s in range(3)
               for lr in (1e-3, 1e-2)]
     assert plan_groups(linear, pack_size=1) == [list(range(6))]
+
+
+def test_an_existing_run_directory_fails_its_run_before_training(synthetic_data, checkpoints,
+                                                                  tmp_path):
+    from cytotune.training.rundir import RunExistsError
+
+    grid = [(1, 1e-2, 2), (2, 1e-2, 2)]
+    configs = _configs(synthetic_data, checkpoints["uni-tiny"], "uni-tiny", "linear", grid,
+                       tmp_path, linear_epochs=3)
+    (tmp_path / "linear-1").mkdir()
+    (tmp_path / "linear-1" / "keep.txt").write_text("a user's file")
+    ok, failed = run_training_group(configs)
+    assert isinstance(failed, RunExistsError)
+    assert (tmp_path / "linear-1" / "keep.txt").read_text() == "a user's file"
+    assert (ok.out_dir / "train.log").exists() and (ok.out_dir / "metrics.json").exists()
+    assert not list(tmp_path.glob(".*partial*"))  # no staging folder left behind

@@ -130,12 +130,16 @@ class Bench:
         return build_config(**values)
 
     def datasets(self, config) -> tuple[ref.FileImages, ref.FileImages, ref.FileImages]:
-        """The run's train/val/test images as the baseline reads them (same rows as cytotune)."""
+        """The run's train/val/test images as the baseline reads them (same rows as cytotune;
+        training images augmented per use when the config augments, LoRA runs only)."""
         prepared = prepare_run_data(config)
         data, idx = prepared.data, prepared.indices
         pre = build_run_backbone(config).preprocessing
-        return tuple(ref.FileImages([data.paths[i] for i in rows], data.labels[rows].tolist(), pre)
-                     for rows in (idx.train, idx.val, idx.test))  # type: ignore[return-value]
+        augment = config.method != "linear" and config.optim.augment
+        return tuple(ref.FileImages([data.paths[i] for i in rows], data.labels[rows].tolist(), pre,
+                                    augment=augment and split == "train")
+                     for split, rows in (("train", idx.train), ("val", idx.val),
+                                         ("test", idx.test)))  # type: ignore[return-value]
 
 
 # ---- cases ---------------------------------------------------------------------------------------

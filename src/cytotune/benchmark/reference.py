@@ -32,10 +32,14 @@ from cytotune.training.schedule import warmup_cosine
 
 
 class FileImages(Dataset):
-    """Images read and decoded from their files at every access (the reference data path)."""
+    """Images read and decoded from their files at every access (the reference data path);
+    ``augment``: a random flip / right-angle rotation per access, the same family of
+    transforms cytotune applies on the device, so both sides train on the same distribution."""
 
-    def __init__(self, paths: Sequence, labels: Sequence[int], preprocessing):
+    def __init__(self, paths: Sequence, labels: Sequence[int], preprocessing,
+                 augment: bool = False):
         self.paths, self.labels, self.pre = list(paths), list(labels), preprocessing
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,6 +50,11 @@ class FileImages(Dataset):
                                 pre.interpolation)
         hwc = torch.from_numpy(np.array(pixels))  # a writable copy
         x = normalise(hwc.permute(2, 0, 1)[None], pre.mean, pre.std)[0]
+        if self.augment:
+            choice = int(torch.randint(0, 8, ()))
+            if choice >= 4:
+                x = x.flip(-1)
+            x = torch.rot90(x, choice % 4, dims=(-2, -1))
         return x, int(self.labels[i])
 
 

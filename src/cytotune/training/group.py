@@ -128,9 +128,23 @@ class _Member:
         self.error: Optional[Exception] = None
         self.ctx: Optional[MethodContext] = None
         self.splits: dict[str, SplitTensors] = {}
+        self.writer: Optional[RunWriter] = None
 
 
 def _run_group(configs: list[TrainConfig]) -> list[Outcome]:
+    """Train the group; run directories are staged before training (so an existing one fails
+    its run at once, as alone) and each stage's train.log holds the whole group's log."""
+    members = [_Member(c) for c in configs]
+    try:
+        return _train_group(members)
+    finally:
+        for m in members:  # whatever was not committed (failed runs, a failed group)
+            if m.writer is not None:
+                m.writer.abort()
+
+
+def _train_group(members: list[_Member]) -> list[Outcome]:
+    configs = [m.config for m in members]
     first = configs[0]
     for config in configs:
         config.validate()
@@ -138,9 +152,11 @@ def _run_group(configs: list[TrainConfig]) -> list[Outcome]:
     device = resolve_device(first.device)
     reset_peak_memory(device)
     data = load_dataset(first.data.source, first.data.layout, **first.data.options)
-    members = [_Member(c) for c in configs]
     for m in members:
         try:
+            if m.config.out:
+                m.writer = RunWriter(m.config.out, overwrite=m.config.overwrite)
+                m.writer.attach_log(log)
             m.prepared = prepare_run_data(m.config, data)
         except Exception as err:  # noqa: BLE001 - this run fails alone
             m.error = err
@@ -195,27 +211,22 @@ def _run_group(configs: list[TrainConfig]) -> list[Outcome]:
         try:
             result = assemble_result(m.config, m.prepared, m.splits["test"], outcome, timings,
                                      started, device)
-            if m.config.out:
-                _write(m.config, result, backbone, outcome.tensors_to_save, adapter_writer)
+            if m.writer is not None:
+                _write(m.writer, result, backbone, outcome.tensors_to_save, adapter_writer)
+                m.writer = None
             out.append(result)
         except Exception as err:  # noqa: BLE001
             out.append(err)
     return out
 
 
-def _write(config: TrainConfig, result: RunResult, backbone, tensors, adapter_writer) -> None:
-    writer = RunWriter(config.out, overwrite=config.overwrite)
-    writer.attach_log(log)
-    try:
-        if adapter_writer is None:
+def _write(writer: RunWriter, result: RunResult, backbone, tensors, adapter_writer) -> None:
+    if adapter_writer is None:
+        _write_run(writer, result, backbone, tensors)
+    else:
+        with adapter_writer():  # the backbone holds this run's plain LoRA layers
             _write_run(writer, result, backbone, tensors)
-        else:
-            with adapter_writer():  # the backbone holds this run's plain LoRA layers
-                _write_run(writer, result, backbone, tensors)
-        result.out_dir = writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    result.out_dir = writer.commit()
 
 
 def _subset(union: SplitTensors, position: dict[int, int], rows: np.ndarray, name: str,
