@@ -28,6 +28,7 @@ def test_bench_command_writes_every_case(synthetic_data, tmp_path):
         assert cases["features"][key]["memory"]["peak_bytes"] > 0
     assert cases["linear"]["runs"] == 4 and cases["linear"]["speedup_vs_baseline"] > 0
     assert 0 <= cases["lora"]["cytotune"]["data_wait_fraction"] < 1
+    assert cases["lora"]["utilisation"]["flops_per_step"] > 0
     assert cases["lora"]["baseline"]["validation_s"] > 0  # it validated after every step
     # packing changes the speed, never the result
     assert cases["packed"]["max_test_accuracy_difference"] == 0

@@ -49,6 +49,7 @@ class BenchSettings:
     shots: int = 4
     lora_steps: int = 60
     pack: int = 4
+    peak_tflops: Optional[float] = None  # the device's peak (e.g. bf16 dense): MFU is reported
     baseline_workers: int = field(default_factory=lambda: min(5, os.cpu_count() or 1))
     batch_size: int = 32
 
@@ -220,6 +221,31 @@ def case_linear(bench: Bench) -> dict[str, Any]:
             "speedup_vs_baseline": base_s / ours_s}
 
 
+def training_step_flops(bench: Bench, config, batch: int) -> float:
+    """FLOPs of one LoRA training step (forward + backward of ``batch`` images), counted by
+    torch's FlopCounterMode on the run's own model (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    backbone = build_run_backbone(config)
+    lora = config.lora.resolve(backbone.card.default_lora_targets)
+    apply_lora(backbone.model, lora, backbone.card.lora_targets)
+    mark_only_lora_trainable(backbone)
+    model = Classifier(backbone, new_head(backbone.feature_dim, 2, 0, torch.device("cpu")))
+    size = backbone.preprocessing.image_size
+    x = torch.randn(batch, 3, size, size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).sum().backward()
+    return float(counter.get_total_flops())
+
+
+def _utilisation(flops_per_step: float, steps: int, step_s: float,
+                 peak_tflops: Optional[float]) -> dict[str, Any]:
+    achieved = flops_per_step * steps / max(step_s, 1e-9) / 1e12
+    return {"flops_per_step": flops_per_step, "achieved_tflops": achieved,
+            "model_flop_utilisation": achieved / peak_tflops if peak_tflops else None}
+
+
 def case_lora(bench: Bench) -> dict[str, Any]:
     """One few-shot LoRA run (r=2 on q,v) with the same number of steps both ways."""
     s = bench.s
@@ -243,7 +269,9 @@ def case_lora(bench: Bench) -> dict[str, Any]:
                                       seed=config.seed, workers=s.baseline_workers)
 
     base, base_s, base_mem = _timed(baseline, bench.device)
+    flops = training_step_flops(bench, config, images // s.lora_steps)
     return {"shots": s.shots, "steps": s.lora_steps,
+            "utilisation": _utilisation(flops, s.lora_steps, t.get("step_s", 0.0), s.peak_tflops),
             "cytotune": {"wall_s": ours_s, "memory": ours_mem,
                          "train_images_per_s": images / max(t.get("step_s", 0.0), 1e-9),
                          "test_accuracy": result.metrics["test"]["accuracy"],
@@ -274,12 +302,16 @@ def case_packed(bench: Bench) -> dict[str, Any]:
     packed_results, pack_s, pack_mem = _timed(packed, bench.device)
     seq_train = sum(r.timings["step_s"] for r in sequential)
     pack_train = sum(r.timings["step_s"] for r in packed_results)  # shares of one loop
+    per_run_batch = min(s.batch_size, len(prepare_run_data(configs[0]).indices.train))
+    flops = training_step_flops(bench, configs[0], per_run_batch) * len(configs)
     same = max(abs(a.metrics["test"]["accuracy"] - b.metrics["test"]["accuracy"])
                for a, b in zip(sequential, packed_results))
     return {"runs": len(configs), "steps": s.lora_steps,
             "sequential": {"wall_s": seq_s, "train_step_s": seq_train, "memory": seq_mem},
             "packed": {"wall_s": pack_s, "train_step_s": pack_train, "memory": pack_mem},
             "train_throughput_ratio": seq_train / pack_train, "wall_ratio": seq_s / pack_s,
+            "utilisation_packed": _utilisation(flops, s.lora_steps, pack_train, s.peak_tflops),
+            "utilisation_sequential": _utilisation(flops, s.lora_steps, seq_train, s.peak_tflops),
             "max_test_accuracy_difference": same}
 
 

@@ -53,6 +53,9 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--pack", type=int, default=BenchSettings.pack, help="runs in the packed case")
     p.add_argument("--baseline-workers", type=int, default=min(5, os.cpu_count() or 1),
                    help="DataLoader workers of the baseline (the reference code uses 5)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak TFLOP/s at the precision used (e.g. bf16 dense): "
+                        "LoRA cases then report model FLOP utilisation")
     p.add_argument("--json", default="bench.json", help="where to write the figures (atomically)")
     return {"bench": cmd_bench}
 
@@ -71,7 +74,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         random_weights=args.weights is None and not args.pretrained, image_size=args.image_size or None,
         device=args.device, seeds=args.seeds, lrs=args.lrs, linear_epochs=args.linear_epochs,
         shots=args.shots, lora_steps=args.lora_steps, pack=args.pack,
-        baseline_workers=args.baseline_workers)
+        baseline_workers=args.baseline_workers, peak_tflops=args.peak_tflops)
     cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
     result = run_benchmark(settings, cases, progress=lambda name, r: console.print(
         summary_line(name, r)))
@@ -100,14 +103,22 @@ def summary_line(name: str, r: dict[str, Any]) -> str:
                 f"({c['train_images_per_s']:.1f} train img/s, data wait "
                 f"{100 * c['data_wait_fraction']:.1f} % of step time), baseline {b['wall_s']:.1f} s "
                 f"({b['train_images_per_s']:.1f} train img/s): {r['speedup_vs_baseline']:.1f}x; "
-                f"test accuracy {c['test_accuracy']:.3f} vs {b['test_accuracy']:.3f}")
+                f"test accuracy {c['test_accuracy']:.3f} vs {b['test_accuracy']:.3f}; "
+                f"{_mfu(r['utilisation'])}")
     if name == "packed":
         return (f"packed LoRA ({r['runs']} runs, {r['steps']} steps): training steps "
                 f"{r['train_throughput_ratio']:.2f}x the throughput of one by one, wall "
                 f"{r['sequential']['wall_s']:.1f} s -> {r['packed']['wall_s']:.1f} s "
                 f"({r['wall_ratio']:.2f}x); max test accuracy difference "
-                f"{r['max_test_accuracy_difference']:.2g}")
+                f"{r['max_test_accuracy_difference']:.2g}; packed {_mfu(r['utilisation_packed'])}")
     return f"{name}: {json.dumps(r)}"
+
+
+def _mfu(u: dict[str, Any]) -> str:
+    text = f"{u['achieved_tflops'] * 1000:.1f} GFLOP/s"
+    if u.get("model_flop_utilisation") is not None:
+        text += f" ({100 * u['model_flop_utilisation']:.1f} % of peak)"
+    return text
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:

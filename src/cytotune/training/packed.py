@@ -70,13 +70,15 @@ def run_packed_lora(ctxs: list[MethodContext], timings: dict[str, float]
     bb, device = ctxs[0].backbone, ctxs[0].device
     task = ctxs[0].task
     pre = bb.preprocessing
-    bb.to(device)
+    # adapters are drawn and packed where a run alone draws them (on the CPU, before the model
+    # moves: a CUDA generator would draw other numbers), then the packed model moves
     states = initial_adapters(ctxs)
     with torch.random.fork_rng(devices=[]):
         apply_lora(bb.model, ctxs[0].config.lora.resolve(bb.card.default_lora_targets),
                    bb.card.lora_targets)
-    probe = normalise(ctxs[0].val.pixels[:1].to(device), pre.mean, pre.std)
+    probe = normalise(ctxs[0].val.pixels[:1], pre.mean, pre.std).to(_device_of(bb))
     routing = pack_lora(bb.model, states, lambda: bb(probe))
+    bb.to(device)
     bb.requires_grad_(False)
     layers = packed_modules(bb.model)
     run_params: list[dict[str, nn.Parameter]] = []
@@ -111,6 +113,10 @@ def run_packed_lora(ctxs: list[MethodContext], timings: dict[str, float]
                      "packed_runs": float(len(ctxs))})
         results.append((result, lambda k=k: unpacked(bb.model, k)))
     return results
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def _logits(model: PackedClassifier, routing, run: int, ctx: MethodContext,
