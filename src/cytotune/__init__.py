@@ -15,6 +15,7 @@ from cytotune._version import __version__
 
 _LAZY = {
     "train": "cytotune.api",
+    "train_group": "cytotune.api",
     "train_leave_one_domain_out": "cytotune.api",
     "build_config": "cytotune.api",
     "models": "cytotune.api",

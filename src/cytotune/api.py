@@ -86,10 +86,33 @@ def train_leave_one_domain_out(config: TrainConfig | dict | str | Path | None = 
     return run_leave_one_domain_out(build_config(config, **options))
 
 
+def train_group(configs: list[TrainConfig | dict | str | Path], pack_size: int = 8,
+                **options: Any) -> list[RunResult | Exception]:
+    """Train several runs together where they share a backbone (linear probes: one feature
+    extraction and batched heads; LoRA: up to ``pack_size`` runs packed on one backbone); the
+    same results as :func:`train` on each. ``options`` apply to every config. Returns one
+    result or the exception of a failed run per config, in order (a failing run fails alone)::
+
+        grid = [dict(seed=s, lr=lr) for s in (1, 2, 3) for lr in (1e-3, 1e-2)]
+        results = cytotune.train_group(grid, data="mlcc/", layout="mlcc", model="uni",
+                                       method="lora", shots=4)
+    """
+    from cytotune.training.group import run_training_group
+
+    built = []
+    for config in configs:
+        if isinstance(config, dict) and not isinstance(config, TrainConfig):
+            built.append(build_config(None, **{**options, **config}))
+        else:
+            built.append(build_config(config, **options))
+    return run_training_group(built, pack_size=pack_size)
+
+
 def models() -> list[ModelCard]:
     """The registered model cards."""
     return list_cards()
 
 
-__all__ = ["FLAT_OPTIONS", "build_config", "train", "train_leave_one_domain_out", "models",
+__all__ = ["FLAT_OPTIONS", "build_config", "train", "train_group", "train_leave_one_domain_out",
+           "models",
            "RunResult", "TrainConfig"]

@@ -131,3 +131,16 @@ def test_an_existing_run_directory_fails_its_run_before_training(synthetic_data,
     assert (tmp_path / "linear-1" / "keep.txt").read_text() == "a user's file"
     assert (ok.out_dir / "train.log").exists() and (ok.out_dir / "metrics.json").exists()
     assert not list(tmp_path.glob(".*partial*"))  # no staging folder left behind
+
+
+def test_train_group_api_takes_flat_options(synthetic_data, checkpoints):
+    import cytotune
+
+    grid = [dict(seed=1, lr=1e-2), dict(seed=2, lr=1e-3), dict(seed=1, lr=1e-2, shots=2)]
+    results = cytotune.train_group(grid, data=str(synthetic_data), model="uni-tiny",
+                                   weights=checkpoints["uni-tiny"], method="linear",
+                                   linear_epochs=3, cache_dir=None, device="cpu")
+    assert [r.config.seed for r in results] == [1, 2, 1]
+    assert [r.config.optim.lr for r in results] == [1e-2, 1e-3, 1e-2]
+    assert results[2].config.shots == 2 and results[0].config.shots is None
+    assert all(r.timings["group_size"] == 3 for r in results)
