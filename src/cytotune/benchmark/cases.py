@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from cytotune.adapters import apply_lora, mark_only_lora_trainable
-from cytotune.api import build_config
 from cytotune.benchmark import reference as ref
 from cytotune.data import ImageStore
 from cytotune.training.augment import normalise
+from cytotune.training.config import TrainConfig, set_dotted
 from cytotune.training.features import autocast_for, extract_features
 from cytotune.training.group import run_training_group
 from cytotune.training.methods.base import Classifier, new_head
@@ -114,21 +114,25 @@ class Bench:
             # they do with real pretrained weights
             from safetensors.torch import save_file
 
-            backbone = build_run_backbone(self.config(seed=0, pretrained=False))
+            backbone = build_run_backbone(self.config(**{"seed": 0, "model.pretrained": False}))
             path = workdir / "random_weights.safetensors"
             save_file({k: v.contiguous().clone() for k, v in backbone.model.state_dict().items()},
                       str(path))
             self.weights = str(path)
 
-    def config(self, **options: Any):
+    def config(self, **options: Any) -> TrainConfig:
+        """A run's config: the bench's data, model and device plus dotted ``options``
+        (e.g. ``{"optim.lr": 1e-3}``)."""
         s = self.s
-        values: dict[str, Any] = dict(data=s.data, layout=s.layout, model=s.model,
-                                      image_size=s.image_size, device=str(self.device),
-                                      cache_dir=None, batch_size=s.batch_size)
+        values: dict[str, Any] = {}
+        given = {"data.source": s.data, "data.layout": s.layout, "model.name": s.model,
+                 "model.image_size": s.image_size, "device": str(self.device),
+                 "cache_dir": None, "optim.batch_size": s.batch_size}
         if self.weights is not None:
-            values["weights"] = self.weights
-        values.update(options)
-        return build_config(**values)
+            given["model.weights"] = self.weights
+        for key, value in {**given, **options}.items():
+            set_dotted(values, key, value)
+        return TrainConfig.from_dict(values)
 
     def datasets(self, config) -> tuple[ref.FileImages, ref.FileImages, ref.FileImages]:
         """The run's train/val/test images as the baseline reads them (same rows as cytotune;
@@ -188,8 +192,8 @@ def case_linear(bench: Bench) -> dict[str, Any]:
     trains the grid as one group (one decode, one extraction, all heads batched)."""
     s = bench.s
     grid = [(seed, lr) for seed in s.seeds for lr in s.lrs]
-    configs = [bench.config(method="linear", seed=seed, lr=lr, linear_epochs=s.linear_epochs)
-               for seed, lr in grid]
+    configs = [bench.config(**{"method": "linear", "seed": seed, "optim.lr": lr,
+                               "optim.linear_epochs": s.linear_epochs}) for seed, lr in grid]
 
     def ours() -> list:
         results = run_training_group(configs)
@@ -249,7 +253,8 @@ def _utilisation(flops_per_step: float, steps: int, step_s: float,
 def case_lora(bench: Bench) -> dict[str, Any]:
     """One few-shot LoRA run (r=2 on q,v) with the same number of steps both ways."""
     s = bench.s
-    config = bench.config(method="lora", shots=s.shots, steps=s.lora_steps, seed=1, lr=1e-3)
+    config = bench.config(**{"method": "lora", "shots": s.shots, "optim.steps": s.lora_steps,
+                             "seed": 1, "optim.lr": 1e-3})
     result, ours_s, ours_mem = _timed(lambda: run_training(config), bench.device)
     t = result.timings
     images = s.lora_steps * min(s.batch_size, len(prepare_run_data(config).indices.train))
@@ -288,8 +293,8 @@ def case_packed(bench: Bench) -> dict[str, Any]:
     """K few-shot LoRA runs (seeds x learning rates): one by one vs packed on one backbone."""
     s = bench.s
     grid = [(s.seeds[i % len(s.seeds)], s.lrs[i % len(s.lrs)]) for i in range(s.pack)]
-    configs = [bench.config(method="lora", shots=s.shots, steps=s.lora_steps, seed=seed, lr=lr)
-               for seed, lr in grid]
+    configs = [bench.config(**{"method": "lora", "shots": s.shots, "optim.steps": s.lora_steps,
+                               "seed": seed, "optim.lr": lr}) for seed, lr in grid]
     sequential, seq_s, seq_mem = _timed(lambda: [run_training(c) for c in configs], bench.device)
 
     def packed() -> list:

@@ -1,0 +1,54 @@
+"""Data flows one way: no package of cytotune imports from a layer above it.
+
+data -> models -> adapters -> training -> {inference, experiments, benchmark} -> api -> demo
+-> cli.
+(The three at the same level do not import each other.)
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import cytotune
+
+ROOT = Path(cytotune.__file__).parent
+LEVEL = {"data": 0, "models": 1, "adapters": 2, "training": 3, "inference": 4,
+         "experiments": 4, "benchmark": 4, "api": 5, "demo": 6, "cli": 7}
+ANYWHERE = {"_version"}
+
+
+def _imported(module: Path, package: str) -> set[str]:
+    """Top-level cytotune parts a module imports (relative imports resolved)."""
+    out = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if node.level == 1:
+                    continue  # inside its own package
+                names = [f"cytotune.{node.module}" if node.module else "cytotune"]
+            else:
+                names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "cytotune" and len(parts) > 1:
+                out.add(parts[1])
+    return out
+
+
+def test_no_module_imports_from_a_layer_above_or_beside_it():
+    offenders = []
+    for module in sorted(ROOT.rglob("*.py")):
+        rel = module.relative_to(ROOT)
+        part = rel.parts[0].removesuffix(".py")
+        if part not in LEVEL:
+            continue
+        for other in _imported(module, part) - ANYWHERE - {part}:
+            if other not in LEVEL:
+                continue
+            if LEVEL[other] >= LEVEL[part]:
+                offenders.append(f"{rel}: imports cytotune.{other}")
+    assert offenders == []
