@@ -50,6 +50,9 @@ class BenchSettings:
     lora_steps: int = 60
     pack: int = 4
     peak_tflops: Optional[float] = None  # the device's peak (e.g. bf16 dense): MFU is reported
+    compile: bool = False  # cytotune's LoRA runs through torch.compile (runs alone, not packed)
+    rank: int = 2  # LoRA rank and targets of the lora and packed cases (the study's Exp. 2)
+    targets: Optional[tuple[str, ...]] = None  # None: the card's default (q, v for ViTs)
     baseline_workers: int = field(default_factory=lambda: min(5, os.cpu_count() or 1))
     batch_size: int = 32
 
@@ -127,7 +130,8 @@ class Bench:
         values: dict[str, Any] = {}
         given = {"data.source": s.data, "data.layout": s.layout, "model.name": s.model,
                  "model.image_size": s.image_size, "device": str(self.device),
-                 "cache_dir": None, "optim.batch_size": s.batch_size}
+                 "cache_dir": None, "optim.batch_size": s.batch_size, "lora.rank": s.rank,
+                 "lora.targets": list(s.targets) if s.targets else None}
         if self.weights is not None:
             given["model.weights"] = self.weights
         for key, value in {**given, **options}.items():
@@ -254,7 +258,7 @@ def case_lora(bench: Bench) -> dict[str, Any]:
     """One few-shot LoRA run (r=2 on q,v) with the same number of steps both ways."""
     s = bench.s
     config = bench.config(**{"method": "lora", "shots": s.shots, "optim.steps": s.lora_steps,
-                             "seed": 1, "optim.lr": 1e-3})
+                             "seed": 1, "optim.lr": 1e-3, "optim.compile": s.compile})
     result, ours_s, ours_mem = _timed(lambda: run_training(config), bench.device)
     t = result.timings
     images = s.lora_steps * min(s.batch_size, len(prepare_run_data(config).indices.train))

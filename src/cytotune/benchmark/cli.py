@@ -56,6 +56,11 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's peak TFLOP/s at the precision used (e.g. bf16 dense): "
                         "LoRA cases then report model FLOP utilisation")
+    p.add_argument("--rank", type=int, default=BenchSettings.rank, help="LoRA rank (default 2)")
+    p.add_argument("--targets", default=None, help="LoRA targets, e.g. q,k,v,o (default: the card's)")
+    p.add_argument("--compile", action="store_true",
+                   help="the lora case's cytotune run uses torch.compile (the first steps "
+                        "include compilation)")
     p.add_argument("--json", default="bench.json", help="where to write the figures (atomically)")
     return {"bench": cmd_bench}
 
@@ -74,7 +79,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         random_weights=args.weights is None and not args.pretrained, image_size=args.image_size or None,
         device=args.device, seeds=args.seeds, lrs=args.lrs, linear_epochs=args.linear_epochs,
         shots=args.shots, lora_steps=args.lora_steps, pack=args.pack,
-        baseline_workers=args.baseline_workers, peak_tflops=args.peak_tflops)
+        baseline_workers=args.baseline_workers, peak_tflops=args.peak_tflops,
+        compile=args.compile, rank=args.rank,
+        targets=tuple(t.strip() for t in args.targets.split(",")) if args.targets else None)
     cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
     result = run_benchmark(settings, cases, progress=lambda name, r: console.print(
         summary_line(name, r)))
