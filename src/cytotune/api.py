@@ -90,8 +90,9 @@ def train_group(configs: list[TrainConfig | dict | str | Path], pack_size: int =
                 **options: Any) -> list[RunResult | Exception]:
     """Train several runs together where they share a backbone (linear probes: one feature
     extraction and batched heads; LoRA: up to ``pack_size`` runs packed on one backbone); the
-    same results as :func:`train` on each. ``options`` apply to every config. Returns one
-    result or the exception of a failed run per config, in order (a failing run fails alone)::
+    same results as :func:`train` on each. Each entry is a config (object or YAML path) or a dict
+    of :func:`train`'s keyword options; ``options`` apply to every entry. Returns one result or
+    the exception of a failed run per entry, in order (a failing run fails alone)::
 
         grid = [dict(seed=s, lr=lr) for s in (1, 2, 3) for lr in (1e-3, 1e-2)]
         results = cytotune.train_group(grid, data="mlcc/", layout="mlcc", model="uni",
@@ -101,7 +102,7 @@ def train_group(configs: list[TrainConfig | dict | str | Path], pack_size: int =
 
     built = []
     for config in configs:
-        if isinstance(config, dict) and not isinstance(config, TrainConfig):
+        if isinstance(config, dict):
             built.append(build_config(None, **{**options, **config}))
         else:
             built.append(build_config(config, **options))

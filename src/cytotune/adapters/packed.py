@@ -65,12 +65,6 @@ class PackedLoRALinear(nn.Module):
     def __init__(self, template: LoRALinear, states: Sequence[dict[str, torch.Tensor]],
                  routing: PackRouting):
         super().__init__()
-        if template.merged:
-            raise NotPackable(f"{template.layer_name!r} is merged; unmerge before packing")
-        if template.lora_dropout_p:
-            raise NotPackable(f"{template.layer_name!r} has LoRA dropout "
-                              f"{template.lora_dropout_p}: packed runs would share its random "
-                              f"masks, so they are not packed")
         self.base = template.base
         self.layer_name = template.layer_name
         self.rank, self.alpha, self.scaling = template.rank, template.alpha, template.scaling
@@ -85,10 +79,6 @@ class PackedLoRALinear(nn.Module):
                                                  for s in states])
             self.lora_B[key] = nn.ParameterList([nn.Parameter(s[f"lora_B.{key}"].clone())
                                                  for s in states])
-
-    @property
-    def runs(self) -> int:
-        return len(next(iter(self.lora_A.values())))
 
     def run_parameters(self, run: int) -> dict[str, nn.Parameter]:
         """This layer's parameters of one run, keyed as a plain LoRALinear names them."""
@@ -144,6 +134,24 @@ def packed_modules(model: nn.Module) -> list[tuple[str, PackedLoRALinear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PackedLoRALinear)]
 
 
+def check_packable(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    """The model's LoRA layers, or :class:`NotPackable` naming the first that cannot be packed
+    (not a Linear, merged, or with dropout, whose random masks packed runs would share)."""
+    layers = lora_modules(model)
+    if not layers:
+        raise NotPackable("model has no LoRA layers to pack")
+    for name, layer in layers:
+        if not isinstance(layer, LoRALinear):
+            raise NotPackable(f"{name!r} is a {type(layer).__name__}: only Linear LoRA layers "
+                              f"are packed")
+        if layer.merged:
+            raise NotPackable(f"{name!r} is merged; unmerge before packing")
+        if layer.lora_dropout_p:
+            raise NotPackable(f"{name!r} has LoRA dropout {layer.lora_dropout_p}: packed runs "
+                              f"would share its random masks, so they are not packed")
+    return layers  # type: ignore[return-value]
+
+
 def pack_lora(model: nn.Module, states: Sequence[dict[str, torch.Tensor]],
               probe: Callable[[], object]) -> PackRouting:
     """Replace the model's LoRA layers with packed ones holding ``states`` (one
@@ -154,13 +162,7 @@ def pack_lora(model: nn.Module, states: Sequence[dict[str, torch.Tensor]],
     model unchanged) for non-Linear or dropout adapters. Returns the routing to set before each
     forward.
     """
-    layers = lora_modules(model)
-    if not layers:
-        raise NotPackable("model has no LoRA layers to pack")
-    for name, layer in layers:
-        if not isinstance(layer, LoRALinear):
-            raise NotPackable(f"{name!r} is a {type(layer).__name__}: only Linear LoRA layers "
-                              f"are packed")
+    layers = check_packable(model)
     routing = PackRouting()
     packed = []
     for name, layer in layers:

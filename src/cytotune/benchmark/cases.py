@@ -28,8 +28,8 @@ from cytotune.training.config import TrainConfig, set_dotted
 from cytotune.training.features import autocast_for, extract_features
 from cytotune.training.group import run_training_group
 from cytotune.training.methods.base import Classifier, new_head
-from cytotune.training.runner import (build_run_backbone, prepare_run_data, resolve_device,
-                                      run_training)
+from cytotune.training.runner import (build_run_backbone, card_for, prepare_run_data,
+                                      resolve_device, run_training)
 
 CASES = ("features", "linear", "lora", "packed")
 
@@ -143,7 +143,7 @@ class Bench:
         training images augmented per use when the config augments, LoRA runs only)."""
         prepared = prepare_run_data(config)
         data, idx = prepared.data, prepared.indices
-        pre = build_run_backbone(config).preprocessing
+        pre = card_for(config).preprocessing  # no model build inside the baseline's time
         augment = config.method != "linear" and config.optim.augment
         return tuple(ref.FileImages([data.paths[i] for i in rows], data.labels[rows].tolist(), pre,
                                     augment=augment and split == "train")

@@ -93,26 +93,15 @@ def resolve_worker_setup(setup: WorkerSetup) -> Optional[Callable[[], Any]]:
 def execute_task(task: RunTask, device: Optional[str] = None, worker: str = "main") -> RunOutcome:
     """Run one task; never raises for a failing run (the error is in the outcome), but lets
     KeyboardInterrupt and SystemExit through."""
-    from cytotune.training.config import TrainConfig
     from cytotune.training.runner import run_training
 
     start = time.perf_counter()
     try:
-        config = TrainConfig.from_dict(task.config)
-        if device is not None:
-            config.device = device
-        result = run_training(config)
-        record = make_record({"run_id": task.run_id, **task.keys}, result, device=config.device,
-                             worker=worker)
-        return RunOutcome(run_id=task.run_id, ok=True, record=record, worker=worker,
-                          device=config.device, seconds=time.perf_counter() - start,
-                          keys=task.keys, config=task.config)
+        config = _config_of(task, device)
+        return _succeeded(task, run_training(config), config, worker,
+                          time.perf_counter() - start)
     except Exception as err:  # noqa: BLE001 - a failing run is data, the sweep goes on
-        message = f"{type(err).__name__}: {err}"
-        log.warning("run %s (%s) failed: %s", task.run_id, task.label, message)
-        return RunOutcome(run_id=task.run_id, ok=False, error=message,
-                          traceback=traceback_module.format_exc(), worker=worker, device=device,
-                          seconds=time.perf_counter() - start, keys=task.keys, config=task.config)
+        return _failed(task, err, device, worker, start)
 
 
 def execute_chunk(tasks: Sequence[RunTask], device: Optional[str] = None,
@@ -122,17 +111,13 @@ def execute_chunk(tasks: Sequence[RunTask], device: Optional[str] = None,
     probes, packed LoRA). Like :func:`execute_task`, never raises for a failing run."""
     if len(tasks) <= 1:
         return [execute_task(task, device, worker) for task in tasks]
-    from cytotune.training.config import TrainConfig
     from cytotune.training.group import run_training_group
 
     start = time.perf_counter()
     configs, outcomes = [], {}
     for task in tasks:
         try:
-            config = TrainConfig.from_dict(task.config)
-            if device is not None:
-                config.device = device
-            configs.append((task, config))
+            configs.append((task, _config_of(task, device)))
         except Exception as err:  # noqa: BLE001 - a bad config fails its run only
             outcomes[task.run_id] = _failed(task, err, device, worker, start)
     results = run_training_group([c for _, c in configs], pack_size=len(configs))
@@ -142,14 +127,27 @@ def execute_chunk(tasks: Sequence[RunTask], device: Optional[str] = None,
             outcomes[task.run_id] = _failed(task, result, device, worker, start)
             continue
         try:
-            record = make_record({"run_id": task.run_id, **task.keys}, result,
-                                 device=config.device, worker=worker)
-            outcomes[task.run_id] = RunOutcome(run_id=task.run_id, ok=True, record=record,
-                                               worker=worker, device=config.device,
-                                               seconds=seconds, keys=task.keys, config=task.config)
+            outcomes[task.run_id] = _succeeded(task, result, config, worker, seconds)
         except Exception as err:  # noqa: BLE001
             outcomes[task.run_id] = _failed(task, err, device, worker, start)
     return [outcomes[task.run_id] for task in tasks]
+
+
+def _config_of(task: RunTask, device: Optional[str]):
+    """The task's TrainConfig, on ``device`` when one is given."""
+    from cytotune.training.config import TrainConfig
+
+    config = TrainConfig.from_dict(task.config)
+    if device is not None:
+        config.device = device
+    return config
+
+
+def _succeeded(task: RunTask, result: Any, config, worker: str, seconds: float) -> RunOutcome:
+    record = make_record({"run_id": task.run_id, **task.keys}, result, device=config.device,
+                         worker=worker)
+    return RunOutcome(run_id=task.run_id, ok=True, record=record, worker=worker,
+                      device=config.device, seconds=seconds, keys=task.keys, config=task.config)
 
 
 def _failed(task: RunTask, err: BaseException, device: Optional[str], worker: str,

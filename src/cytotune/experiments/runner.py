@@ -110,6 +110,8 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
     LoRA runs packed on one backbone (None: the sweep's ``pack_size``).
     """
     started = time.perf_counter()
+    if pack_size is not None and pack_size < 1:
+        raise ValueError(f"pack_size (--pack) must be >= 1, got {pack_size}")
     sweep = load_sweep(sweep)
     store = store if isinstance(store, ResultStore) else ResultStore(store)
     console = console or Console(stderr=True)

@@ -17,6 +17,7 @@ error back, and a group that cannot be trained together falls back to one run at
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -164,6 +165,9 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
     if not live:
         return [m.error for m in members]  # type: ignore[misc]
     backbone = build_run_backbone(first)
+    if first.method == "lora":
+        from cytotune.training.packed import check_backbone_packable
+        check_backbone_packable(backbone, first)  # before any image is decoded
     text_encoder = build_run_text_encoder(first) if needs_text_encoder(first) else None
     pre = backbone.preprocessing
     cache_dir = Path(first.cache_dir) if first.cache_dir else None
@@ -249,8 +253,6 @@ def _subset(union: SplitTensors, position: dict[int, int], rows: np.ndarray, nam
 
 
 def _digest(pos: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.blake2b(pos.tobytes(), digest_size=8).hexdigest()
 
 

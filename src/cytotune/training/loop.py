@@ -50,11 +50,6 @@ class FitHistory:
     step_seconds: float = 0.0
     validation_seconds: float = 0.0
 
-    @property
-    def data_wait_fraction(self) -> float:
-        """Share of the training-step time spent waiting for the batch (0 when not measured)."""
-        return self.data_seconds / self.step_seconds if self.step_seconds > 0 else 0.0
-
     def timings(self) -> dict[str, float]:
         return {"training_s": self.seconds, "data_s": self.data_seconds,
                 "step_s": self.step_seconds, "validation_s": self.validation_seconds}

@@ -21,7 +21,7 @@ from torch import nn
 
 from cytotune.adapters import apply_lora, remove_lora
 from cytotune.adapters.io import lora_state_dict
-from cytotune.adapters.packed import pack_lora, packed_modules, unpacked
+from cytotune.adapters.packed import check_packable, pack_lora, packed_modules, unpacked
 from cytotune.training.augment import normalise
 from cytotune.training.features import autocast_for
 from cytotune.training.loop import (BestState, EvalResult, FitHistory, batch_order,
@@ -43,6 +43,19 @@ class PackedClassifier(Classifier):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - use the routing
         raise RuntimeError("a packed classifier needs its routing: use the packed trainer")
+
+
+def check_backbone_packable(backbone: nn.Module, config) -> None:
+    """Raise :class:`~cytotune.adapters.packed.NotPackable` when the config's LoRA on this
+    backbone cannot be packed (convolutional targets, dropout): a group then trains its runs one
+    by one without having decoded anything for nothing."""
+    with torch.random.fork_rng(devices=[]):
+        apply_lora(backbone.model, config.lora.resolve(backbone.card.default_lora_targets),
+                   backbone.card.lora_targets)
+    try:
+        check_packable(backbone.model)
+    finally:
+        remove_lora(backbone.model, merge=False)
 
 
 def initial_adapters(ctxs: list[MethodContext]) -> list[dict[str, torch.Tensor]]:

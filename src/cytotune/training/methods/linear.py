@@ -19,11 +19,12 @@ from cytotune.training.methods.base import (MethodContext, MethodResult, SplitTe
 log = logging.getLogger(__name__)
 
 
-def frozen_features(ctx: MethodContext, split: SplitTensors) -> tuple[torch.Tensor, float]:
-    """Clean features of a split's images from the feature cache (computed on a miss)."""
+def frozen_features(ctx: MethodContext, split: SplitTensors,
+                    weights_fingerprint: str) -> tuple[torch.Tensor, float]:
+    """Clean features of a split's images from the feature cache (computed on a miss);
+    ``weights_fingerprint``: the backbone's, computed once by the caller (it reads every weight)."""
     bb, pre = ctx.backbone, ctx.backbone.preprocessing
-    key = FeatureCache.key(bb.card.name, bb.weights_fingerprint(), pre.fingerprint(),
-                           split.images_key)
+    key = FeatureCache.key(bb.card.name, weights_fingerprint, pre.fingerprint(), split.images_key)
     feats, seconds, hit = ctx.feature_cache.get_or_compute(
         key, lambda: extract_features(bb, split.pixels, pre.mean, pre.std, ctx.device))
     log.info("features for %d images: %s", len(split.labels),
@@ -73,7 +74,8 @@ def linear_result(ctx: MethodContext, problem: HeadProblem, history: FitHistory,
 def run_linear_probe(ctx: MethodContext) -> MethodResult:
     """Frozen backbone: cached clean features, then a linear head trained with AdamW."""
     freeze(ctx.backbone, ctx.device)
-    (f_train, t1), (f_val, t2), (f_test, t3) = (frozen_features(ctx, s)
+    fingerprint = ctx.backbone.weights_fingerprint()
+    (f_train, t1), (f_val, t2), (f_test, t3) = (frozen_features(ctx, s, fingerprint)
                                                 for s in (ctx.train, ctx.val, ctx.test))
     f_train, f_val, f_test = (f.to(ctx.device) for f in (f_train, f_val, f_test))
     problem = linear_problem(ctx, f_train, f_val)
