@@ -138,6 +138,18 @@ class Bench:
             set_dotted(values, key, value)
         return TrainConfig.from_dict(values)
 
+    def warm_up(self) -> None:
+        """Untimed: read every image file once (the OS file cache) and run one forward pass
+        (kernels, allocator, thread pools), so whichever case or side runs first is not
+        charged for a cold start."""
+        config = self.config(method="linear")
+        for path in prepare_run_data(config).data.paths:
+            Path(path).read_bytes()
+        backbone = build_run_backbone(config).to(self.device).eval()
+        size = backbone.preprocessing.image_size
+        with torch.no_grad(), autocast_for(self.device):
+            backbone(torch.zeros(8, 3, size, size, device=self.device))
+
     def datasets(self, config) -> tuple[ref.FileImages, ref.FileImages, ref.FileImages]:
         """The run's train/val/test images as the baseline reads them (same rows as cytotune;
         training images augmented per use when the config augments, LoRA runs only)."""
@@ -336,6 +348,7 @@ def run_benchmark(settings: BenchSettings, cases: tuple[str, ...] = CASES,
         raise ValueError(f"unknown benchmark case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     with tempfile.TemporaryDirectory(prefix="cytotune-bench-") as tmp:
         bench = Bench(settings, Path(tmp))
+        bench.warm_up()
         out: dict[str, Any] = {
             "settings": dataclasses.asdict(settings),
             "environment": {"torch": torch.__version__, "device": str(bench.device),
