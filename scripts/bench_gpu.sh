@@ -16,3 +16,8 @@ bench --model clip-vit-l14 --cases features,lora --shots 8 --lora-steps 200 --ra
       --targets q,k,v,o --json "$out/vit_l14.json"
 bench --model clip-vit-l14 --cases lora --shots 8 --lora-steps 200 --rank 16 --targets q,k,v,o \
       --compile --json "$out/vit_l14_compile.json"
+# peak memory of LoRA r=16 q,k,v,o training steps at batch 32 (the 24 GB question), and what
+# bf16 buys against fp32 for cytotune itself (speed, each run's test accuracy)
+bench --model clip-vit-l14 --cases memory --rank 16 --targets q,k,v,o --batch-size 32 \
+      --json "$out/vit_l14_memory.json"
+bench --model clip-vit-b16 --cases precision --json "$out/vit_b16_precision.json"

@@ -68,6 +68,8 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--compile", _bool, "methods lora and full: torch.compile the model"),
     ("--skip-bad-images", _bool, "skip unreadable images (reported in the log) instead of failing"),
     ("--device", str, "auto | cpu | cuda | cuda:N"),
+    ("--precision", str, "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast; fast on "
+                         "CPUs with native bf16)"),
     ("--out", str, "run directory to write"),
     ("--cache-dir", str, "where decoded images and features are cached"),
     ("--overwrite", _bool, "replace an existing run directory"),

@@ -34,6 +34,23 @@ def test_bench_command_writes_every_case(synthetic_data, tmp_path):
     assert cases["packed"]["max_test_accuracy_difference"] == 0
 
 
+def test_bench_precision_applies_to_cytotune_only(synthetic_data, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(synthetic_data), "--model", "uni-tiny", "--cases",
+                 "features,linear,precision", "--seeds", "1,2", "--lrs", "1e-2",
+                 "--linear-epochs", "2", "--shots", "2", "--lora-steps", "2", "--precision",
+                 "bf16", "--baseline-workers", "0", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["environment"]["precision"] == "bf16"
+    assert figures["environment"]["baseline_precision"] == "fp32"
+    assert figures["settings"]["precision"] == "bf16"
+    assert figures["cases"]["linear"]["runs"] == 2
+    compared = figures["cases"]["precision"]  # cytotune fp32 vs bf16, each run's accuracy both ways
+    assert compared["linear"]["runs"] == 2 and len(compared["linear"]["bf16"]["test_accuracy"]) == 2
+    assert compared["lora"]["runs"] == 1 and compared["lora"]["bf16_speedup"] > 0
+    assert 0 <= compared["linear"]["max_test_accuracy_difference"] <= 1
+
+
 def test_unknown_case_is_named(synthetic_data, tmp_path):
     assert main(["bench", "--data", str(synthetic_data), "--cases", "features,warp",
                  "--json", str(tmp_path / "b.json")]) == 2

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from cytotune.training.heads import HeadProblem, fit_linear_heads
+from cytotune.training.heads import HeadProblem, StackedAdamW, fit_linear_heads
 from cytotune.training.loop import evaluate_logits, fit
 from cytotune.training.task import SINGLE_LABEL, task_for
 
@@ -69,3 +69,29 @@ def test_heads_of_different_shapes_are_refused():
     b.head = torch.nn.Linear(6, 4)
     with pytest.raises(ValueError, match="share their shape"):
         fit_linear_heads([a, b], CPU, SINGLE_LABEL)
+
+
+def test_stacked_adamw_equals_torch_adamw_per_head():
+    # three heads with their own lr and weight decay; the last is frozen (lr 0) after 3 steps
+    torch.manual_seed(0)
+    heads = [torch.nn.Linear(5, 3) for _ in range(3)]
+    lrs, decays = [1e-2, 3e-2, 1e-1], [0.0, 1e-2, 0.5]
+    reference = [copy.deepcopy(h) for h in heads]
+    optimizers = [torch.optim.AdamW(h.parameters(), lr=lr, weight_decay=wd)
+                  for h, lr, wd in zip(reference, lrs, decays)]
+    weight = torch.stack([h.weight.detach() for h in heads]).requires_grad_()
+    bias = torch.stack([h.bias.detach() for h in heads]).requires_grad_()
+    stacked = StackedAdamW([weight, bias], torch.tensor(decays))
+    for step in range(6):
+        x = torch.randn(3, 4, 5)
+        active = [0, 1, 2] if step < 3 else [0, 1]
+        for k in active:
+            optimizers[k].zero_grad()
+            reference[k](x[k]).square().mean().backward()
+            optimizers[k].step()
+        weight.grad = bias.grad = None
+        sum(torch.addmm(bias[k], x[k], weight[k].T).square().mean() for k in active).backward()
+        stacked.step(torch.tensor([lr if k in active else 0.0 for k, lr in enumerate(lrs)]))
+    for k, head in enumerate(reference):
+        torch.testing.assert_close(weight[k], head.weight, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(bias[k], head.bias, atol=1e-6, rtol=1e-5)

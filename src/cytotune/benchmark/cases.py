@@ -4,7 +4,10 @@ same process, and reports images/s, wall time, peak memory and their ratio.
 
 Cases: ``features`` (plain forward vs cytotune's extraction vs the baseline's), ``linear`` (a
 seeds x learning-rates grid of linear probes), ``lora`` (one few-shot LoRA run), ``packed`` (K
-LoRA runs one by one vs packed on one backbone).
+LoRA runs one by one vs packed on one backbone); on request ``precision`` (cytotune's linear
+grid and LoRA run in fp32 and in bf16: the speed bf16 buys and what it does to test metrics)
+and ``memory`` (the peak memory of LoRA training steps at the bench's batch size, rank and
+targets: the question whether CLIP ViT-L/14 with r=16 on q,k,v,o at batch 32 fits in 24 GB).
 """
 from __future__ import annotations
 
@@ -25,13 +28,14 @@ from cytotune.benchmark import reference as ref
 from cytotune.data import ImageStore
 from cytotune.training.augment import normalise
 from cytotune.training.config import TrainConfig, set_dotted
-from cytotune.training.features import autocast_for, extract_features
+from cytotune.training.features import autocast_for, extract_features, resolve_precision
 from cytotune.training.group import run_training_group
 from cytotune.training.methods.base import Classifier, new_head
 from cytotune.training.runner import (build_run_backbone, card_for, prepare_run_data,
                                       resolve_device, run_training)
 
-CASES = ("features", "linear", "lora", "packed")
+CASES = ("features", "linear", "lora", "packed")  # the default set
+EXTRA_CASES = ("precision", "memory")  # on request, no baseline: fp32 vs bf16; peak memory
 
 
 @dataclass
@@ -43,6 +47,7 @@ class BenchSettings:
     random_weights: bool = True
     image_size: Optional[int] = None  # None: the card's own input size
     device: str = "auto"
+    precision: str = "auto"  # cytotune's side ("auto": bf16 on CUDA, fp32 on CPU); baseline fp32
     seeds: tuple[int, ...] = (1, 2, 3)
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
     linear_epochs: int = 100
@@ -110,6 +115,7 @@ class Bench:
     def __init__(self, settings: BenchSettings, workdir: Path):
         self.s = settings
         self.device = resolve_device(settings.device)
+        self.precision = resolve_precision(self.device, settings.precision)
         self.workdir = workdir
         self.weights = settings.weights
         if self.weights is None and settings.random_weights:
@@ -130,6 +136,7 @@ class Bench:
         values: dict[str, Any] = {}
         given = {"data.source": s.data, "data.layout": s.layout, "model.name": s.model,
                  "model.image_size": s.image_size, "device": str(self.device),
+                 "precision": self.precision,
                  "cache_dir": None, "optim.batch_size": s.batch_size, "lora.rank": s.rank,
                  "lora.targets": list(s.targets) if s.targets else None}
         if self.weights is not None:
@@ -147,7 +154,7 @@ class Bench:
             Path(path).read_bytes()
         backbone = build_run_backbone(config).to(self.device).eval()
         size = backbone.preprocessing.image_size
-        with torch.no_grad(), autocast_for(self.device):
+        with torch.no_grad(), autocast_for(self.device, self.precision):
             backbone(torch.zeros(8, 3, size, size, device=self.device))
 
     def datasets(self, config) -> tuple[ref.FileImages, ref.FileImages, ref.FileImages]:
@@ -183,14 +190,14 @@ def case_features(bench: Bench) -> dict[str, Any]:
     @torch.no_grad()
     def plain() -> None:
         for x in batches:
-            with autocast_for(bench.device):
+            with autocast_for(bench.device, bench.precision):
                 backbone(x)
 
     plain()  # warm-up (kernels, allocator)
     _, plain_s, plain_mem = _timed(plain, bench.device)
     batches.clear()  # free them before the next measurement
-    _, ours_s, ours_mem = _timed(lambda: extract_features(backbone, pixels, pre.mean, pre.std,
-                                                          bench.device), bench.device)
+    _, ours_s, ours_mem = _timed(lambda: extract_features(
+        backbone, pixels, pre.mean, pre.std, bench.device, precision=bench.precision), bench.device)
     dataset = ref.FileImages(paths, prepared.data.labels.tolist(), pre)
     _, base_s, base_mem = _timed(lambda: ref.reference_features(
         backbone, dataset, 64, bench.s.baseline_workers), bench.device)
@@ -336,8 +343,80 @@ def case_packed(bench: Bench) -> dict[str, Any]:
             "max_test_accuracy_difference": same}
 
 
+def case_precision(bench: Bench) -> dict[str, Any]:
+    """cytotune against itself: the linear grid of ``linear`` and the run of ``lora``, once in
+    fp32 and once under bf16 autocast, with every run's test accuracy both ways."""
+    s = bench.s
+    linear = [{"method": "linear", "seed": seed, "optim.lr": lr,
+               "optim.linear_epochs": s.linear_epochs} for seed in s.seeds for lr in s.lrs]
+    lora = {"method": "lora", "shots": s.shots, "optim.steps": s.lora_steps, "seed": 1,
+            "optim.lr": 1e-3}
+    out: dict[str, Any] = {}
+    for name, option_sets in (("linear", linear), ("lora", [lora])):
+        timed = {}
+        for precision in ("fp32", "bf16"):
+            configs = [bench.config(**options, precision=precision) for options in option_sets]
+
+            def ours(configs=configs) -> list:
+                results = run_training_group(configs)
+                for r in results:
+                    if isinstance(r, Exception):
+                        raise r
+                return results
+
+            results, wall_s, _ = _timed(ours, bench.device)
+            timed[precision] = {"wall_s": wall_s, "test_accuracy": [
+                r.metrics["test"]["accuracy"] for r in results]}
+        diffs = [abs(a - b) for a, b in zip(timed["fp32"]["test_accuracy"],
+                                            timed["bf16"]["test_accuracy"])]
+        out[name] = {**timed, "runs": len(option_sets),
+                     "bf16_speedup": timed["fp32"]["wall_s"] / timed["bf16"]["wall_s"],
+                     "max_test_accuracy_difference": max(diffs),
+                     "mean_test_accuracy_difference": sum(diffs) / len(diffs)}
+    return out
+
+
+def case_memory(bench: Bench, steps: int = 2) -> dict[str, Any]:
+    """Peak memory of ``steps`` LoRA training steps (forward, backward, AdamW) on random images
+    at the bench's batch size, rank, targets and precision, as cytotune's LoRA method builds the
+    model. On CUDA the peak of allocated memory (weights included); on a CPU the process's
+    resident set, with the resident set before the model was built to subtract."""
+    s, device = bench.s, bench.device
+    config = bench.config(method="lora", seed=1)
+    before = _rss()
+    with peak_memory(device) as memory:
+        backbone = build_run_backbone(config)
+        lora = config.lora.resolve(backbone.card.default_lora_targets)
+        apply_lora(backbone.model, lora, backbone.card.lora_targets)
+        mark_only_lora_trainable(backbone)
+        model = Classifier(backbone, new_head(backbone.feature_dim, 4, 0, torch.device("cpu")))
+        model = model.to(device).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, fused=device.type == "cuda")
+        size = backbone.preprocessing.image_size
+        x = torch.randn(s.batch_size, 3, size, size, device=device)
+        y = torch.randint(0, 4, (s.batch_size,), device=device)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            with autocast_for(device, bench.precision):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    adapter = sum(p.numel() for n, p in model.backbone.named_parameters() if p.requires_grad)
+    return {"model": backbone.card.name, "batch": s.batch_size, "image_size": size,
+            "rank": lora.rank, "targets": list(lora.targets), "precision": bench.precision,
+            "lora_parameters": adapter, "steps": steps, "step_s": times, "memory": memory,
+            "resident_before_bytes": before if device.type != "cuda" else None}
+
+
 CASE_FUNCTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
-    "features": case_features, "linear": case_linear, "lora": case_lora, "packed": case_packed}
+    "features": case_features, "linear": case_linear, "lora": case_lora, "packed": case_packed,
+    "precision": case_precision, "memory": case_memory}
 
 
 def run_benchmark(settings: BenchSettings, cases: tuple[str, ...] = CASES,
@@ -345,13 +424,15 @@ def run_benchmark(settings: BenchSettings, cases: tuple[str, ...] = CASES,
     """Run the chosen cases; returns a JSON-ready dict (settings, environment, one entry per case)."""
     unknown = [c for c in cases if c not in CASE_FUNCTIONS]
     if unknown:
-        raise ValueError(f"unknown benchmark case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+        raise ValueError(f"unknown benchmark case(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(CASES + EXTRA_CASES)}")
     with tempfile.TemporaryDirectory(prefix="cytotune-bench-") as tmp:
         bench = Bench(settings, Path(tmp))
         bench.warm_up()
         out: dict[str, Any] = {
             "settings": dataclasses.asdict(settings),
             "environment": {"torch": torch.__version__, "device": str(bench.device),
+                            "precision": bench.precision, "baseline_precision": "fp32",
                             "gpu": torch.cuda.get_device_name(bench.device)
                             if bench.device.type == "cuda" else None,
                             "cpu_threads": torch.get_num_threads()},

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 
-from cytotune.benchmark.cases import CASES, BenchSettings, run_benchmark
+from cytotune.benchmark.cases import CASES, EXTRA_CASES, BenchSettings, run_benchmark
 
 MLCC_HINT = "../shared/data/mlcc"
 
@@ -43,13 +43,21 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--image-size", type=int, default=BenchSettings.image_size,
                    help="override the card's input size (cards whose model takes any size)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="cytotune's autocast precision (auto: bf16 on CUDA, fp32 on CPU; bf16 is "
+                        "fast on CPUs with native bf16); the baseline always runs in fp32")
+    p.add_argument("--cases", default=",".join(CASES),
+                   help=f"comma-separated: {', '.join(CASES)} (the default), or also "
+                        f"{', '.join(EXTRA_CASES)} (cytotune fp32 vs bf16; peak memory of LoRA "
+                        f"training steps at --batch-size, --rank, --targets)")
     p.add_argument("--seeds", type=_ints, default=BenchSettings.seeds)
     p.add_argument("--lrs", type=_floats, default=BenchSettings.lrs)
     p.add_argument("--linear-epochs", type=int, default=BenchSettings.linear_epochs)
     p.add_argument("--shots", type=int, default=BenchSettings.shots)
     p.add_argument("--lora-steps", type=int, default=BenchSettings.lora_steps,
                    help="optimizer steps of each LoRA run, both ways (the study: 50 + 100 x shots)")
+    p.add_argument("--batch-size", type=int, default=BenchSettings.batch_size,
+                   help="training batch size of every case, both ways (default 32, the study's)")
     p.add_argument("--pack", type=int, default=BenchSettings.pack, help="runs in the packed case")
     p.add_argument("--baseline-workers", type=int, default=min(5, os.cpu_count() or 1),
                    help="DataLoader workers of the baseline (the reference code uses 5)")
@@ -77,10 +85,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         data=str(data), layout=layout, model=args.model, weights=args.weights,
         random_weights=args.weights is None and not args.pretrained, image_size=args.image_size or None,
-        device=args.device, seeds=args.seeds, lrs=args.lrs, linear_epochs=args.linear_epochs,
+        device=args.device, precision=args.precision, seeds=args.seeds, lrs=args.lrs, linear_epochs=args.linear_epochs,
         shots=args.shots, lora_steps=args.lora_steps, pack=args.pack,
         baseline_workers=args.baseline_workers, peak_tflops=args.peak_tflops,
-        compile=args.compile, rank=args.rank,
+        compile=args.compile, rank=args.rank, batch_size=args.batch_size,
         targets=tuple(t.strip() for t in args.targets.split(",")) if args.targets else None)
     cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
     result = run_benchmark(settings, cases, progress=lambda name, r: console.print(
@@ -118,6 +126,21 @@ def summary_line(name: str, r: dict[str, Any]) -> str:
                 f"{r['sequential']['wall_s']:.1f} s -> {r['packed']['wall_s']:.1f} s "
                 f"({r['wall_ratio']:.2f}x); max test accuracy difference "
                 f"{r['max_test_accuracy_difference']:.2g}; packed {_mfu(r['utilisation_packed'])}")
+    if name == "precision":
+        return "; ".join(
+            f"{kind} ({r[kind]['runs']} run(s)) bf16 {r[kind]['bf16_speedup']:.2f}x fp32's speed "
+            f"({r[kind]['fp32']['wall_s']:.1f} s -> {r[kind]['bf16']['wall_s']:.1f} s), test "
+            f"accuracy difference max {r[kind]['max_test_accuracy_difference']:.3f}, mean "
+            f"{r[kind]['mean_test_accuracy_difference']:.3f}" for kind in ("linear", "lora"))
+    if name == "memory":
+        gib = 1024 ** 3
+        extra = ("" if r["resident_before_bytes"] is None else
+                 f" (process resident set; {r['resident_before_bytes'] / gib:.2f} GiB before)")
+        return (f"memory: {r['model']} LoRA r={r['rank']} on {','.join(r['targets'])} "
+                f"({r['lora_parameters']:,} parameters), batch {r['batch']} at "
+                f"{r['image_size']} px, {r['precision']}: peak "
+                f"{r['memory']['peak_bytes'] / gib:.2f} GiB{extra}; last step "
+                f"{r['step_s'][-1]:.1f} s")
     return f"{name}: {json.dumps(r)}"
 
 

@@ -22,7 +22,7 @@ from cytotune.data.images import load_rgb, resize_and_crop, to_rgb
 from cytotune.inference.run import RunFiles, build_merged_backbone, load_head, read_run
 from cytotune.models import Preprocessing
 from cytotune.training.augment import normalise
-from cytotune.training.features import autocast_for
+from cytotune.training.features import autocast_for, fp32_head
 from cytotune.training.runner import resolve_device
 from cytotune.training.task import MULTI_LABEL, Task, task_for
 
@@ -93,7 +93,7 @@ class CytotuneModel(nn.Module):
         return len(self.class_names)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(pixels))
+        return fp32_head(self.head, self.backbone(pixels))
 
     # -- images -> uint8 tensors -------------------------------------------------------------
     def _resize(self, image: Image.Image) -> torch.Tensor:
@@ -150,7 +150,7 @@ class CytotuneModel(nn.Module):
         """Probabilities (N, C), float32 on the CPU, of uint8 (N, 3, S, S) pixels (softmax over
         classes; for a multi-label run one sigmoid per label).
 
-        Batched; on CUDA under bf16 autocast, as training evaluated.
+        Batched; at the precision the run trained with (bf16 autocast on CUDA by default).
         """
         was_training = self.training
         self.eval()
@@ -160,7 +160,7 @@ class CytotuneModel(nn.Module):
         try:
             for start in range(0, pixels.shape[0], batch_size):
                 batch = pixels[start:start + batch_size].to(device, non_blocking=True)
-                with autocast_for(device):
+                with autocast_for(device, self.config.precision):
                     logits = self(normalise(batch, pre.mean, pre.std))
                 out.append(self.task.probabilities(logits).cpu())
         finally:

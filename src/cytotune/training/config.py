@@ -139,6 +139,9 @@ class TrainConfig:
     fraction: Optional[float] = None  # percent of train, stratified; None: all
     seed: int = 1
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    # autocast precision: "auto" is bf16 on CUDA, fp32 on a CPU; "bf16" on a CPU with native
+    # bf16 (avx512_bf16, AMX) is much faster; weights, optimizer state and heads stay fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     out: Optional[str] = None  # run directory; None: nothing written
     cache_dir: Optional[str] = ".cytotune_cache"  # decoded images and features; None: no cache
     overwrite: bool = False

@@ -24,16 +24,40 @@ from cytotune.training.augment import normalise
 log = logging.getLogger(__name__)
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA, nothing on CPU (CPU bf16 is slower there and changes results)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """"fp32" or "bf16" for ``precision`` on ``device``. "auto" is bf16 on CUDA and fp32 on a
+    CPU: CPU results stay those of plain fp32 unless bf16 is asked for. Asked for, bf16 on a CPU
+    with native bf16 instructions (avx512_bf16, AMX) runs a ViT's forward about 2.7x faster on
+    the project's machine (docs/performance.md); on other CPUs it is emulated and slower."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """bf16 autocast where :func:`resolve_precision` says bf16 (weights stay fp32), else nothing."""
+    if resolve_precision(device, precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def fp32_head(head: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """``head(features)`` in fp32 whatever autocast is active: the head's matmul costs nothing
+    next to the backbone, and this way a linear probe (on cached float features), LoRA training
+    and ``predict`` all compute their logits alike, under bf16 too."""
+    with torch.autocast(features.device.type, enabled=False):
+        return head(features.float())
 
 
 @torch.no_grad()
 def extract_features(backbone: torch.nn.Module, pixels: torch.Tensor, mean, std,
-                     device: torch.device, batch_size: int = 64) -> torch.Tensor:
+                     device: torch.device, batch_size: int = 64,
+                     precision: str = "auto") -> torch.Tensor:
     """Pooled features of uint8 images (N,3,H,W) as float32 (N, D) on the CPU."""
     was_training = backbone.training
     backbone.eval()
@@ -41,7 +65,7 @@ def extract_features(backbone: torch.nn.Module, pixels: torch.Tensor, mean, std,
     try:
         for start in range(0, pixels.shape[0], batch_size):
             batch = pixels[start:start + batch_size].to(device, non_blocking=True)
-            with autocast_for(device):
+            with autocast_for(device, precision):
                 feats = backbone(normalise(batch, mean, std))
             out.append(feats.float().cpu())
     finally:
@@ -59,12 +83,26 @@ class FeatureCache:
 
     @staticmethod
     def key(card_name: str, weights_fingerprint: str, preprocessing_fingerprint: str,
-            images_key: str) -> str:
+            images_key: str, precision: str = "fp32") -> str:
+        """``precision``: resolved ("fp32" or "bf16"); bf16 features differ in the last bits."""
         h = hashlib.blake2b(digest_size=16)
-        for part in (card_name, weights_fingerprint, preprocessing_fingerprint, images_key):
+        for part in (card_name, weights_fingerprint, preprocessing_fingerprint, images_key,
+                     precision):
             h.update(part.encode())
             h.update(b"\0")
         return h.hexdigest()
+
+    def features(self, backbone, weights_fingerprint: str, pixels: torch.Tensor, images_key: str,
+                 device: torch.device, precision: str = "auto") -> tuple[torch.Tensor, float, bool]:
+        """Clean features of ``pixels`` (the images behind ``images_key``) through a frozen
+        ``backbone`` whose weights have ``weights_fingerprint``: from the cache, else extracted
+        on ``device`` at ``precision`` and stored. Returns :meth:`get_or_compute`'s triple."""
+        pre = backbone.preprocessing
+        resolved = resolve_precision(device, precision)
+        key = self.key(backbone.card.name, weights_fingerprint, pre.fingerprint(), images_key,
+                       resolved)
+        return self.get_or_compute(key, lambda: extract_features(
+            backbone, pixels, pre.mean, pre.std, device, precision=resolved))
 
     def get_or_compute(self, key: str, compute) -> tuple[torch.Tensor, float, bool]:
         """(features, seconds spent computing (0 on a hit), whether it was a cache hit)."""

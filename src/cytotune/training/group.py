@@ -29,7 +29,7 @@ import torch
 
 from cytotune.data import ImageStore, load_dataset
 from cytotune.training.config import TrainConfig
-from cytotune.training.features import FeatureCache, extract_features
+from cytotune.training.features import FeatureCache
 from cytotune.training.heads import fit_linear_heads
 from cytotune.training.methods import MethodContext, SplitTensors
 from cytotune.training.methods.base import needs_text_encoder
@@ -261,11 +261,9 @@ def _linear_group(members: list[_Member], backbone, union: SplitTensors,
     """Every member's head trained at once on one extraction of the union's features."""
     ctx0 = members[0].ctx
     freeze(backbone, device)
-    pre = backbone.preprocessing
-    key = FeatureCache.key(backbone.card.name, backbone.weights_fingerprint(), pre.fingerprint(),
-                           union.images_key)
-    feats, seconds, hit = ctx0.feature_cache.get_or_compute(
-        key, lambda: extract_features(backbone, union.pixels, pre.mean, pre.std, device))
+    feats, seconds, hit = ctx0.feature_cache.features(
+        backbone, backbone.weights_fingerprint(), union.pixels, union.images_key, device,
+        ctx0.config.precision)
     log.info("features for %d images shared by %d linear probes: %s", len(union.labels),
              len(members), "cache hit" if hit else f"extracted in {seconds:.1f}s")
     feats = feats.to(device)

@@ -23,7 +23,7 @@ from cytotune.adapters import apply_lora, remove_lora
 from cytotune.adapters.io import lora_state_dict
 from cytotune.adapters.packed import check_packable, pack_lora, packed_modules, unpacked
 from cytotune.training.augment import normalise
-from cytotune.training.features import autocast_for
+from cytotune.training.features import autocast_for, fp32_head
 from cytotune.training.loop import (BestState, EvalResult, FitHistory, batch_order,
                                     evaluate_logits, record_evaluation)
 from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
@@ -135,8 +135,9 @@ def _device_of(module: nn.Module) -> torch.device:
 def _logits(model: PackedClassifier, routing, run: int, ctx: MethodContext,
             x: torch.Tensor) -> torch.Tensor:
     pre = ctx.backbone.preprocessing
-    with routing.only(run, x.shape[0]), autocast_for(ctx.device):
-        return model.heads[run](model.backbone(normalise(x.to(ctx.device), pre.mean, pre.std)))
+    with routing.only(run, x.shape[0]), autocast_for(ctx.device, ctx.config.precision):
+        return fp32_head(model.heads[run],
+                         model.backbone(normalise(x.to(ctx.device), pre.mean, pre.std)))
 
 
 def _evaluate(model: PackedClassifier, routing, run: int, ctx: MethodContext,
@@ -169,14 +170,12 @@ def _fit_packed(model: PackedClassifier, routing, ctxs: list[MethodContext],
         data_s = time.perf_counter() - t0
         x = torch.cat([b[0] for b in batches])
         routing.segments = [(k, len(b[0])) for k, b in zip(active, batches)]
-        with autocast_for(device):
+        with autocast_for(device, ctxs[0].config.precision):
             feats = model.backbone(x)
         losses = []
         for (k, _), f, (_, y) in zip(routing.segments, feats.split([n for _, n in
                                                                      routing.segments]), batches):
-            with autocast_for(device):
-                logits = model.heads[k](f)
-            losses.append(task.loss(logits, y))
+            losses.append(task.loss(fp32_head(model.heads[k], f), y))
         optimizer.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
         optimizer.step()

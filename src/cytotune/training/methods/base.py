@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from cytotune.training.augment import normalise, random_dihedral
 from cytotune.training.config import TrainConfig
-from cytotune.training.features import FeatureCache
+from cytotune.training.features import FeatureCache, fp32_head
 from cytotune.training.loop import EvalResult, FitHistory
 from cytotune.training.task import SINGLE_LABEL, Task
 
@@ -133,7 +133,7 @@ class Classifier(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return fp32_head(self.head, self.backbone(x))
 
 
 # Training images kept on the accelerator when they fit in this budget (uint8; few-shot sets and

@@ -85,16 +85,16 @@ def run_clip_lora(ctx: MethodContext) -> MethodResult:
 
     def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        with autocast_for(ctx.device):
+        with autocast_for(ctx.device, ctx.config.precision):
             logits = model(x)
         return ctx.task.loss(logits, y)
 
     def evaluate(split: SplitTensors) -> EvalResult:
-        with torch.no_grad(), autocast_for(ctx.device):
+        with torch.no_grad(), autocast_for(ctx.device, ctx.config.precision):
             weights = model.class_weights()  # once per pass, not per batch
 
         def logits_of(x: torch.Tensor) -> torch.Tensor:
-            with autocast_for(ctx.device):
+            with autocast_for(ctx.device, ctx.config.precision):
                 images = model.image_embeddings(normalise(x.to(ctx.device), pre.mean, pre.std))
             return model.logit_scale * images @ weights.T
 

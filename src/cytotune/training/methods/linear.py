@@ -10,7 +10,6 @@ import logging
 
 import torch
 
-from cytotune.training.features import FeatureCache, extract_features
 from cytotune.training.heads import HeadProblem, fit_linear_heads
 from cytotune.training.loop import EvalResult, FitHistory, evaluate_logits
 from cytotune.training.methods.base import (MethodContext, MethodResult, SplitTensors,
@@ -23,10 +22,9 @@ def frozen_features(ctx: MethodContext, split: SplitTensors,
                     weights_fingerprint: str) -> tuple[torch.Tensor, float]:
     """Clean features of a split's images from the feature cache (computed on a miss);
     ``weights_fingerprint``: the backbone's, computed once by the caller (it reads every weight)."""
-    bb, pre = ctx.backbone, ctx.backbone.preprocessing
-    key = FeatureCache.key(bb.card.name, weights_fingerprint, pre.fingerprint(), split.images_key)
-    feats, seconds, hit = ctx.feature_cache.get_or_compute(
-        key, lambda: extract_features(bb, split.pixels, pre.mean, pre.std, ctx.device))
+    feats, seconds, hit = ctx.feature_cache.features(ctx.backbone, weights_fingerprint,
+                                                     split.pixels, split.images_key, ctx.device,
+                                                     ctx.config.precision)
     log.info("features for %d images: %s", len(split.labels),
              "cache hit" if hit else f"extracted in {seconds:.1f}s")
     return feats, seconds

@@ -43,12 +43,12 @@ def run_lora(ctx: MethodContext) -> MethodResult:
 
     def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        with autocast_for(ctx.device):
+        with autocast_for(ctx.device, ctx.config.precision):
             logits = forward(x)
         return ctx.task.loss(logits, y)
 
     def logits_of(x: torch.Tensor) -> torch.Tensor:
-        with autocast_for(ctx.device):
+        with autocast_for(ctx.device, ctx.config.precision):
             return forward(normalise(x.to(ctx.device), pre.mean, pre.std))
 
     def evaluate(split: SplitTensors) -> EvalResult:

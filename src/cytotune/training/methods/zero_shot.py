@@ -12,7 +12,6 @@ import logging
 
 import torch
 
-from cytotune.training.features import FeatureCache, extract_features
 from cytotune.training.loop import EvalResult, FitHistory, evaluate_logits
 from cytotune.training.methods.base import (MethodContext, MethodResult, NormalisedLinear,
                                             SplitTensors, text_class_weights)
@@ -32,7 +31,7 @@ def clip_head(class_weights: torch.Tensor, logit_scale: float) -> NormalisedLine
 
 def run_zero_shot(ctx: MethodContext) -> MethodResult:
     """Image-text similarity with the card's text tower, tokenizer and logit scale; nothing trains."""
-    bb, pre = ctx.backbone, ctx.backbone.preprocessing
+    bb = ctx.backbone
     bb.to(ctx.device).eval()
     for p in bb.parameters():
         p.requires_grad_(False)
@@ -40,9 +39,9 @@ def run_zero_shot(ctx: MethodContext) -> MethodResult:
     fingerprint = bb.weights_fingerprint()
 
     def evaluate(split: SplitTensors) -> tuple[EvalResult, float]:
-        key = FeatureCache.key(bb.card.name, fingerprint, pre.fingerprint(), split.images_key)
-        feats, seconds, _ = ctx.feature_cache.get_or_compute(
-            key, lambda: extract_features(bb, split.pixels, pre.mean, pre.std, ctx.device))
+        feats, seconds, _ = ctx.feature_cache.features(bb, fingerprint, split.pixels,
+                                                       split.images_key, ctx.device,
+                                                       ctx.config.precision)
         feats = feats.to(ctx.device)
         return evaluate_logits(head, lambda idx: feats[idx.to(ctx.device)], split.labels,
                                4096, ctx.task), seconds
