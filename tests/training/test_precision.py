@@ -1,6 +1,8 @@
 """The ``precision`` option: bf16 autocast asked for on a CPU, fp32 by default there."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -52,6 +54,9 @@ def test_bf16_linear_probe_caches_its_own_features_and_predicts_as_it_trained(
     fp32 = cytotune.train(out=str(tmp_path / "fp32"), **common)
     bf16 = cytotune.train(out=str(tmp_path / "bf16"), precision="bf16", **common)
     assert fp32.timings["feature_extraction_s"] > 0
+    # on a CPU "auto" means fp32, and metrics.json says so
+    assert json.loads((tmp_path / "fp32" / "metrics.json").read_text())["environment"][
+        "precision"] == "fp32"
     assert bf16.timings["feature_extraction_s"] > 0  # not served the fp32 features
     files = sorted((cache / "features").glob("*.safetensors"))
     assert len(files) == 6  # train, val, test at each precision
@@ -80,6 +85,7 @@ def test_bf16_lora_run_keeps_fp32_weights(synthetic_data, tiny_model_names, tmp_
                          **load_file(str(run / "head.safetensors"))}.items():
         assert tensor.dtype == torch.float32, name
     assert cytotune.load(run).config.precision == "bf16"
+    assert json.loads((run / "metrics.json").read_text())["environment"]["precision"] == "bf16"
     # predict merges LoRA into the weights, then runs in bf16 as training evaluated: the same
     # probabilities up to bf16 rounding of the merged weights
     reference = pd.read_csv(run / "predictions.csv")

@@ -28,7 +28,7 @@ from cytotune.data.sampling import FEW_SHOT_VALIDATION_MAX
 from cytotune.models import build_backbone, get_card
 from cytotune.models.text import build_text_encoder
 from cytotune.training.config import TrainConfig
-from cytotune.training.features import FeatureCache
+from cytotune.training.features import FeatureCache, resolve_precision
 from cytotune.training.methods import METHODS, TRAINING_FREE, MethodContext, SplitTensors
 from cytotune.training.methods.base import needs_text_encoder
 from cytotune.training.metrics import coarse_class_map, coarse_level_metrics
@@ -396,5 +396,8 @@ def _write_run(writer: RunWriter, result: RunResult, backbone: torch.nn.Module,
         "memory": result.memory,
         "history": result.history,
         "environment": {"cytotune": __version__, "torch": torch.__version__,
-                        "python": platform.python_version(), "device": config.device},
+                        "python": platform.python_version(), "device": config.device,
+                        # what "auto" meant on this machine: bf16 autocast or plain fp32
+                        "precision": resolve_precision(resolve_device(config.device),
+                                                       config.precision)},
     })
