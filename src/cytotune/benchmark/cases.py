@@ -170,6 +170,15 @@ class Bench:
                                          ("test", idx.test)))  # type: ignore[return-value]
 
 
+def _train_together(configs: list[TrainConfig], pack_size: int = 8) -> list:
+    """cytotune's grouped training of ``configs``; a failed run fails the case."""
+    results = run_training_group(configs, pack_size=pack_size)
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results
+
+
 # ---- cases ---------------------------------------------------------------------------------------
 def case_features(bench: Bench) -> dict[str, Any]:
     """Feature extraction: a plain forward over normalised in-memory tensors (the ceiling),
@@ -218,14 +227,7 @@ def case_linear(bench: Bench) -> dict[str, Any]:
     configs = [bench.config(**{"method": "linear", "seed": seed, "optim.lr": lr,
                                "optim.linear_epochs": s.linear_epochs}) for seed, lr in grid]
 
-    def ours() -> list:
-        results = run_training_group(configs)
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return results
-
-    results, ours_s, ours_mem = _timed(ours, bench.device)
+    results, ours_s, ours_mem = _timed(lambda: _train_together(configs), bench.device)
 
     def baseline() -> list[dict[str, float]]:
         out = []
@@ -320,14 +322,8 @@ def case_packed(bench: Bench) -> dict[str, Any]:
                                "seed": seed, "optim.lr": lr}) for seed, lr in grid]
     sequential, seq_s, seq_mem = _timed(lambda: [run_training(c) for c in configs], bench.device)
 
-    def packed() -> list:
-        results = run_training_group(configs, pack_size=len(configs))
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return results
-
-    packed_results, pack_s, pack_mem = _timed(packed, bench.device)
+    packed_results, pack_s, pack_mem = _timed(
+        lambda: _train_together(configs, pack_size=len(configs)), bench.device)
     seq_train = sum(r.timings["step_s"] for r in sequential)
     pack_train = sum(r.timings["step_s"] for r in packed_results)  # shares of one loop
     per_run_batch = min(s.batch_size, len(prepare_run_data(configs[0]).indices.train))
@@ -356,15 +352,7 @@ def case_precision(bench: Bench) -> dict[str, Any]:
         timed = {}
         for precision in ("fp32", "bf16"):
             configs = [bench.config(**options, precision=precision) for options in option_sets]
-
-            def ours(configs=configs) -> list:
-                results = run_training_group(configs)
-                for r in results:
-                    if isinstance(r, Exception):
-                        raise r
-                return results
-
-            results, wall_s, _ = _timed(ours, bench.device)
+            results, wall_s, _ = _timed(lambda: _train_together(configs), bench.device)
             timed[precision] = {"wall_s": wall_s, "test_accuracy": [
                 r.metrics["test"]["accuracy"] for r in results]}
         diffs = [abs(a - b) for a, b in zip(timed["fp32"]["test_accuracy"],
