@@ -163,3 +163,25 @@ def test_unpackable_lora_falls_back_to_runs_alone_before_decoding(synthetic_data
     for r in results:
         assert not isinstance(r, Exception), r
         assert "packed_runs" not in r.timings and (r.out_dir / "adapter.safetensors").exists()
+
+
+def test_packed_lora_in_bf16_on_cpu(synthetic_data, checkpoints, tmp_path):
+    # runs of other precisions never share a pack; a bf16 pack trains, and its runs give what
+    # they give alone up to bf16 rounding (the batched low-rank matmul rounds differently)
+    grid = [(1, 1e-3, 2), (2, 3e-3, 2)]
+    kwargs = dict(val_every=3, rank=2, alpha=2.0, steps=6)
+    mixed = (_configs(synthetic_data, checkpoints["uni-tiny"], "uni-tiny", "lora", grid,
+                      tmp_path / "m", precision="bf16", **kwargs)
+             + _configs(synthetic_data, checkpoints["uni-tiny"], "uni-tiny", "lora", grid,
+                        tmp_path / "n", **kwargs))
+    assert plan_groups(mixed, pack_size=8) == [[0, 1], [2, 3]]
+    alone = [run_training(c) for c in _configs(synthetic_data, checkpoints["uni-tiny"], "uni-tiny",
+                                               "lora", grid, tmp_path / "a", precision="bf16",
+                                               **kwargs)]
+    together = run_training_group(mixed[:2], pack_size=8)
+    for a, b in zip(alone, together):
+        assert not isinstance(b, Exception), b
+        assert b.timings["packed_runs"] == 2
+        pa = a.predictions.filter(like="prob_").to_numpy()
+        pb = b.predictions.filter(like="prob_").to_numpy()
+        assert abs(pa - pb).max() < 2e-2
