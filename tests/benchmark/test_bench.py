@@ -78,3 +78,16 @@ def test_bench_on_mlcc_features_case(mlcc_root, tmp_path):
                  "--cases", "features", "--baseline-workers", "0", "--json", str(out)]) == 0
     case = json.loads(out.read_text())["cases"]["features"]
     assert case["images"] == 950
+
+
+def test_bench_heads_script_runs_and_prints_both_times():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_heads.py"
+    done = subprocess.run([sys.executable, str(script), "--train", "20", "--val", "8", "--dim", "6",
+                           "--epochs", "2", "--batch-size", "8"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "15 heads, 6 steps each" in done.stdout and "one by one" in done.stdout
