@@ -51,6 +51,17 @@ def test_bench_precision_applies_to_cytotune_only(synthetic_data, tmp_path):
     assert 0 <= compared["linear"]["max_test_accuracy_difference"] <= 1
 
 
+def test_bench_memory_case_counts_the_lora_parameters(synthetic_data, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(synthetic_data), "--model", "uni-tiny", "--cases",
+                 "memory", "--rank", "4", "--targets", "q,k,v,o", "--batch-size", "4",
+                 "--json", str(out)]) == 0
+    case = json.loads(out.read_text())["cases"]["memory"]
+    assert case["batch"] == 4 and case["rank"] == 4 and case["targets"] == ["q", "k", "v", "o"]
+    assert case["lora_parameters"] > 0 and len(case["step_s"]) == case["steps"] == 2
+    assert case["memory"]["peak_bytes"] >= case["resident_before_bytes"] > 0
+
+
 def test_unknown_case_is_named(synthetic_data, tmp_path):
     assert main(["bench", "--data", str(synthetic_data), "--cases", "features,warp",
                  "--json", str(tmp_path / "b.json")]) == 2

@@ -39,6 +39,10 @@ def test_autocast_for_cpu_bf16_computes_in_bf16():
 def test_unknown_precision_is_a_config_error_naming_the_option(synthetic_data):
     with pytest.raises(ConfigError, match="precision"):
         build_config(data=str(synthetic_data), precision="fp16")
+    config = build_config(data=str(synthetic_data))
+    config.precision = "fp16"  # set from Python, past the loader's type check
+    with pytest.raises(ConfigError, match="precision"):
+        config.validate()
 
 
 def _prob_columns(frame: pd.DataFrame) -> list[str]:
@@ -74,6 +78,12 @@ def test_bf16_linear_probe_caches_its_own_features_and_predicts_as_it_trained(
     frame = predict(run, run / "predictions.csv", out=tmp_path / "again.csv", device="cpu")
     cols = _prob_columns(reference)
     assert abs(frame[cols].to_numpy() - reference[cols].to_numpy()).max() < 1e-5
+    # asked for fp32, it computes in fp32: close to, but not exactly, what the bf16 run wrote
+    as_fp32 = predict(run, run / "predictions.csv", device="cpu", precision="fp32")
+    gap = abs(as_fp32[cols].to_numpy() - reference[cols].to_numpy()).max()
+    assert 1e-6 < gap < 5e-2
+    with pytest.raises(ValueError, match="precision must be one of"):
+        cytotune.load(run, precision="fp16")
 
 
 def test_bf16_lora_run_keeps_fp32_weights(synthetic_data, tiny_model_names, tmp_path):

@@ -209,16 +209,22 @@ def test_text_initialised_runs_start_from_the_text_head(synthetic_data, tmp_path
     assert result.trainable_parameters["head"] == weights.numel() + len(result.class_names)
 
 
-def test_text_encoder_runs_load_and_predict(synthetic_data, tmp_path):
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_text_encoder_runs_load_and_predict(synthetic_data, tmp_path, precision):
+    # in bf16 too: the saved head and the test metrics share fp32 class embeddings and an fp32
+    # classifier matmul, so predict reproduces predictions.csv
     out = tmp_path / "lt"
     result = cytotune.train(data=str(synthetic_data), model=MODEL, method="lora", encoder="text",
-                            rank=2, shots=2, seed=1, out=str(out), cache_dir=None, **FAST)
+                            rank=2, shots=2, seed=1, out=str(out), cache_dir=None,
+                            precision=precision, **FAST)
     assert (out / "text_adapter.safetensors").is_file()
     assert not (out / "adapter.safetensors").exists()  # the image tower was not adapted
     model = cytotune.load(out)
     probs = result.predictions[[f"prob_{c}" for c in result.class_names]].to_numpy()
     np.testing.assert_allclose(model.predict(list(result.predictions["path"])).probs.numpy(),
                                probs, atol=1e-5)
+    if precision == "bf16":
+        return  # exports compute in fp32
     from cytotune.inference.export import ExportError, export
 
     with pytest.raises(ExportError, match="onnx"):

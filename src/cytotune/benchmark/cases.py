@@ -154,8 +154,9 @@ class Bench:
             Path(path).read_bytes()
         backbone = build_run_backbone(config).to(self.device).eval()
         size = backbone.preprocessing.image_size
-        with torch.no_grad(), autocast_for(self.device, self.precision):
-            backbone(torch.zeros(8, 3, size, size, device=self.device))
+        for precision in ("fp32", "bf16"):  # the precision case times both
+            with torch.no_grad(), autocast_for(self.device, precision):
+                backbone(torch.zeros(8, 3, size, size, device=self.device))
 
     def datasets(self, config) -> tuple[ref.FileImages, ref.FileImages, ref.FileImages]:
         """The run's train/val/test images as the baseline reads them (same rows as cytotune;

@@ -58,7 +58,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         frame = predict(args.run_dir, args.input, out=args.out, device=args.device,
                         batch_size=args.batch_size, num_workers=args.num_workers,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, precision=args.precision)
     except _user_errors() as err:
         console.print(f"[red]error:[/red] {escape(str(err))}")
         return 2
@@ -129,6 +129,9 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=_positive, default=64, help="images per batch")
     p.add_argument("--num-workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="autocast precision (default: the run's own setting, whose 'auto' is "
+                        "bf16 on CUDA and fp32 on a CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = subparsers.add_parser(

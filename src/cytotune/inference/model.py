@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ from cytotune.data.images import load_rgb, resize_and_crop, to_rgb
 from cytotune.inference.run import RunFiles, build_merged_backbone, load_head, read_run
 from cytotune.models import Preprocessing
 from cytotune.training.augment import normalise
-from cytotune.training.features import autocast_for, fp32_head
+from cytotune.training.features import autocast_for, fp32_head, resolve_precision
 from cytotune.training.runner import resolve_device
 from cytotune.training.task import MULTI_LABEL, Task, task_for
 
@@ -83,6 +83,9 @@ class CytotuneModel(nn.Module):
         self.run_dir: Path = run.path
         # multi-label runs (metrics.json "task") give one sigmoid per label instead of a softmax
         self.task: Task = task_for(run.metrics.get("task") == MULTI_LABEL.name)
+        # autocast precision of predict(): the run's setting ("auto": bf16 on CUDA, fp32 on a
+        # CPU, on the device the model is on now); "fp32" or "bf16" to override
+        self.precision: str = run.config.precision
 
     @property
     def device(self) -> torch.device:
@@ -150,7 +153,8 @@ class CytotuneModel(nn.Module):
         """Probabilities (N, C), float32 on the CPU, of uint8 (N, 3, S, S) pixels (softmax over
         classes; for a multi-label run one sigmoid per label).
 
-        Batched; at the precision the run trained with (bf16 autocast on CUDA by default).
+        Batched; at :attr:`precision` (the run's setting unless overridden: bf16 autocast on
+        CUDA by default, fp32 on a CPU).
         """
         was_training = self.training
         self.eval()
@@ -160,7 +164,7 @@ class CytotuneModel(nn.Module):
         try:
             for start in range(0, pixels.shape[0], batch_size):
                 batch = pixels[start:start + batch_size].to(device, non_blocking=True)
-                with autocast_for(device, self.config.precision):
+                with autocast_for(device, self.precision):
                     logits = self(normalise(batch, pre.mean, pre.std))
                 out.append(self.task.probabilities(logits).cpu())
         finally:
@@ -181,14 +185,20 @@ class CytotuneModel(nn.Module):
                 f"method={self.config.method!r}, classes={self.class_names}")
 
 
-def load(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu") -> CytotuneModel:
+def load(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu",
+         precision: Optional[str] = None) -> CytotuneModel:
     """The model a run trained, ready for inference: backbone rebuilt as training built it, LoRA
     adapter checked and merged into the base weights, head checked against the class names and
-    the feature width. ``device``: "cpu", "cuda", "cuda:N" or "auto"."""
+    the feature width. ``device``: "cpu", "cuda", "cuda:N" or "auto". ``precision``: predict's
+    autocast ("auto", "fp32", "bf16"); None: the run's own setting."""
+    if precision is not None:
+        resolve_precision(torch.device("cpu"), precision)  # a bad value fails before the build
     run = read_run(run_dir)
     backbone = build_merged_backbone(run)
     head = load_head(run, backbone.feature_dim)
     model = CytotuneModel(backbone, head, run).eval()
+    if precision is not None:
+        model.precision = precision
     for p in model.parameters():
         p.requires_grad_(False)
     target = resolve_device(str(device)) if not isinstance(device, torch.device) else device

@@ -137,12 +137,14 @@ def _check_out(out: Path, run_dir: Path) -> None:
 
 def predict(run_dir: Union[str, Path], input_path: Union[str, Path],
             out: Optional[Union[str, Path]] = None, device: str = "auto", batch_size: int = 64,
-            num_workers: int = 2, progress: bool = False, model=None) -> pd.DataFrame:
+            num_workers: int = 2, progress: bool = False, model=None,
+            precision: Optional[str] = None) -> pd.DataFrame:
     """Predict every image named by ``input_path`` with the model of ``run_dir``.
 
     Returns the table (``path, [label,] predicted, prob_<class>..., status``) and writes it to
     ``out`` (atomically) when given. ``progress`` shows a rich progress bar. ``model``: an already
-    loaded model of this run (skips loading).
+    loaded model of this run (skips loading). ``precision``: "auto", "fp32" or "bf16" instead of
+    the run's own setting.
     """
     from cytotune.inference.model import load
     from cytotune.inference.run import read_run
@@ -154,7 +156,7 @@ def predict(run_dir: Union[str, Path], input_path: Union[str, Path],
         _check_out(Path(out).expanduser(), run_dir)
     inputs = collect_inputs(input_path)
     if model is None:
-        model = load(run_dir, device=device)
+        model = load(run_dir, device=device, precision=precision)
     if progress:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)

@@ -163,6 +163,8 @@ class TrainConfig:
             raise ConfigError("data.source is required (a folder, a CSV file, or a named layout's root)")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.encoder != "vision" and self.method not in ("lora", "zero-shot"):
             # zero-shot uses both towers as they are, so a sweep's shared encoder fits it too;
             # other methods train an image-feature head, which the text tower would not feed

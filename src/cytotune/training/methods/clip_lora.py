@@ -55,7 +55,9 @@ class ClipClassifier(nn.Module):
             return F.normalize(self.backbone(pixels).float(), dim=-1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * self.image_embeddings(pixels) @ self.class_weights().T
+        images, weights = self.image_embeddings(pixels), self.class_weights()
+        with torch.autocast(pixels.device.type, enabled=False):  # the classifier in fp32
+            return self.logit_scale * images @ weights.T
 
 
 def run_clip_lora(ctx: MethodContext) -> MethodResult:
@@ -90,8 +92,8 @@ def run_clip_lora(ctx: MethodContext) -> MethodResult:
         return ctx.task.loss(logits, y)
 
     def evaluate(split: SplitTensors) -> EvalResult:
-        with torch.no_grad(), autocast_for(ctx.device, ctx.config.precision):
-            weights = model.class_weights()  # once per pass, not per batch
+        with torch.no_grad():  # once per pass, not per batch; fp32 as the saved head has them
+            weights = model.class_weights()
 
         def logits_of(x: torch.Tensor) -> torch.Tensor:
             with autocast_for(ctx.device, ctx.config.precision):
