@@ -69,13 +69,16 @@ class DecodedImages:
 
     ``pixels[j]`` is the image ``paths[kept[j]]``; ``bad`` lists (path, reason) of skipped files.
     ``key`` is the content key of these files at these settings (set by :class:`ImageStore`, ""
-    from :func:`decode_images`), for downstream caches such as extracted features.
+    from :func:`decode_images`), for downstream caches such as extracted features;
+    ``image_keys[j]`` the same for the one image ``pixels[j]`` (empty from :func:`decode_images`),
+    so a cache can reuse what it holds of any other set of images.
     """
 
     pixels: torch.Tensor  # uint8, (N, 3, crop, crop)
     kept: np.ndarray  # int64, (N,)
     bad: list[tuple[Path, str]] = field(default_factory=list)
     key: str = ""
+    image_keys: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.kept.shape[0])
@@ -336,6 +339,8 @@ class ImageStore:
             path, reason = decoded.bad[0]
             raise ImageDecodeError(path, reason, SKIP_BAD_HINT)
         decoded.key = key
+        decoded.image_keys = [self._key([digests[i]], resize_size, crop_size, interpolation)
+                              for i in decoded.kept.tolist()]
         return decoded
 
     def cache_key(self, paths: Sequence[Path | str], resize_size: int, crop_size: int,

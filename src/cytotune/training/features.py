@@ -1,9 +1,11 @@
 """Frozen-backbone features, computed once and cached on disk.
 
 The cache key covers everything that changes a feature vector: the card, a fingerprint of the
-actual weights, the preprocessing, and the content of every image (via the image store's key).
-A peer framework keys its cache on a folder path alone and serves stale embeddings after a
-change of weights or transforms; this one cannot. Only clean (un-augmented) views are cached.
+actual weights, the preprocessing, the precision, and the content of every image (via the image
+store's keys). A peer framework keys its cache on a folder path alone and serves stale embeddings
+after a change of weights or transforms; this one cannot. Features are held image by image, so
+any set of images (another seed's few-shot sample, a larger fraction, a resumed sweep chunk)
+extracts only the images not held yet. Only clean (un-augmented) views are cached.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -93,16 +95,30 @@ class FeatureCache:
         return h.hexdigest()
 
     def features(self, backbone, weights_fingerprint: str, pixels: torch.Tensor, images_key: str,
-                 device: torch.device, precision: str = "auto") -> tuple[torch.Tensor, float, bool]:
+                 device: torch.device, precision: str = "auto",
+                 image_keys: Sequence[str] = ()) -> tuple[torch.Tensor, float, bool]:
         """Clean features of ``pixels`` (the images behind ``images_key``) through a frozen
-        ``backbone`` whose weights have ``weights_fingerprint``: from the cache, else extracted
-        on ``device`` at ``precision`` and stored. Returns :meth:`get_or_compute`'s triple."""
+        ``backbone`` whose weights have ``weights_fingerprint``, at ``precision`` on ``device``.
+
+        With ``image_keys`` (one content key per image) the cache is a bank per (backbone,
+        weights, preprocessing, precision) holding features image by image: only images it does
+        not hold yet are extracted, so a run on other shots, another seed's sample or a resumed
+        sweep chunk reuses every image extracted before. Without them, one entry per set of
+        images. Returns ``(features, seconds extracting, whether nothing was extracted)``.
+        """
         pre = backbone.preprocessing
         resolved = resolve_precision(device, precision)
-        key = self.key(backbone.card.name, weights_fingerprint, pre.fingerprint(), images_key,
-                       resolved)
-        return self.get_or_compute(key, lambda: extract_features(
-            backbone, pixels, pre.mean, pre.std, device, precision=resolved))
+
+        def extract(subset: torch.Tensor) -> torch.Tensor:
+            return extract_features(backbone, subset, pre.mean, pre.std, device, precision=resolved)
+
+        if self.cache_dir is None or len(image_keys) != len(pixels) or not len(pixels):
+            key = self.key(backbone.card.name, weights_fingerprint, pre.fingerprint(), images_key,
+                           resolved)
+            return self.get_or_compute(key, lambda: extract(pixels))
+        bank = self.cache_dir / self.key(backbone.card.name, weights_fingerprint,
+                                         pre.fingerprint(), "per-image bank", resolved)
+        return _FeatureBank(bank).features(list(image_keys), pixels, extract)
 
     def get_or_compute(self, key: str, compute) -> tuple[torch.Tensor, float, bool]:
         """(features, seconds spent computing (0 on a hit), whether it was a cache hit)."""
@@ -123,3 +139,69 @@ class FeatureCache:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         return feats, elapsed, False
+
+
+class _FeatureBank:
+    """Features image by image in one folder: chunk files ``<id>.safetensors`` holding
+    ``features`` (n, D) and ``keys`` (n, 16) uint8, the images' content keys. A chunk is written
+    atomically under a fresh name, so concurrent runs never clash (an image extracted twice is
+    simply held twice); an unreadable chunk is ignored with a warning and its images extracted
+    again."""
+
+    KEY_BYTES = 16
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @classmethod
+    def _key_bytes(cls, key: str) -> bytes:
+        return hashlib.blake2b(key.encode(), digest_size=cls.KEY_BYTES).digest()
+
+    def features(self, keys: list[str], pixels: torch.Tensor,
+                 extract) -> tuple[torch.Tensor, float, bool]:
+        wanted = [self._key_bytes(k) for k in keys]
+        needed = set(wanted)
+        found: dict[bytes, torch.Tensor] = {}
+        for chunk in sorted(self.folder.glob("*.safetensors")) if self.folder.is_dir() else []:
+            if not needed - found.keys():
+                break
+            try:
+                tensors = load_file(str(chunk))
+                feats, chunk_keys = tensors["features"], tensors["keys"]
+                if feats.dim() != 2 or chunk_keys.shape != (feats.shape[0], self.KEY_BYTES):
+                    raise ValueError(f"features {tuple(feats.shape)}, keys {tuple(chunk_keys.shape)}")
+            except Exception as err:  # noqa: BLE001 - any unreadable chunk is only a cache miss
+                log.warning("ignoring unusable feature cache chunk %s (%s)", chunk, err)
+                continue
+            for row, key in enumerate(bytes(k) for k in chunk_keys.numpy()):
+                if key in needed and key not in found:
+                    found[key] = feats[row]
+        missing = sorted({i for i, k in enumerate(wanted) if k not in found})
+        first_missing = {}
+        for i in missing:
+            first_missing.setdefault(wanted[i], i)  # one extraction per distinct image
+        seconds = 0.0
+        if first_missing:
+            rows = list(first_missing.values())
+            start = time.perf_counter()
+            new = extract(pixels[torch.as_tensor(rows)])
+            seconds = time.perf_counter() - start
+            self._write_chunk(new, [wanted[i] for i in rows])
+            found.update({wanted[i]: new[j] for j, i in enumerate(rows)})
+            log.info("features: %d of %d images extracted, %d from the cache", len(rows),
+                     len(keys), len(keys) - len(missing))
+        return torch.stack([found[k] for k in wanted]), seconds, not first_missing
+
+    def _write_chunk(self, feats: torch.Tensor, keys: list[bytes]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key_tensor = torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8)
+        name = hashlib.blake2b(b"".join(keys), digest_size=12).hexdigest()
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"features": feats.contiguous(),
+                       "keys": key_tensor.view(len(keys), self.KEY_BYTES).clone()}, tmp)
+            os.replace(tmp, self.folder / f"{name}-{os.getpid()}-{time.time_ns()}.safetensors")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

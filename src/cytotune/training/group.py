@@ -248,7 +248,9 @@ def _subset(union: SplitTensors, position: dict[int, int], rows: np.ndarray, nam
         pixels = union.pixels[index] if keep_pixels else union.pixels[:0]
         shared[key] = SplitTensors(pixels=pixels, labels=union.labels[index],
                                    paths=[union.paths[i] for i in pos.tolist()],
-                                   images_key=f"{union.images_key}:{key}", rows=union.rows[pos])
+                                   images_key=f"{union.images_key}:{key}", rows=union.rows[pos],
+                                   image_keys=[union.image_keys[i] for i in pos.tolist()]
+                                   if union.image_keys else [])
     return shared[key]
 
 
@@ -263,7 +265,7 @@ def _linear_group(members: list[_Member], backbone, union: SplitTensors,
     freeze(backbone, device)
     feats, seconds, hit = ctx0.feature_cache.features(
         backbone, backbone.weights_fingerprint(), union.pixels, union.images_key, device,
-        ctx0.config.precision)
+        ctx0.config.precision, union.image_keys)
     log.info("features for %d images shared by %d linear probes: %s", len(union.labels),
              len(members), "cache hit" if hit else f"extracted in {seconds:.1f}s")
     feats = feats.to(device)

@@ -166,7 +166,8 @@ def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, s
     return SplitTensors(pixels=torch.as_tensor(np.asarray(decoded.pixels)),
                         labels=_targets(data, np.asarray(indices, dtype=np.int64)[kept]),
                         paths=[paths[i] for i in kept], images_key=decoded.key,
-                        rows=np.asarray(indices, dtype=np.int64)[kept])
+                        rows=np.asarray(indices, dtype=np.int64)[kept],
+                        image_keys=list(decoded.image_keys))
 
 
 def _no_images(size: int) -> SplitTensors:

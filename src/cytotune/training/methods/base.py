@@ -26,6 +26,7 @@ class SplitTensors:
     paths: list[Path]
     images_key: str  # content key of these images at this preprocessing (cache key part)
     rows: np.ndarray  # int64 (N,): positions of these images in the data set
+    image_keys: list[str] = field(default_factory=list)  # one content key per image, if known
 
 
 @dataclass

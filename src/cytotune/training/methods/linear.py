@@ -24,7 +24,7 @@ def frozen_features(ctx: MethodContext, split: SplitTensors,
     ``weights_fingerprint``: the backbone's, computed once by the caller (it reads every weight)."""
     feats, seconds, hit = ctx.feature_cache.features(ctx.backbone, weights_fingerprint,
                                                      split.pixels, split.images_key, ctx.device,
-                                                     ctx.config.precision)
+                                                     ctx.config.precision, split.image_keys)
     log.info("features for %d images: %s", len(split.labels),
              "cache hit" if hit else f"extracted in {seconds:.1f}s")
     return feats, seconds

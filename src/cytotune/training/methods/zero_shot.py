@@ -41,7 +41,7 @@ def run_zero_shot(ctx: MethodContext) -> MethodResult:
     def evaluate(split: SplitTensors) -> tuple[EvalResult, float]:
         feats, seconds, _ = ctx.feature_cache.features(bb, fingerprint, split.pixels,
                                                        split.images_key, ctx.device,
-                                                       ctx.config.precision)
+                                                       ctx.config.precision, split.image_keys)
         feats = feats.to(ctx.device)
         return evaluate_logits(head, lambda idx: feats[idx.to(ctx.device)], split.labels,
                                4096, ctx.task), seconds

@@ -1,0 +1,100 @@
+"""The feature cache holds features image by image: any set of images reuses what is held."""
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+import cytotune
+from cytotune.training.features import FeatureCache
+
+CPU = torch.device("cpu")
+
+
+class CountingBackbone(nn.Module):
+    """A stand-in backbone: per-channel means as features; counts the images it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+        self.card = SimpleNamespace(name="counting")
+        self.preprocessing = SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                             fingerprint=lambda: "pre")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += len(x)
+        return x.mean(dim=(2, 3))
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 4, 4), generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.uint8)
+
+
+def test_only_images_not_held_are_extracted(tmp_path):
+    cache, backbone = FeatureCache(tmp_path), CountingBackbone()
+    pixels = _images(4)
+    keys = ["a", "b", "c", "d"]
+    first, seconds, hit = cache.features(backbone, "w", pixels[:3], "abc", CPU,
+                                         image_keys=keys[:3])
+    assert backbone.seen == 3 and seconds > 0 and not hit
+    second, _, hit = cache.features(backbone, "w", pixels[1:], "bcd", CPU, image_keys=keys[1:])
+    assert backbone.seen == 4 and not hit  # only "d" was new
+    torch.testing.assert_close(second[:2], first[1:], rtol=0, atol=0)
+    again, seconds, hit = cache.features(backbone, "w", pixels[[3, 0]], "da", CPU,
+                                         image_keys=["d", "a"])
+    assert backbone.seen == 4 and hit and seconds == 0.0
+    torch.testing.assert_close(again, torch.stack([second[2], first[0]]), rtol=0, atol=0)
+    # another weights fingerprint or precision is another bank
+    cache.features(backbone, "w2", pixels[:1], "a", CPU, image_keys=["a"])
+    cache.features(backbone, "w", pixels[:1], "a", CPU, precision="bf16", image_keys=["a"])
+    assert backbone.seen == 6
+
+
+def test_an_image_asked_twice_is_extracted_once(tmp_path):
+    cache, backbone = FeatureCache(tmp_path), CountingBackbone()
+    pixels = _images(2)
+    feats, _, _ = cache.features(backbone, "w", pixels[[0, 1, 0]], "x", CPU,
+                                 image_keys=["a", "b", "a"])
+    assert backbone.seen == 2
+    torch.testing.assert_close(feats[0], feats[2], rtol=0, atol=0)
+
+
+def test_an_unreadable_chunk_is_ignored_and_its_images_extracted_again(tmp_path, caplog):
+    cache, backbone = FeatureCache(tmp_path), CountingBackbone()
+    pixels = _images(2)
+    expected, _, _ = cache.features(backbone, "w", pixels, "ab", CPU, image_keys=["a", "b"])
+    (chunk,) = list((tmp_path / "features").glob("*/*.safetensors"))
+    chunk.write_bytes(b"not a safetensors file")
+    with caplog.at_level(logging.WARNING):
+        feats, _, hit = cache.features(backbone, "w", pixels, "ab", CPU, image_keys=["a", "b"])
+    assert not hit and backbone.seen == 4
+    assert "unusable feature cache chunk" in caplog.text
+    torch.testing.assert_close(feats, expected, rtol=0, atol=0)
+
+
+def test_without_a_cache_dir_everything_is_extracted():
+    cache, backbone = FeatureCache(None), CountingBackbone()
+    cache.features(backbone, "w", _images(3), "x", CPU, image_keys=["a", "b", "c"])
+    cache.features(backbone, "w", _images(3), "x", CPU, image_keys=["a", "b", "c"])
+    assert backbone.seen == 6
+
+
+def test_a_run_on_all_data_reuses_the_few_shot_runs_images(synthetic_data, tiny_model_names,
+                                                           tmp_path):
+    from safetensors.torch import load_file
+
+    common = dict(data=str(synthetic_data), model=tiny_model_names["uni"], method="linear",
+                  cache_dir=str(tmp_path / "cache"), steps=2, batch_size=8, pretrained=False,
+                  num_workers=0, seed=1, lr=1e-2)
+    cytotune.train(shots=2, **common)  # 2 per class from train and from val, and all of test
+    (bank,) = [d for d in (tmp_path / "cache" / "features").iterdir() if d.is_dir()]
+    before = set(bank.glob("*.safetensors"))
+    assert len(before) == 3
+    cytotune.train(**common)  # all of train and val: the few-shot run's images are held
+    after = set(bank.glob("*.safetensors"))
+    assert len(after - before) == 2  # the rest of train, the rest of val; test was held
+    rows = sum(load_file(str(chunk))["keys"].shape[0] for chunk in after)
+    assert rows == 48  # every image of the data set extracted exactly once over both runs
