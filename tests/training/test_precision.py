@@ -110,6 +110,14 @@ def test_bf16_lora_run_keeps_fp32_weights(synthetic_data, tiny_model_names, tmp_
     frame = predict(run, run / "predictions.csv", out=tmp_path / "again.csv", device="cpu")
     cols = _prob_columns(reference)
     assert abs(frame[cols].to_numpy() - reference[cols].to_numpy()).max() < 5e-3  # 1.4e-3 seen
+    # an export computes in float32, and its README says how that relates to the run
+    from cytotune.inference.export import export
+
+    exported = export(run, tmp_path / "export", format="safetensors")
+    readme = (exported.out_dir / "README.md").read_text()
+    assert "bf16 autocast" in readme and "float32" in readme
+    as_fp32 = predict(run, run / "predictions.csv", device="cpu", precision="fp32")
+    assert abs(as_fp32[cols].to_numpy() - reference[cols].to_numpy()).max() < 5e-3  # 1.4e-3 seen
 
 
 def test_feature_cache_key_depends_on_precision():

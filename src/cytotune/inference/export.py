@@ -414,6 +414,11 @@ def _readme(model: CytotuneModel, fmt: str, code: str, info: dict[str, Any],
             f"{v['max_abs_diff_logits']:.2e} (tolerance {ONNX_ATOL:g} on probabilities).\n",
             "Requires: `onnxruntime`, `pillow`, `numpy`.\n",
         ]
+    used = model.metrics.get("environment", {}).get("precision", model.config.precision)
+    if used == "bf16":
+        lines.append("Note: the run trained and was evaluated under bf16 autocast; this export "
+                     "computes in float32, so its probabilities can differ from the run's "
+                     "predictions.csv in the third decimal.\n")
     lines += ["```python", code.rstrip(), "", 'print(predict(["cell.png"]))', "```", ""]
     lines.append(
         f"Preprocessing: RGB, shorter side resized to {pre.effective_resize} px "
