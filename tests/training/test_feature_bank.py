@@ -98,3 +98,22 @@ def test_a_run_on_all_data_reuses_the_few_shot_runs_images(synthetic_data, tiny_
     assert len(after - before) == 2  # the rest of train, the rest of val; test was held
     rows = sum(load_file(str(chunk))["keys"].shape[0] for chunk in after)
     assert rows == 48  # every image of the data set extracted exactly once over both runs
+
+
+def test_many_chunks_are_merged_into_one_and_every_image_stays_held(tmp_path, monkeypatch):
+    from cytotune.training.features import _FeatureBank
+
+    monkeypatch.setattr(_FeatureBank, "MAX_CHUNKS", 3)
+    cache, backbone = FeatureCache(tmp_path), CountingBackbone()
+    pixels = _images(5)
+    expected = []
+    for i in range(5):  # one new image per call: one chunk each, until the merge
+        feats, _, _ = cache.features(backbone, "w", pixels[i:i + 1], str(i), CPU,
+                                     image_keys=[str(i)])
+        expected.append(feats[0])
+    (bank,) = list((tmp_path / "features").iterdir())
+    assert len(list(bank.glob("*.safetensors"))) <= 3
+    everything, _, hit = cache.features(backbone, "w", pixels, "all", CPU,
+                                        image_keys=[str(i) for i in range(5)])
+    assert hit and backbone.seen == 5
+    torch.testing.assert_close(everything, torch.stack(expected), rtol=0, atol=0)

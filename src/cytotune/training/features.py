@@ -149,6 +149,7 @@ class _FeatureBank:
     again."""
 
     KEY_BYTES = 16
+    MAX_CHUNKS = 32  # beyond this many chunk files, a write merges them into one
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -187,10 +188,40 @@ class _FeatureBank:
             new = extract(pixels[torch.as_tensor(rows)])
             seconds = time.perf_counter() - start
             self._write_chunk(new, [wanted[i] for i in rows])
+            self._compact()
             found.update({wanted[i]: new[j] for j, i in enumerate(rows)})
             log.info("features: %d of %d images extracted, %d from the cache", len(rows),
                      len(keys), len(keys) - len(missing))
         return torch.stack([found[k] for k in wanted]), seconds, not first_missing
+
+    def _compact(self) -> None:
+        """Merge the chunk files into one when there are more than ``MAX_CHUNKS``: a sweep adds
+        a small chunk per run, and every lookup reads chunks until it has what it needs. The
+        merged file is written before the merged chunks are removed, so every image stays held;
+        a concurrent reader that misses a removed chunk extracts its images again."""
+        chunks = sorted(self.folder.glob("*.safetensors"))
+        if len(chunks) <= self.MAX_CHUNKS:
+            return
+        feats, keys, seen, merged = [], [], set(), []
+        for chunk in chunks:
+            try:
+                tensors = load_file(str(chunk))
+                chunk_feats, chunk_keys = tensors["features"], tensors["keys"]
+            except Exception:  # noqa: BLE001 - unreadable: left alone, lookups warn about it
+                continue
+            merged.append(chunk)
+            for row, key in enumerate(bytes(k) for k in chunk_keys.numpy()):
+                if key not in seen:
+                    seen.add(key)
+                    feats.append(chunk_feats[row])
+                    keys.append(key)
+        if len(merged) < 2 or len({f.shape for f in feats}) != 1:
+            return
+        self._write_chunk(torch.stack(feats), keys)
+        for chunk in merged:
+            chunk.unlink(missing_ok=True)
+        log.info("feature cache %s: %d chunks merged into one (%d images)", self.folder,
+                 len(merged), len(keys))
 
     def _write_chunk(self, feats: torch.Tensor, keys: list[bytes]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
