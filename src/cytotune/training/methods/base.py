@@ -1,9 +1,10 @@
 """What every training method receives and returns, and the pieces several methods share."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -12,8 +13,8 @@ import torch.nn.functional as F
 
 from cytotune.training.augment import normalise, random_dihedral
 from cytotune.training.config import TrainConfig
-from cytotune.training.features import FeatureCache, fp32_head
-from cytotune.training.loop import EvalResult, FitHistory
+from cytotune.training.features import FeatureCache, autocast_for, fp32_head
+from cytotune.training.loop import EvalResult, FitHistory, evaluate_logits, fit
 from cytotune.training.task import SINGLE_LABEL, Task
 
 
@@ -174,3 +175,38 @@ def compiled(model: nn.Module, enabled: bool):
     """``torch.compile(model)`` when asked (the same parameters, so the optimiser and the best
     state see no difference), else the model itself."""
     return torch.compile(model) if enabled else model
+
+
+def fit_image_classifier(ctx: MethodContext, model: Classifier,
+                         param_groups: Optional[list[dict]] = None
+                         ) -> tuple[FitHistory, EvalResult, EvalResult, dict[str, Any]]:
+    """Train ``model`` end to end on the run's images, the way LoRA and full fine-tuning both do:
+    batches from :func:`image_batch_fetcher`, optional ``torch.compile``, the run's autocast
+    precision, validation on the run's schedule with the best state restored. ``param_groups``:
+    AdamW groups with their own learning rates (None: one group at ``optim.lr``). Returns the
+    history, val and test results and the timings (the fit's plus ``evaluation_s``)."""
+    cfg, o, pre = ctx.config, ctx.config.optim, ctx.backbone.preprocessing
+    fetch = image_batch_fetcher(ctx, o.augment)
+    forward = compiled(model, o.compile)
+
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        with autocast_for(ctx.device, cfg.precision):
+            logits = forward(x)
+        return ctx.task.loss(logits, y)
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        with autocast_for(ctx.device, cfg.precision):
+            return forward(normalise(x.to(ctx.device), pre.mean, pre.std))
+
+    def evaluate(split: SplitTensors) -> EvalResult:
+        return evaluate_logits(logits_of, lambda idx: split.pixels[idx], split.labels, 64, ctx.task)
+
+    history = fit(model, loss_of, len(ctx.train.labels), lambda: evaluate(ctx.val), lr=o.lr,
+                  weight_decay=o.weight_decay, batch_size=o.batch_size, steps=ctx.steps,
+                  warmup_fraction=o.warmup_fraction, val_every=o.val_every, seed=cfg.seed,
+                  device=ctx.device, param_groups=param_groups, fetch=fetch)
+    start = time.perf_counter()
+    test = evaluate(ctx.test)
+    val = evaluate(ctx.val)
+    return history, val, test, {**history.timings(), "evaluation_s": time.perf_counter() - start}

@@ -9,18 +9,14 @@ pretrained early layers move less than the head.
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 from torch import nn
 
 from cytotune.models.blocks import block_names, enable_grad_checkpointing, parameter_depths
-from cytotune.training.augment import normalise
 from cytotune.training.config import FinetuneSettings
-from cytotune.training.features import autocast_for
-from cytotune.training.loop import EvalResult, evaluate_logits, fit
-from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
-                                            compiled, image_batch_fetcher, initial_head)
+from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult,
+                                            fit_image_classifier, initial_head)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +66,7 @@ def backbone_param_groups(backbone: nn.Module, settings: FinetuneSettings,
 def run_full_finetune(ctx: MethodContext) -> MethodResult:
     """Backbone and linear head trained end to end on images (all or the last N blocks)."""
     cfg, bb = ctx.config, ctx.backbone
-    settings, o, pre = cfg.finetune, cfg.optim, bb.preprocessing
+    settings, o = cfg.finetune, cfg.optim
     trained_blocks = mark_trainable_blocks(bb, settings)
     if settings.grad_checkpointing:
         enable_grad_checkpointing(bb.card, bb.model)
@@ -83,29 +79,7 @@ def run_full_finetune(ctx: MethodContext) -> MethodResult:
              "backbone lr %g, layer decay %g", bb.card.name, f"{backbone_params:,}",
              "all blocks" if trained_blocks == ["*"] else f"blocks {', '.join(trained_blocks)}",
              o.lr, settings.backbone_lr or o.lr, settings.layer_decay)
-    fetch = image_batch_fetcher(ctx, o.augment)
-    forward = compiled(model, o.compile)
-
-    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        with autocast_for(ctx.device, ctx.config.precision):
-            logits = forward(x)
-        return ctx.task.loss(logits, y)
-
-    def logits_of(x: torch.Tensor) -> torch.Tensor:
-        with autocast_for(ctx.device, ctx.config.precision):
-            return forward(normalise(x.to(ctx.device), pre.mean, pre.std))
-
-    def evaluate(split: SplitTensors) -> EvalResult:
-        return evaluate_logits(logits_of, lambda idx: split.pixels[idx], split.labels, 64, ctx.task)
-
-    history = fit(model, loss_of, len(ctx.train.labels), lambda: evaluate(ctx.val), lr=o.lr,
-                  weight_decay=o.weight_decay, batch_size=o.batch_size, steps=ctx.steps,
-                  warmup_fraction=o.warmup_fraction, val_every=o.val_every, seed=cfg.seed,
-                  device=ctx.device, param_groups=groups, fetch=fetch)
-    start = time.perf_counter()
-    test = evaluate(ctx.test)
-    val = evaluate(ctx.val)
+    history, val, test, timings = fit_image_classifier(ctx, model, param_groups=groups)
     head_params = sum(p.numel() for p in head.parameters())
     return MethodResult(
         head=head, val=val, test=test, history=history,
@@ -116,4 +90,4 @@ def run_full_finetune(ctx: MethodContext) -> MethodResult:
             "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
             # the whole fine-tuned backbone (buffers included), so inference rebuilds it exactly
             "backbone": {k: v.detach().cpu().clone() for k, v in bb.model.state_dict().items()}},
-        timings={**history.timings(), "evaluation_s": time.perf_counter() - start})
+        timings=timings)

@@ -3,17 +3,13 @@ end to end on images."""
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 
 from cytotune.adapters import apply_lora, count_lora_parameters, mark_only_lora_trainable
 from cytotune.models.blocks import enable_grad_checkpointing
-from cytotune.training.augment import normalise
-from cytotune.training.features import autocast_for
-from cytotune.training.loop import EvalResult, evaluate_logits, fit
-from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
-                                            compiled, image_batch_fetcher, initial_head)
+from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult,
+                                            fit_image_classifier, initial_head)
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +20,6 @@ def run_lora(ctx: MethodContext) -> MethodResult:
         from cytotune.training.methods.clip_lora import run_clip_lora
         return run_clip_lora(ctx)
     cfg, bb = ctx.config, ctx.backbone
-    pre = bb.preprocessing
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn here: seeded per run
     lora = cfg.lora.resolve(bb.card.default_lora_targets)
@@ -37,30 +32,7 @@ def run_lora(ctx: MethodContext) -> MethodResult:
     if cfg.finetune.grad_checkpointing:
         enable_grad_checkpointing(bb.card, bb.model)
     model = Classifier(bb, head).to(ctx.device)
-    o = cfg.optim
-    fetch = image_batch_fetcher(ctx, o.augment)
-    forward = compiled(model, o.compile)
-
-    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        with autocast_for(ctx.device, ctx.config.precision):
-            logits = forward(x)
-        return ctx.task.loss(logits, y)
-
-    def logits_of(x: torch.Tensor) -> torch.Tensor:
-        with autocast_for(ctx.device, ctx.config.precision):
-            return forward(normalise(x.to(ctx.device), pre.mean, pre.std))
-
-    def evaluate(split: SplitTensors) -> EvalResult:
-        return evaluate_logits(logits_of, lambda idx: split.pixels[idx], split.labels, 64, ctx.task)
-
-    history = fit(model, loss_of, len(ctx.train.labels), lambda: evaluate(ctx.val), lr=o.lr,
-                  weight_decay=o.weight_decay, batch_size=o.batch_size, steps=ctx.steps,
-                  warmup_fraction=o.warmup_fraction, val_every=o.val_every, seed=cfg.seed,
-                  device=ctx.device, fetch=fetch)
-    start = time.perf_counter()
-    test = evaluate(ctx.test)
-    val = evaluate(ctx.val)
+    history, val, test, timings = fit_image_classifier(ctx, model)
     lora_params = count_lora_parameters(bb)
     head_params = sum(p.numel() for p in head.parameters())
     return MethodResult(
@@ -68,4 +40,4 @@ def run_lora(ctx: MethodContext) -> MethodResult:
         trainable_parameters={"backbone": lora_params, "head": head_params,
                               "total": lora_params + head_params},
         tensors_to_save={"head": {k: v.detach().cpu() for k, v in head.state_dict().items()}},
-        timings={**history.timings(), "evaluation_s": time.perf_counter() - start})
+        timings=timings)
