@@ -11,6 +11,7 @@ from typing import Any, Callable
 from rich.console import Console
 
 from cytotune.benchmark.cases import CASES, EXTRA_CASES, BenchSettings, run_benchmark
+from cytotune.training.config import PRECISIONS
 
 MLCC_HINT = "../shared/data/mlcc"
 
@@ -43,7 +44,7 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--image-size", type=int, default=BenchSettings.image_size,
                    help="override the card's input size (cards whose model takes any size)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="cytotune's autocast precision (auto: bf16 on CUDA, fp32 on CPU; bf16 is "
                         "fast on CPUs with native bf16); the baseline always runs in fp32")
     p.add_argument("--cases", default=",".join(CASES),

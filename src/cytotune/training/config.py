@@ -17,6 +17,10 @@ import yaml
 
 from cytotune.adapters import LoRAConfig
 
+# autocast precision of a run (see cytotune.training.features.resolve_precision)
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names it."""
@@ -141,7 +145,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
     # autocast precision: "auto" is bf16 on CUDA, fp32 on a CPU; "bf16" on a CPU with native
     # bf16 (avx512_bf16, AMX) is much faster; weights, optimizer state and heads stay fp32
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     out: Optional[str] = None  # run directory; None: nothing written
     cache_dir: Optional[str] = ".cytotune_cache"  # decoded images and features; None: no cache
     overwrite: bool = False
@@ -163,8 +167,9 @@ class TrainConfig:
             raise ConfigError("data.source is required (a folder, a CSV file, or a named layout's root)")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                              f"{self.precision!r}")
         if self.encoder != "vision" and self.method not in ("lora", "zero-shot"):
             # zero-shot uses both towers as they are, so a sweep's shared encoder fits it too;
             # other methods train an image-feature head, which the text tower would not feed

@@ -16,17 +16,15 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from cytotune.training.augment import normalise
+from cytotune.training.config import PRECISIONS
 
 log = logging.getLogger(__name__)
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
@@ -129,16 +127,23 @@ class FeatureCache:
         feats = compute()
         elapsed = time.perf_counter() - start
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            try:
-                save_file({"features": feats.contiguous()}, tmp, metadata={"key": key})
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            _save_atomic({"features": feats.contiguous()}, path, metadata={"key": key})
         return feats, elapsed, False
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path,
+                 metadata: Optional[dict[str, str]] = None) -> None:
+    """Write a safetensors file through a temporary file in its folder, so a reader (or a killed
+    run) never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class _FeatureBank:
@@ -163,76 +168,70 @@ class _FeatureBank:
         wanted = [self._key_bytes(k) for k in keys]
         needed = set(wanted)
         found: dict[bytes, torch.Tensor] = {}
-        for chunk in sorted(self.folder.glob("*.safetensors")) if self.folder.is_dir() else []:
-            if not needed - found.keys():
-                break
-            try:
-                tensors = load_file(str(chunk))
-                feats, chunk_keys = tensors["features"], tensors["keys"]
-                if feats.dim() != 2 or chunk_keys.shape != (feats.shape[0], self.KEY_BYTES):
-                    raise ValueError(f"features {tuple(feats.shape)}, keys {tuple(chunk_keys.shape)}")
-            except Exception as err:  # noqa: BLE001 - any unreadable chunk is only a cache miss
-                log.warning("ignoring unusable feature cache chunk %s (%s)", chunk, err)
-                continue
-            for row, key in enumerate(bytes(k) for k in chunk_keys.numpy()):
+        for _, feats, chunk_keys in self._chunks():
+            for row, key in enumerate(chunk_keys):
                 if key in needed and key not in found:
                     found[key] = feats[row]
-        missing = sorted({i for i, k in enumerate(wanted) if k not in found})
-        first_missing = {}
-        for i in missing:
-            first_missing.setdefault(wanted[i], i)  # one extraction per distinct image
+            if not needed - found.keys():
+                break
+        held = sum(k in found for k in wanted)
+        first_missing: dict[bytes, int] = {}  # one extraction per distinct image
+        for i, key in enumerate(wanted):
+            if key not in found:
+                first_missing.setdefault(key, i)
         seconds = 0.0
         if first_missing:
             rows = list(first_missing.values())
             start = time.perf_counter()
             new = extract(pixels[torch.as_tensor(rows)])
             seconds = time.perf_counter() - start
-            self._write_chunk(new, [wanted[i] for i in rows])
+            self._write_chunk(new, list(first_missing))
             self._compact()
-            found.update({wanted[i]: new[j] for j, i in enumerate(rows)})
+            found.update(zip(first_missing, new))
             log.info("features: %d of %d images extracted, %d from the cache", len(rows),
-                     len(keys), len(keys) - len(missing))
+                     len(keys), held)
         return torch.stack([found[k] for k in wanted]), seconds, not first_missing
+
+    def _chunks(self) -> Iterator[tuple[Path, torch.Tensor, list[bytes]]]:
+        """``(file, features (n, D), the n keys)`` of every readable chunk; an unreadable one is
+        skipped with a warning (its images are then only a cache miss)."""
+        if not self.folder.is_dir():
+            return
+        for chunk in sorted(self.folder.glob("*.safetensors")):
+            try:
+                tensors = load_file(str(chunk))
+                feats, keys = tensors["features"], tensors["keys"]
+                if feats.dim() != 2 or keys.shape != (feats.shape[0], self.KEY_BYTES):
+                    raise ValueError(f"features {tuple(feats.shape)}, keys {tuple(keys.shape)}")
+            except Exception as err:  # noqa: BLE001 - any unreadable chunk is only a cache miss
+                log.warning("ignoring unusable feature cache chunk %s (%s)", chunk, err)
+                continue
+            yield chunk, feats, [bytes(k) for k in keys.numpy()]
 
     def _compact(self) -> None:
         """Merge the chunk files into one when there are more than ``MAX_CHUNKS``: a sweep adds
         a small chunk per run, and every lookup reads chunks until it has what it needs. The
         merged file is written before the merged chunks are removed, so every image stays held;
         a concurrent reader that misses a removed chunk extracts its images again."""
-        chunks = sorted(self.folder.glob("*.safetensors"))
-        if len(chunks) <= self.MAX_CHUNKS:
+        if len(list(self.folder.glob("*.safetensors"))) <= self.MAX_CHUNKS:
             return
-        feats, keys, seen, merged = [], [], set(), []
-        for chunk in chunks:
-            try:
-                tensors = load_file(str(chunk))
-                chunk_feats, chunk_keys = tensors["features"], tensors["keys"]
-            except Exception:  # noqa: BLE001 - unreadable: left alone, lookups warn about it
-                continue
-            merged.append(chunk)
-            for row, key in enumerate(bytes(k) for k in chunk_keys.numpy()):
-                if key not in seen:
-                    seen.add(key)
-                    feats.append(chunk_feats[row])
-                    keys.append(key)
-        if len(merged) < 2 or len({f.shape for f in feats}) != 1:
+        merged: dict[bytes, torch.Tensor] = {}
+        files = []
+        for chunk, feats, keys in self._chunks():
+            files.append(chunk)
+            for key, row in zip(keys, feats):
+                merged.setdefault(key, row)
+        if len(files) < 2 or len({f.shape for f in merged.values()}) != 1:
             return
-        self._write_chunk(torch.stack(feats), keys)
-        for chunk in merged:
+        self._write_chunk(torch.stack(list(merged.values())), list(merged))
+        for chunk in files:
             chunk.unlink(missing_ok=True)
         log.info("feature cache %s: %d chunks merged into one (%d images)", self.folder,
-                 len(merged), len(keys))
+                 len(files), len(merged))
 
     def _write_chunk(self, feats: torch.Tensor, keys: list[bytes]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         key_tensor = torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8)
         name = hashlib.blake2b(b"".join(keys), digest_size=12).hexdigest()
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": feats.contiguous(),
-                       "keys": key_tensor.view(len(keys), self.KEY_BYTES).clone()}, tmp)
-            os.replace(tmp, self.folder / f"{name}-{os.getpid()}-{time.time_ns()}.safetensors")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _save_atomic({"features": feats.contiguous(),
+                      "keys": key_tensor.view(len(keys), self.KEY_BYTES).clone()},
+                     self.folder / f"{name}-{os.getpid()}-{time.time_ns()}.safetensors")
