@@ -116,6 +116,12 @@ def fit_linear_heads(problems: list[HeadProblem], device: torch.device,
     histories = [FitHistory() for _ in problems]
     bests = [BestState(lambda k=k: {"weight": weight[k], "bias": bias[k]})
              for k in range(len(problems))]
+
+    @torch.no_grad()
+    def write_back(k: int) -> None:  # head k's rows of the stack into its own nn.Linear
+        problems[k].head.weight.copy_(weight[k])
+        problems[k].head.bias.copy_(bias[k])
+
     start = time.perf_counter()
     for step in range(1, total + 1):
         active = [k for k, p in enumerate(problems) if step <= p.steps]
@@ -146,17 +152,14 @@ def fit_linear_heads(problems: list[HeadProblem], device: torch.device,
             p, history = problems[k], histories[k]
             history.steps = step
             if p.validate is not None and (step % p.val_every == 0 or step == p.steps):
+                write_back(k)
                 with torch.no_grad():
-                    p.head.weight.copy_(weight[k])
-                    p.head.bias.copy_(bias[k])
                     result = p.validate(p.head)
                 record_evaluation(history, step, p.steps, float(losses[row].detach()), result)
                 bests[k].offer(history, step, result)
     elapsed = time.perf_counter() - start
     for k, (p, history, best) in enumerate(zip(problems, histories, bests)):
-        with torch.no_grad():
-            p.head.weight.copy_(weight[k])
-            p.head.bias.copy_(bias[k])
+        write_back(k)
         best.restore(history, dict(p.head.named_parameters()))
         history.seconds = elapsed / len(problems)  # the group's time, shared out
     return histories
