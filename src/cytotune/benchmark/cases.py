@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from cytotune.adapters import apply_lora, mark_only_lora_trainable
+from cytotune.adapters import apply_lora, count_lora_parameters, mark_only_lora_trainable
 from cytotune.benchmark import reference as ref
 from cytotune.data import ImageStore
 from cytotune.training.augment import normalise
@@ -251,17 +251,27 @@ def case_linear(bench: Bench) -> dict[str, Any]:
             "speedup_vs_baseline": base_s / ours_s}
 
 
+def lora_classifier(config: TrainConfig, num_classes: int, seed: int) -> Classifier:
+    """The run's backbone with its LoRA layers (A drawn from ``seed``, as the LoRA method draws
+    them) and a new head, only LoRA and head trainable, on the CPU: the model the baseline,
+    the FLOP count and the memory case train."""
+    backbone = build_run_backbone(config)
+    lora = config.lora.resolve(backbone.card.default_lora_targets)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        apply_lora(backbone.model, lora, backbone.card.lora_targets)
+    mark_only_lora_trainable(backbone)
+    return Classifier(backbone, new_head(backbone.feature_dim, num_classes, seed,
+                                         torch.device("cpu")))
+
+
 def training_step_flops(bench: Bench, config, batch: int) -> float:
     """FLOPs of one LoRA training step (forward + backward of ``batch`` images), counted by
     torch's FlopCounterMode on the run's own model (matmuls and convolutions)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    backbone = build_run_backbone(config)
-    lora = config.lora.resolve(backbone.card.default_lora_targets)
-    apply_lora(backbone.model, lora, backbone.card.lora_targets)
-    mark_only_lora_trainable(backbone)
-    model = Classifier(backbone, new_head(backbone.feature_dim, 2, 0, torch.device("cpu")))
-    size = backbone.preprocessing.image_size
+    model = lora_classifier(config, 2, 0)
+    size = model.backbone.preprocessing.image_size
     x = torch.randn(batch, 3, size, size)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -287,14 +297,7 @@ def case_lora(bench: Bench) -> dict[str, Any]:
 
     def baseline() -> dict[str, float]:
         train, val, test = bench.datasets(config)
-        backbone = build_run_backbone(config)
-        lora = config.lora.resolve(backbone.card.default_lora_targets)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            apply_lora(backbone.model, lora, backbone.card.lora_targets)
-        mark_only_lora_trainable(backbone)
-        model = Classifier(backbone, new_head(backbone.feature_dim, len(result.class_names),
-                                              config.seed, torch.device("cpu"))).to(bench.device)
+        model = lora_classifier(config, len(result.class_names), config.seed).to(bench.device)
         return ref.reference_lora_run(model, train, val, test, lr=config.optim.lr,
                                       steps=s.lora_steps, batch_size=s.batch_size,
                                       seed=config.seed, workers=s.baseline_workers)
@@ -374,12 +377,8 @@ def case_memory(bench: Bench, steps: int = 2) -> dict[str, Any]:
     config = bench.config(method="lora", seed=1)
     before = _rss()
     with peak_memory(device) as memory:
-        backbone = build_run_backbone(config)
-        lora = config.lora.resolve(backbone.card.default_lora_targets)
-        apply_lora(backbone.model, lora, backbone.card.lora_targets)
-        mark_only_lora_trainable(backbone)
-        model = Classifier(backbone, new_head(backbone.feature_dim, 4, 0, torch.device("cpu")))
-        model = model.to(device).train()
+        model = lora_classifier(config, 4, config.seed).to(device).train()
+        backbone = model.backbone
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, fused=device.type == "cuda")
         size = backbone.preprocessing.image_size
@@ -396,10 +395,10 @@ def case_memory(bench: Bench, steps: int = 2) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
-    adapter = sum(p.numel() for n, p in model.backbone.named_parameters() if p.requires_grad)
+    lora = config.lora.resolve(backbone.card.default_lora_targets)
     return {"model": backbone.card.name, "batch": s.batch_size, "image_size": size,
             "rank": lora.rank, "targets": list(lora.targets), "precision": bench.precision,
-            "lora_parameters": adapter, "steps": steps, "step_s": times, "memory": memory,
+            "lora_parameters": count_lora_parameters(backbone), "steps": steps, "step_s": times, "memory": memory,
             "resident_before_bytes": before if device.type != "cuda" else None}
 
 
