@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
     """"fp32" or "bf16" for ``precision`` on ``device``. "auto" is bf16 on CUDA and fp32 on a
-    CPU: CPU results stay those of plain fp32 unless bf16 is asked for. Asked for, bf16 on a CPU
-    with native bf16 instructions (avx512_bf16, AMX) runs a ViT's forward about 2.7x faster on
-    the project's machine (docs/performance.md); on other CPUs it is emulated and slower."""
+    CPU: CPU results stay those of plain fp32 unless bf16 is asked for. Asked for on the
+    project's CPU (native bf16, avx512_bf16), a linear-probe grid ran about 2x faster and a LoRA
+    run 1.4-1.8x (docs/performance.md); CPUs without native bf16 emulate it (not measured)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "auto":

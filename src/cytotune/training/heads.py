@@ -48,9 +48,9 @@ class StackedAdamW:
     """AdamW (torch's defaults and update order) over K heads stacked along dim 0 of each
     parameter, with a learning rate and weight decay per head (0 lr: the head is frozen).
 
-    Why not ``torch.optim.AdamW`` with one group per head: its per-group, per-tensor loop cost
-    about 50 us a head per step on the project's CPU, two thirds of a 15-head grid's training;
-    here a step is a dozen whole-stack tensor ops whatever K is. Equality with torch's AdamW is
+    Why not ``torch.optim.AdamW`` with one group per head: its per-group, per-tensor loop took
+    about half of a 15-head grid's training time in a cProfile on the project's CPU; here a step
+    is a dozen whole-stack tensor ops whatever K is. Equality with torch's AdamW is
     tested (tests/training/test_heads.py).
     """
 
