@@ -27,7 +27,7 @@ def test_lr_is_chosen_on_validation_not_test(tmp_path):
         hand_record("s2-hi", seed=2, lr=1e-2, val=0.55, test=0.70),
     ]
     store = _store(tmp_path, records)
-    selected = select_best(store.records())
+    selected = select_best(store.records(full=True))
     assert sorted(selected["run_id"]) == ["s1-hi", "s2-hi"]
     summary = summarize(selected, ["accuracy"])
     row = summary.iloc[0]
@@ -51,7 +51,7 @@ def test_ties_go_to_lower_validation_loss_then_smaller_lr(tmp_path):
         hand_record("2b", seed=2, lr=1e-4, val=0.8, test=0.4),
         hand_record("2c", seed=2, lr=1e-1, val=0.7, test=0.9),
     ]
-    selected = select_best(_store(tmp_path, records).records())
+    selected = select_best(_store(tmp_path, records).records(full=True))
     assert set(selected["run_id"]) == {"1b", "2b"}
 
 
@@ -66,7 +66,7 @@ def test_selection_is_per_setting_and_seed(tmp_path):
                             f"{dataset}{backbone}{shots}{seed}{lr}", dataset=dataset,
                             backbone=backbone, method="lora", shots=shots, seed=seed, lr=lr,
                             val=val, test=0.1 * seed + (0.5 if lr == 1e-2 else 0.0)))
-    selected = select_best(_store(tmp_path, records).records())
+    selected = select_best(_store(tmp_path, records).records(full=True))
     assert len(selected) == 2 * 2 * 2 * 3
     assert set(selected["lr"]) == {1e-2}
 
@@ -140,8 +140,8 @@ def test_linear_baselines_in_the_shots_figure(tmp_path):
                            val=0.8),
                hand_record("l2", sweep="exp1", dataset="d", backbone="b", seed=2, test=0.6,
                            val=0.8)]
-    summary = summarize(select_best(_store(tmp_path, records).records()), ["accuracy"])
-    assert _linear_baselines(summary, "accuracy", "exp2") == {("d", "b"): pytest.approx(70.0)}
+    summary = summarize(select_best(_store(tmp_path, records).records(full=True)), ["accuracy"])
+    assert _linear_baselines(summary, "accuracy", "exp2") == {("d", "b", ""): pytest.approx(70.0)}
 
 
 def test_bad_metrics_and_missing_store(tmp_path):

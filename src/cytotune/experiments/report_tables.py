@@ -1,0 +1,242 @@
+"""Selection, summaries and tables of a report (see :mod:`cytotune.experiments.report`).
+
+Every function here groups by setting **and variant** (:mod:`.report_variants`): runs whose
+configurations differ in more than seed and learning rate are never pooled, never compete in one
+learning-rate choice, and get rows of their own, labelled in a ``setting`` column/index level
+that appears only when a table holds variants.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cytotune.experiments.report_variants import CELL, SETTING, VARIANT, add_variants
+
+REPORT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "average_precision")
+METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
+                 "macro_f1": "macro F1", "auroc": "AUROC", "ece": "ECE",
+                 "average_precision": "average precision"}
+ZERO_SHOT = "zero-shot"  # drawn as the 0-shot point of every shots figure of its sweep
+SETTING_LEVEL = "setting"  # the table index level / column naming a variant
+
+
+# ---- selection ------------------------------------------------------------------------------
+def select_best(records: pd.DataFrame, select_by: str = "accuracy") -> pd.DataFrame:
+    """The chosen run of every (setting, variant, seed): best validation ``select_by`` (higher is
+    better), ties broken by lower validation loss (when recorded), then by the smaller learning
+    rate. ``records`` need ``config_json`` (``ResultStore.records(full=True)``) or a ``variant``
+    column, so runs of different configurations are never chosen among."""
+    if records.empty:
+        out = records.copy()
+        if VARIANT not in out:
+            out[VARIANT] = pd.Series(dtype=object)
+        return out
+    column = f"val_{select_by}"
+    if column not in records:
+        raise ValueError(f"records have no {column} column")
+    frame = add_variants(records).copy()
+    frame["_score"] = frame[column].astype(float)
+    frame["_loss"] = frame["val_loss"].astype(float) if "val_loss" in frame else np.nan
+    ordered = frame.sort_values(["_score", "_loss", "lr"], ascending=[False, True, True],
+                                na_position="last", kind="mergesort")
+    best = ordered.groupby(CELL + ["seed"], dropna=False, sort=False).head(1)
+    best = best.drop(columns=["_score", "_loss"])
+    return best.sort_index().reset_index(drop=True)
+
+
+def summarize(selected: pd.DataFrame, metrics: Sequence[str] = ("accuracy",),
+              ddof: int = 0) -> pd.DataFrame:
+    """Mean and std over seeds (in percent) of the chosen runs' test metrics, per setting and
+    variant (``selected`` from :func:`select_best`)."""
+    columns = CELL + ["metric", "mean", "std", "seeds", "lrs"]
+    if selected.empty:
+        return pd.DataFrame(columns=columns)
+    if VARIANT not in selected:
+        raise ValueError("selected runs have no 'variant' column: choose them with select_best, "
+                         "which keeps runs of different settings apart")
+    rows = []
+    for key, group in selected.groupby(CELL, dropna=False, sort=False):
+        for metric in metrics:
+            values = group[f"test_{metric}"].astype(float).dropna().to_numpy() * 100.0
+            mean = float(values.mean()) if len(values) else math.nan
+            std = float(values.std(ddof=ddof)) if len(values) > ddof else (0.0 if len(values) else math.nan)
+            lrs = ",".join(f"{lr:g}" for lr in group.sort_values("seed")["lr"])
+            rows.append({**dict(zip(CELL, key)), "metric": metric, "mean": mean, "std": std,
+                         "seeds": int(len(values)), "lrs": lrs})
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["shots"] = frame["shots"].astype("Int64")
+    frame["fraction"] = frame["fraction"].astype(float)
+    return frame
+
+
+def out_of_domain_summary(selected: pd.DataFrame, metrics: Sequence[str], ddof: int = 0) -> pd.DataFrame:
+    """:func:`summarize` of the chosen runs' out-of-domain test metrics (``ood_<metric>``): the
+    same runs (lr chosen on in-domain validation), scored on the held-out domains."""
+    present = [m for m in metrics if f"ood_{m}" in selected and selected[f"ood_{m}"].notna().any()]
+    if selected.empty or not present:
+        return summarize(selected.iloc[0:0], metrics, ddof)
+    swapped = selected.copy()
+    for m in present:
+        swapped[f"test_{m}"] = swapped[f"ood_{m}"]
+    return summarize(swapped[swapped[f"ood_{present[0]}"].notna()], present, ddof)
+
+
+def timing_summary(records: pd.DataFrame) -> pd.DataFrame:
+    """Seconds spent per (sweep, method, backbone, data set): feature extraction, training, total
+    (sums and means over runs)."""
+    if records.empty:
+        return pd.DataFrame()
+    columns = [c for c in ("feature_extraction_s", "training_s", "total_s") if c in records]
+    grouped = records.groupby(["sweep", "method", "backbone", "dataset"], sort=False)
+    out = grouped.size().rename("runs").to_frame()
+    for c in columns:
+        out[f"{c[:-2]}_sum_s"] = grouped[c].sum(min_count=1)
+        out[f"{c[:-2]}_mean_s"] = grouped[c].mean()
+    return out.reset_index()
+
+
+# ---- labels -----------------------------------------------------------------------------------
+def sample_label(shots: Any, fraction: Any) -> str:
+    if shots is not None and not pd.isna(shots):
+        return f"{int(shots)}shot"
+    if fraction is not None and not pd.isna(fraction):
+        return f"frac{float(fraction):g}"
+    return "all"
+
+
+def sample_words(sample: str) -> str:
+    if sample == "all":
+        return "all training data"
+    if sample.endswith("shot"):
+        return f"{sample[:-4]} shots per class"
+    return f"{sample[4:]}% of the training data"
+
+
+def first_seen(values: pd.Series | Sequence) -> list:
+    return list(dict.fromkeys(values.tolist() if hasattr(values, "tolist") else values))
+
+
+def fmt_cell(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return ""
+    return f"{mean:.2f}±{0.0 if pd.isna(std) else std:.2f}"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+
+
+def same_value(column: pd.Series, value: Any) -> pd.Series:
+    """``column == value`` where a missing value equals a missing value."""
+    if value is None or pd.isna(value):
+        return column.isna()
+    return column == value
+
+
+def has_variants(frame: pd.DataFrame) -> bool:
+    return VARIANT in frame and bool((frame[VARIANT].fillna("") != "").any())
+
+
+# ---- tables -----------------------------------------------------------------------------------
+def table1(summary: pd.DataFrame, metric: str = "accuracy",
+           datasets: Optional[Sequence[str]] = None,
+           backbones: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Table 1 layout of one (sweep, method, sample) slice of ``summary``: data sets as rows,
+    backbones as columns, "mean±std" strings, and an "Average" row (mean over data sets).
+
+    When the slice holds variants (runs of other settings), the rows are (data set, setting)
+    pairs and there is one "Average" row per setting: variants are never averaged together."""
+    part = summary[summary["metric"] == metric]
+    datasets = list(datasets or first_seen(part["dataset"]))
+    backbones = list(backbones or first_seen(part["backbone"]))
+    variants = part[VARIANT].fillna("") if VARIANT in part else pd.Series([""] * len(part),
+                                                                          index=part.index)
+    cells = {(r.dataset, v, r.backbone): (r.mean, r.std)
+             for r, v in zip(part.itertuples(), variants)}
+    split = bool((variants != "").any())
+    rows = [(d, v) for d in datasets
+            for v in first_seen(variants[part["dataset"] == d])] if split else \
+        [(d, "") for d in datasets]
+    table = pd.DataFrame(index=range(len(rows)), columns=backbones, dtype=object)
+    for i, (d, v) in enumerate(rows):
+        for b in backbones:
+            table.loc[i, b] = fmt_cell(*cells.get((d, v, b), (math.nan, math.nan)))
+    average_rows = []
+    for v in (first_seen(variants) if split else [""]):
+        averages = {}
+        for b in backbones:
+            means = [cells[(d, v, b)][0] for d in datasets
+                     if (d, v, b) in cells and not pd.isna(cells[(d, v, b)][0])]
+            averages[b] = f"{np.mean(means):.2f}" if means else ""
+        average_rows.append((("Average", v), averages))
+    labels = rows + [key for key, _ in average_rows]
+    table = pd.concat([table, pd.DataFrame([a for _, a in average_rows], columns=backbones,
+                                           dtype=object)], ignore_index=True)
+    if split:
+        table.index = pd.MultiIndex.from_tuples(labels, names=["dataset", SETTING_LEVEL])
+    else:
+        table.index = pd.Index([d for d, _ in labels], name="dataset")
+    return table
+
+
+def comparison_table(summary: pd.DataFrame, ood: pd.DataFrame, selected: pd.DataFrame,
+                     sweep: str, metric: str) -> Optional[pd.DataFrame]:
+    """One sweep's methods side by side: a row per (data set, backbone, method) and, where the
+    sweep holds variants, setting, with the trainable parameters, then a "mean±std" cell per
+    sample (1 %, 10 %, 100 % ...) of the test metric and, for runs with test domains, the
+    out-of-domain value next to it. None unless the sweep runs more than one method."""
+    part = summary[(summary["sweep"] == sweep) & (summary["metric"] == metric)]
+    if part["method"].nunique() < 2:
+        return None
+    ood_part = ood[(ood["sweep"] == sweep) & (ood["metric"] == metric)] if not ood.empty else ood
+    ood_cells = {(r.dataset, r.backbone, r.method, getattr(r, VARIANT, ""),
+                  sample_label(r.shots, r.fraction)): (r.mean, r.std)
+                 for r in ood_part.itertuples()}
+    samples = first_seen([sample_label(r.shots, r.fraction) for r in part.itertuples()])
+    chosen = selected[selected["sweep"] == sweep]
+    rows: dict[tuple, dict[str, str]] = {}
+    for r in part.itertuples():
+        variant = getattr(r, VARIANT, "")
+        key = (r.dataset, r.backbone, r.method, variant)
+        row = rows.setdefault(key, {})
+        mask = ((chosen["dataset"] == r.dataset) & (chosen["backbone"] == r.backbone)
+                & (chosen["method"] == r.method))
+        if VARIANT in chosen:
+            mask &= chosen[VARIANT] == variant
+        params = chosen[mask]["trainable_params"].dropna()
+        row["trainable parameters"] = f"{int(params.median()):,}" if len(params) else ""
+        sample = sample_label(r.shots, r.fraction)
+        row[sample_words(sample)] = fmt_cell(r.mean, r.std)
+        if ood_cells:
+            row[f"{sample_words(sample)}, out of domain"] = fmt_cell(*ood_cells.get(
+                (*key, sample), (math.nan, math.nan)))
+    columns = ["trainable parameters"]
+    for sample in samples:
+        columns.append(sample_words(sample))
+        if ood_cells:
+            columns.append(f"{sample_words(sample)}, out of domain")
+    name = "dataset / backbone / method"
+    if has_variants(part):
+        index = pd.MultiIndex.from_tuples([(" / ".join(k[:3]), k[3]) for k in rows],
+                                          names=[name, SETTING_LEVEL])
+    else:
+        index = pd.Index([" / ".join(k[:3]) for k in rows], name=name)
+    return pd.DataFrame([[row.get(c, "") for c in columns] for row in rows.values()], index=index,
+                        columns=columns)
+
+
+def markdown_table(table: pd.DataFrame, title: str) -> str:
+    """``table`` as a Markdown section; every index level is a column of its own."""
+    names = [str(n) if n is not None else "" for n in table.index.names]
+    header = [*names, *map(str, table.columns)]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
+             "| " + " | ".join(["---"] * len(names) + ["---:"] * len(table.columns)) + " |"]
+    for index, row in table.iterrows():
+        keys = list(index) if isinstance(index, tuple) else [index]
+        lines.append("| " + " | ".join([*(str(k) for k in keys),
+                                         *(str(v) for v in row.tolist())]) + " |")
+    return "\n".join(lines) + "\n"
