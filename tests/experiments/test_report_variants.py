@@ -47,11 +47,12 @@ def two_image_sizes() -> list[dict]:
     cell would mix the two sizes."""
     records = []
     for seed in (1, 2):
+        small, large = 0.4 + 0.1 * seed, 0.7 + 0.1 * seed
         records += [
-            run(f"112-{seed}-lo", image_size=112, seed=seed, lr=1e-3, val=0.9, test=0.4 + 0.1 * seed),
+            run(f"112-{seed}-lo", image_size=112, seed=seed, lr=1e-3, val=0.9, test=small),
             run(f"112-{seed}-hi", image_size=112, seed=seed, lr=1e-2, val=0.7, test=0.1),
             run(f"224-{seed}-lo", image_size=224, seed=seed, lr=1e-3, val=0.6, test=0.2),
-            run(f"224-{seed}-hi", image_size=224, seed=seed, lr=1e-2, val=0.8, test=0.7 + 0.1 * seed),
+            run(f"224-{seed}-hi", image_size=224, seed=seed, lr=1e-2, val=0.8, test=large),
         ]
     return records
 
@@ -92,10 +93,11 @@ def test_precision_variants_are_split_and_named(tmp_path):
         records.append(run(f"bf16-{seed}", precision="bf16", seed=seed, val=0.8, test=0.9))
     report = make_report(store_of(tmp_path, records), tmp_path / "out")
     means = report.summary.set_index("variant")["mean"]
-    assert means["precision=auto, resolved precision=fp32"] == pytest.approx(60.0)
-    assert means["precision=bf16, resolved precision=bf16"] == pytest.approx(90.0)
+    # "auto" is shown with what it meant on the run's device
+    assert means["precision=auto (fp32)"] == pytest.approx(60.0)
+    assert means["precision=bf16"] == pytest.approx(90.0)
     (note,) = report.notes
-    assert "precision (auto vs bf16)" in note and "resolved precision (fp32 vs bf16)" in note
+    assert "precision (auto (fp32) vs bf16)" in note
 
 
 def test_auto_precision_on_a_cpu_and_on_cuda_is_not_pooled(tmp_path):
@@ -236,11 +238,22 @@ def test_pooled_fields_are_config_fields_and_execution_ones_stay_out_of_the_run_
 
 def test_cytotune_report_says_on_screen_which_cells_were_split(tmp_path):
     store_of(tmp_path, two_image_sizes())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "cytotune.cli", "report", str(tmp_path / "r.sqlite"),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                          env=env, timeout=300)
+    path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-m", "cytotune.cli", "report",
+                           str(tmp_path / "r.sqlite"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path},
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     screen = done.stdout + done.stderr
     assert "runs differ in model.image_size (112 vs 224)" in screen
     assert "not pooled" in screen
+
+
+def test_repeated_runs_of_identical_settings_are_named(tmp_path):
+    # two runs whose recorded settings are the same for one seed and lr (e.g. a generated data
+    # set drawn with other options, which the config does not show): the report says so
+    records = [run("x1", seed=1, val=0.8, test=0.6), run("x2", seed=1, val=0.7, test=0.9)]
+    report = make_report(store_of(tmp_path, records), tmp_path / "out")
+    (note,) = report.notes
+    assert "more than one run with the same recorded settings" in note and "seed 1" in note
+    assert list(report.selected["run_id"]) == ["x1"]

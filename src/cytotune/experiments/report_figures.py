@@ -204,7 +204,9 @@ def shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str,
     _title(fig, f"{sweep}: {method}, test {METRIC_LABELS.get(metric, metric)} vs shots per "
                 f"class (mean ± std over seeds)")
     fig.tight_layout()
-    fig.legend(handles, labels, loc="upper center", ncol=min(4, max(1, len(labels))),
+    longest = max((len(label) for label in labels), default=0)
+    columns = 1 if longest > 60 else (2 if longest > 30 else 4)  # variant labels can be long
+    fig.legend(handles, labels, loc="upper center", ncol=min(columns, max(1, len(labels))),
                frameon=False, bbox_to_anchor=(0.5, 0.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -103,7 +103,7 @@ def _resolved_precision(config: Mapping[str, Any], device: Optional[str]) -> str
         return precision
     device = str(config.get("device") or device or "auto")
     if device == "auto":
-        return "unknown (precision auto, device auto)"
+        return "unknown: device auto"
     return "bf16" if device.startswith("cuda") else "fp32"
 
 
@@ -156,6 +156,32 @@ def differing_fields(settings: Iterable[Mapping[str, str]]) -> list[str]:
     return [n for n in names if len({s.get(n, UNSET) for s in settings}) > 1]
 
 
+def _without_implied_precision(names: list[str], settings: list[Mapping[str, str]]) -> list[str]:
+    """``names`` without the resolved precision where the asked-for precision already tells it
+    (``precision=bf16`` needs no ``resolved precision=bf16`` beside it); it stays where it is the
+    only difference (``auto`` on a CPU and on CUDA) or where one asked-for value resolved to
+    two."""
+    if RESOLVED_PRECISION not in names or "precision" not in names:
+        return names
+    resolved: dict[str, set[str]] = {}
+    for s in settings:
+        resolved.setdefault(s.get("precision", UNSET), set()).add(s.get(RESOLVED_PRECISION, UNSET))
+    if all(len(values) == 1 for values in resolved.values()):
+        return [n for n in names if n != RESOLVED_PRECISION]
+    return names
+
+
+def _shown(name: str, settings: Mapping[str, str], names: list[str]) -> str:
+    """A setting's value in a label; an asked-for precision whose resolved value is not shown on
+    its own carries it: ``precision=auto (fp32)``."""
+    value = settings.get(name, UNSET)
+    if name == "precision" and RESOLVED_PRECISION not in names:
+        resolved = settings.get(RESOLVED_PRECISION, UNSET)
+        if resolved != value:
+            return f"{value} ({resolved})"
+    return value
+
+
 def _cells(frame: pd.DataFrame) -> list[list[int]]:
     """Positional row numbers of each setting (cell before variants), first-seen order."""
     groups = frame.reset_index(drop=True).groupby(SETTING, dropna=False, sort=False).indices
@@ -184,12 +210,13 @@ def add_variants(records: pd.DataFrame) -> pd.DataFrame:
             for name in differing_fields(settings[rows[i]] for i in cell):
                 if name not in varying:
                     varying.append(name)
+        varying = _without_implied_precision(varying, [settings[r] for r in rows])
         if not varying:
             continue
         order = {name: i for i, name in enumerate(settings[rows[0]])}
         varying.sort(key=lambda n: (order.get(n, len(order)), n))
         for row in rows:
-            labels[row] = ", ".join(f"{n}={settings[row].get(n, UNSET)}" for n in varying)
+            labels[row] = ", ".join(f"{n}={_shown(n, settings[row], varying)}" for n in varying)
     frame[VARIANT] = labels
     return frame
 
@@ -198,7 +225,7 @@ def cell_words(sweep: Any, dataset: Any, backbone: Any, method: Any, shots: Any,
                fraction: Any) -> str:
     """A cell named for a person: ``bcfc / clip / lora / 4 shots``."""
     if shots is not None and not pd.isna(shots):
-        sample = f"{int(shots)} shots"
+        sample = f"{int(shots)} shot{'s' if int(shots) != 1 else ''}"
     elif fraction is not None and not pd.isna(fraction):
         sample = f"{float(fraction):g} %"
     else:
@@ -216,7 +243,8 @@ def split_notes(records: pd.DataFrame, max_cells: int = 4) -> list[str]:
     settings = _records_settings(frame)
     splits: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
     for cell in _cells(frame):
-        fields = tuple(differing_fields(settings[i] for i in cell))
+        cell_settings = [settings[i] for i in cell]
+        fields = tuple(_without_implied_precision(differing_fields(cell_settings), cell_settings))
         if not fields:
             continue
         first = frame.iloc[cell[0]]
@@ -225,7 +253,7 @@ def split_notes(records: pd.DataFrame, max_cells: int = 4) -> list[str]:
         for name in fields:
             values = entry["values"].setdefault(name, [])
             for i in cell:
-                value = settings[i].get(name, UNSET)
+                value = _shown(name, settings[i], list(fields))
                 if value not in values:
                     values.append(value)
     notes = []
