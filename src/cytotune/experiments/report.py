@@ -117,10 +117,11 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
     if sweeps:
         full = full[full["sweep"].isin(list(sweeps))].reset_index(drop=True)
         failures = failures[failures["sweep"].isin(list(sweeps))].reset_index(drop=True)
+    full = add_variants(full)
     notes = split_notes(full)
     for note in notes:
         log.warning(note)
-    records = add_variants(full).drop(columns=[c for c in _JSON_COLUMNS if c in full])
+    records = full.drop(columns=[c for c in _JSON_COLUMNS if c in full])
 
     selected = select_best(records, select_by)
     summary = summarize(selected, metrics, ddof=ddof)
@@ -136,7 +137,7 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
     tables: dict[str, pd.DataFrame] = {}
     titles: dict[str, str] = {}
     markdown = [f"# {title}\n"]
-    markdown += [f"> **Not pooled:** {note}\n" for note in notes]
+    markdown += [f"> **Note:** {note}\n" for note in notes]
 
     def add_table(stem: str, table: pd.DataFrame, heading: str) -> None:
         tables[stem], titles[stem] = table, heading
