@@ -257,3 +257,13 @@ def test_repeated_runs_of_identical_settings_are_named(tmp_path):
     (note,) = report.notes
     assert "more than one run with the same recorded settings" in note and "seed 1" in note
     assert list(report.selected["run_id"]) == ["x1"]
+
+
+def test_the_recorded_device_resolves_auto_precision_before_the_configs(tmp_path):
+    # a run read back from its run directory may carry the planned config (device auto) and
+    # the device it ran on in the record: it pools with a run whose config names that device
+    read_back = run("back", device="cuda:0", seed=1)
+    read_back["config"]["device"] = "auto"
+    records = [read_back, run("live", device="cuda:0", seed=2)]
+    report = make_report(store_of(tmp_path, records), tmp_path / "out")
+    assert report.notes == [] and list(report.summary["seeds"]) == [2]

@@ -97,11 +97,14 @@ def value_text(value: Any) -> str:
 
 
 def _resolved_precision(config: Mapping[str, Any], device: Optional[str]) -> str:
-    """What ``precision`` meant for a run (as cytotune.training.features.resolve_precision)."""
+    """What ``precision`` meant for a run (as cytotune.training.features.resolve_precision),
+    from the device the store recorded for it where that is explicit, else its config's."""
     precision = str(config.get("precision") or "auto")
     if precision != "auto":
         return precision
-    device = str(config.get("device") or device or "auto")
+    if not device or device == "auto":
+        device = config.get("device") or "auto"
+    device = str(device)
     if device == "auto":
         return "unknown: device auto"
     return "bf16" if device.startswith("cuda") else "fp32"
