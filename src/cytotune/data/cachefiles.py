@@ -35,7 +35,7 @@ _CHUNK = 8 * 2**20
 _TMP_PREFIX = "tmp-"
 
 _verify_override: Optional[str] = None
-_warned: set[tuple[str, int]] = set()
+_warned: set[tuple[int, int]] = set()
 
 
 class CacheError(DataError):
@@ -199,11 +199,20 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def warn_unwritable(path: Path, err: OSError) -> None:
-    """One warning per folder and cause that the cache at ``path`` cannot be written and the
-    run goes on without storing there; says what to do."""
+    """One warning per file system and cause (a full disk is one line, not one per cache
+    folder on it) that the cache at ``path`` cannot be written and the run goes on without
+    storing there; says what to do."""
     folder = path if path.is_dir() or not path.suffix else path.parent
-    marker = (str(folder), err.errno or 0)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        device = os.stat(existing).st_dev
+    except OSError:
+        device = -1
+    marker = (device, err.errno or 0)
     if marker in _warned:
+        logger.debug("cache folder %s: %s", folder, err)
         return
     _warned.add(marker)
     logger.warning("cache folder %s: %s; running without storing to the cache there (results "
