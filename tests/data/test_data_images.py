@@ -353,3 +353,19 @@ def test_store_refuses_in_one_line_to_decode_in_memory_what_cannot_fit(tmp_path,
     monkeypatch.setattr(cachefiles, "available_memory", lambda: 1000)
     with pytest.raises(CacheError, match="Read-only file system.*in memory.*Make it writable"):
         ImageStore(tmp_path / "cache").get(images, 36, 32, "bicubic")
+
+
+def test_store_removes_temp_files_of_dead_processes_when_it_writes(tmp_path, images):
+    import os
+    import socket
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    host = socket.gethostname()
+    dead = cache / f"tmp-999999999@{host}-ab12.npy.tmp"  # a killed run's partial entry
+    alive = cache / f"tmp-{os.getpid()}@{host}-cd34.npy.tmp"  # one being written right now
+    other_host = cache / f"tmp-999999999@{host}x-ef56.npy.tmp"  # maybe alive elsewhere
+    for path in (dead, alive, other_host):
+        path.write_bytes(b"partial")
+    ImageStore(cache).get(images, 36, 32, "bicubic")
+    assert not dead.exists() and alive.exists() and other_host.exists()

@@ -173,7 +173,12 @@ def test_cache_verify_counts_good_and_bad_entries_and_fails_on_bad_ones(tmp_path
     data = bytearray(npy.read_bytes())
     data[-1] ^= 0xFF  # one byte of pixels, header untouched
     npy.write_bytes(bytes(data))
-    (root / "images" / "tmp-999999999-x.npy.tmp").write_bytes(b"left by a dead process")
+    import socket
+
+    dead = root / "images" / f"tmp-999999999@{socket.gethostname()}-x1.npy.tmp"
+    dead.write_bytes(b"left by a dead process")
+    live = root / "images" / f"tmp-{os.getpid()}@{socket.gethostname()}-x2.npy.tmp"
+    live.write_bytes(b"being written")
     assert main(["cache", "verify", "--cache", str(root)]) == 1
     out = capsys.readouterr().out
     assert "1 good, 1 bad" in out and str(npy) in out and "does not match the digest" in out
@@ -182,7 +187,7 @@ def test_cache_verify_counts_good_and_bad_entries_and_fails_on_bad_ones(tmp_path
 
     assert main(["cache", "verify", "--cache", str(root), "--remove-bad"]) == 1
     assert not npy.exists() and not npy.with_suffix(".json").exists()
-    assert _leftovers(root) == []
+    assert _leftovers(root) == [live]  # a running process's file is kept
     assert main(["cache", "verify", "--cache", str(root)]) == 0
     assert "1 entries checked: 1 good, 0 bad" in capsys.readouterr().out
 

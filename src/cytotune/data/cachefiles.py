@@ -13,6 +13,7 @@ import errno
 import hashlib
 import logging
 import os
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -137,23 +138,55 @@ def discard(paths: list[Path], what: str, reason: str) -> None:
 
 
 def temp_path(directory: Path, suffix: str) -> Path:
-    """A new empty temporary file in ``directory``; its name carries this process's id, so
-    ``cytotune cache verify --remove-bad`` can tell leftovers of dead processes."""
-    handle, name = tempfile.mkstemp(dir=directory, prefix=f"{_TMP_PREFIX}{os.getpid()}-",
-                                    suffix=suffix)
+    """A new empty temporary file in ``directory``; its name carries this process's id and
+    host, so leftovers of a killed process can be told from files still being written."""
+    handle, name = tempfile.mkstemp(dir=directory, suffix=suffix,
+                                    prefix=f"{_TMP_PREFIX}{os.getpid()}@{_host()}-")
     os.close(handle)
     return Path(name)
 
 
-def leftover_temp_files(directory: Path) -> list[Path]:
-    """Temporary files under ``directory`` whose writing process is no longer running."""
+def leftover_temp_files(directory: Path, recursive: bool = True) -> list[Path]:
+    """Temporary files under ``directory`` whose writer is gone: named by a process of this
+    host that no longer runs, or (not named so: an older cytotune) untouched for a day. A file
+    of a process on another host sharing the folder is never counted: it may be in use."""
     leftovers = []
-    for path in directory.rglob("*.tmp"):
-        pid_text = path.name.removeprefix(_TMP_PREFIX).split("-", 1)[0]
-        if path.name.startswith(_TMP_PREFIX) and pid_text.isdigit() and _alive(int(pid_text)):
+    for path in (directory.rglob("*.tmp") if recursive else directory.glob("*.tmp")):
+        writer = _writer(path.name)
+        try:
+            if writer is None:
+                if time.time() - path.stat().st_mtime > 86400:
+                    leftovers.append(path)
+            elif writer[1] == _host() and not _alive(writer[0]):
+                leftovers.append(path)
+        except OSError:  # removed meanwhile
             continue
-        leftovers.append(path)
     return leftovers
+
+
+def remove_leftover_temp_files(directory: Path) -> None:
+    """Delete :func:`leftover_temp_files` of ``directory`` (not its subfolders), quietly: a
+    killed run's partial cache files would otherwise stay forever."""
+    try:
+        for path in leftover_temp_files(directory, recursive=False):
+            path.unlink(missing_ok=True)
+            logger.info("removed %s, left by a process that no longer runs", path)
+    except OSError as err:
+        logger.debug("could not clean temporary files in %s (%s)", directory, err)
+
+
+def _writer(name: str) -> Optional[tuple[int, str]]:
+    """(pid, host) from a temporary file's name made by :func:`temp_path`, else None."""
+    if not name.startswith(_TMP_PREFIX) or "@" not in name:
+        return None
+    pid, rest = name[len(_TMP_PREFIX):].split("@", 1)
+    if not pid.isdigit() or "-" not in rest:
+        return None
+    return int(pid), rest.rsplit("-", 1)[0]
+
+
+def _host() -> str:
+    return socket.gethostname().replace("@", "_").replace(os.sep, "_") or "localhost"
 
 
 def _alive(pid: int) -> bool:

@@ -460,6 +460,7 @@ class ImageStore:
         shape = (len(paths), 3, crop_size, crop_size)
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
+            cachefiles.remove_leftover_temp_files(self.cache_dir)
             target = _NpyFile(self.cache_dir, shape)
         except OSError as err:
             self._check_memory(err, shape)

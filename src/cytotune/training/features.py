@@ -200,6 +200,7 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path,
                                                DIGEST_FIELD: tensors_digest(tensors)})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        cachefiles.remove_leftover_temp_files(path.parent)
         cachefiles.write_atomic(path, data)
     except OSError as err:
         cachefiles.warn_unwritable(path.parent, err)
