@@ -115,3 +115,5 @@ def test_bench_cache_check_case_times_a_cached_linear_probe_per_verification_mod
     assert all(len(times) == 1 for times in case["wall_s"].values())
     assert case["entries"] > 0 and case["cache_bytes"]["images"] > 0
     assert case["full_hash_s"] > 0 and "changed_overhead" in case
+    assert case["check_s"]["off"][0] < case["check_s"]["always"][0]
+    assert 0 < case["check_fraction"]["always"] < 1

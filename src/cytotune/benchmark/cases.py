@@ -28,7 +28,7 @@ import torch
 from cytotune.adapters import apply_lora, count_lora_parameters, mark_only_lora_trainable
 from cytotune.benchmark import reference as ref
 from cytotune.data import ImageStore
-from cytotune.data.cachefiles import STAMP_SETTLE_NS, verification
+from cytotune.data.cachefiles import STAMP_SETTLE_NS, check_seconds, verification
 from cytotune.training.augment import normalise
 from cytotune.training.config import TrainConfig, set_dotted
 from cytotune.training.features import autocast_for, extract_features, resolve_precision
@@ -413,7 +413,8 @@ def case_cache_check(bench: Bench) -> dict[str, Any]:
     the same run timed with the checks off, in the default mode ("changed": hash a file only
     when its status changed since its last check) and hashing every entry on every read
     ("always"), in the same process, modes interleaved in rotating order, ``check_repeats``
-    times each (medians).
+    times each (medians); and, run by run, the time spent inside the checks over the run's time
+    (``check_fraction``), the figure that run-to-run noise does not swamp.
     Also times one full hash of the whole cache (``cytotune cache verify``)."""
     from cytotune.training.cache_verify import verify_cache
 
@@ -430,18 +431,25 @@ def case_cache_check(bench: Bench) -> dict[str, Any]:
         run_training(config)  # untimed: the first check of each entry hashes it and stamps it
     modes = ("off", "changed", "always")
     times: dict[str, list[float]] = {mode: [] for mode in modes}
+    checking: dict[str, list[float]] = {mode: [] for mode in modes}
     for repeat in range(s.check_repeats):
         for mode in modes[repeat % 3:] + modes[:repeat % 3]:  # no mode always goes first
+            before = check_seconds()
             with verification(mode):
                 _, seconds, _ = _timed(lambda: run_training(config), bench.device)
             times[mode].append(seconds)
+            checking[mode].append(check_seconds() - before)
     start = time.perf_counter()
     report = verify_cache(cache_dir)
     full_hash_s = time.perf_counter() - start
     median = {mode: statistics.median(values) for mode, values in times.items()}
+    # the checks' own time over the run's, run by run: not swamped by run-to-run noise
+    share = {mode: statistics.median(c / t for c, t in zip(checking[mode], times[mode]))
+             for mode in modes}
     sizes = {part: sum(f.stat().st_size for f in (cache_dir / part).rglob("*") if f.is_file())
              for part in ("images", "features")}
     return {"repeats": s.check_repeats, "epochs": s.linear_epochs, "wall_s": times,
+            "check_s": checking, "check_fraction": share,
             "median_s": median, "entries": report.good + len(report.bad),
             "cache_bytes": sizes, "full_hash_s": full_hash_s,
             "changed_overhead": median["changed"] / median["off"] - 1,

@@ -148,13 +148,16 @@ def summary_line(name: str, r: dict[str, Any]) -> str:
                 f"{r['step_s'][-1]:.1f} s")
     if name == "cache_check":
         m = r["median_s"]
+        f = r["check_fraction"]
         return (f"cache checks on a cached linear probe ({r['entries']} entries, "
                 f"{r['cache_bytes']['images'] / mib:.1f} MiB pixels, "
                 f"{r['cache_bytes']['features'] / mib:.1f} MiB features; median of "
-                f"{r['repeats']}): off {m['off']:.2f} s, changed (default) {m['changed']:.2f} s "
+                f"{r['repeats']}): time inside the checks {100 * f['changed']:.2f} % of the run "
+                f"(default, 'changed'), {100 * f['always']:.2f} % ('always'); run wall time off "
+                f"{m['off']:.2f} s, changed {m['changed']:.2f} s "
                 f"({100 * r['changed_overhead']:+.1f} %), always {m['always']:.2f} s "
                 f"({100 * r['always_overhead']:+.1f} %); hashing the whole cache once "
-                f"{r['full_hash_s']:.3f} s = {100 * r['full_hash_fraction']:.1f} % of the run")
+                f"{r['full_hash_s']:.3f} s = {100 * r['full_hash_fraction']:.1f} % of a run")
     return f"{name}: {json.dumps(r)}"
 
 

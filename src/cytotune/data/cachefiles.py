@@ -37,6 +37,7 @@ _TMP_PREFIX = "tmp-"
 
 _verify_override: Optional[str] = None
 _warned: set[tuple[int, int]] = set()
+_check_seconds = [0.0]  # time spent checking entries in this process (the bench reads it)
 
 
 class CacheError(DataError):
@@ -70,6 +71,22 @@ def verification(mode: str) -> Iterator[None]:
         yield
     finally:
         _verify_override = previous
+
+
+@contextmanager
+def timed_check() -> Iterator[None]:
+    """Count the block's time as time spent checking cache entries (see :func:`check_seconds`)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _check_seconds[0] += time.perf_counter() - start
+
+
+def check_seconds() -> float:
+    """Seconds this process has spent checking cache entries against their digests: the bench
+    reports it next to a run's time, a figure that the run-to-run noise does not swamp."""
+    return _check_seconds[0]
 
 
 # --------------------------------------------------------------------------- digests and stamps

@@ -300,8 +300,11 @@ class ImageStore:
     hash, in order, so editing, replacing or re-exporting any image yields a new key and stale
     pixels are never served (a cache keyed on folder paths would). Each entry is ``<key>.npy``
     (the pixels, written atomically and memory-mapped on load, so 40k images need not fit in RAM)
-    and ``<key>.json`` (which inputs were skipped and why). Only file contents are keyed, never
-    paths, so entries are stored by position: ``bad`` is reported with the caller's paths.
+    and ``<key>.json`` (which inputs were skipped and why, and the ``.npy``'s digest, checked on
+    load: a changed or damaged file is reported, removed and decoded again). Only file contents
+    are keyed, never paths, so entries are stored by position: ``bad`` is reported with the
+    caller's paths. A cache folder that cannot be written (full disk, read-only) is a warning
+    and the images are decoded in memory instead.
 
     ``cache_dir=None`` disables the disk cache (every call decodes, and still reports ``key``).
     Files are read once: bytes read for hashing are kept (up to ``max_retained_bytes``) and reused
@@ -508,6 +511,11 @@ def check_image_entry(pixels_path: Path, sidecar_path: Path, sidecar: dict) -> O
     the digest recorded at write. Hashes the file only when :func:`cachefiles.needs_hashing`
     says so; after a successful hash the file's stamp is recorded (best effort), so unchanged
     files are not hashed again."""
+    with cachefiles.timed_check():
+        return _check_image_entry(pixels_path, sidecar_path, sidecar)
+
+
+def _check_image_entry(pixels_path: Path, sidecar_path: Path, sidecar: dict) -> Optional[str]:
     recorded = sidecar.get("digest")
     if not isinstance(recorded, str) or ":" not in recorded:
         return "has no content digest (written by an older cytotune)"

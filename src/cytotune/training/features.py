@@ -168,7 +168,8 @@ def check_features_file(path: Path) -> tuple[Optional[dict[str, torch.Tensor]], 
     if cachefiles.verify_mode() == "off":
         return tensors, None
     try:
-        actual = tensors_digest(tensors, recorded.split(":", 1)[0])
+        with cachefiles.timed_check():
+            actual = tensors_digest(tensors, recorded.split(":", 1)[0])
     except ValueError as err:
         return None, f"records an unusable digest ({err})"
     if actual != recorded:
