@@ -492,7 +492,7 @@ class ImageStore:
         loaded = self._load(key, paths, crop_size, checked=True)
         if loaded is None:
             raise CacheError(f"image cache entry {pixels_path} could not be read back after "
-                             f"writing; {cachefiles.unwritable_hint(OSError())}")
+                             f"writing (removed meanwhile by another process?); run again")
         return loaded
 
     def _check_memory(self, err: OSError, shape: tuple[int, ...]) -> None:
@@ -523,7 +523,8 @@ def _check_image_entry(pixels_path: Path, sidecar_path: Path, sidecar: dict) -> 
         return None
     actual = cachefiles.file_digest(pixels_path, recorded.split(":", 1)[0])
     if actual != recorded:
-        return "does not match the digest recorded when it was written (changed or damaged on disk)"
+        return ("does not match the digest recorded when it was written (changed or damaged "
+                "on disk)")
     stamp = cachefiles.file_stamp(pixels_path)
     if stamp is not None and stamp != sidecar.get("stamp"):
         try:  # a read-only cache is simply hashed again next time
