@@ -220,10 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     from cytotune.benchmark.cli import register as register_benchmark
     from cytotune.experiments.cli import register as register_experiments
     from cytotune.inference.cli import register as register_inference
+    from cytotune.training.cache_verify import register as register_cache
 
     COMMANDS.update(register_inference(sub))
     COMMANDS.update(register_experiments(sub))
     COMMANDS.update(register_benchmark(sub))
+    COMMANDS.update(register_cache(sub))
     return parser
 
 

@@ -102,3 +102,18 @@ def test_bench_heads_script_runs_and_prints_both_times():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert "15 heads, 6 steps each" in done.stdout and "one by one" in done.stdout
+
+
+def test_bench_cache_check_case_times_a_cached_linear_probe_per_verification_mode(
+        synthetic_data, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(synthetic_data), "--model", "uni-tiny", "--cases",
+                 "cache_check", "--check-repeats", "1", "--linear-epochs", "2",
+                 "--json", str(out)]) == 0
+    case = json.loads(out.read_text())["cases"]["cache_check"]
+    assert set(case["median_s"]) == {"off", "changed", "always"}
+    assert all(len(times) == 1 for times in case["wall_s"].values())
+    assert case["entries"] > 0 and case["cache_bytes"]["images"] > 0
+    assert case["full_hash_s"] > 0 and "changed_overhead" in case
+    assert case["check_s"]["off"][0] < case["check_s"]["always"][0]
+    assert 0 < case["check_fraction"]["always"] < 1

@@ -238,3 +238,134 @@ def test_store_without_cache_dir_decodes_every_call(tmp_path, images):
     assert not (tmp_path / "cache").exists()
     assert store.get(images, 36, 32, "bicubic").key == ImageStore(tmp_path / "c").cache_key(
         images, 36, 32, "bicubic")  # content key even without a disk cache
+
+
+# --------------------------------------------------------------------------- cache integrity
+
+
+def _payload_offset(npy: Path) -> int:
+    with open(npy, "rb") as file:
+        np.lib.format.read_magic(file)
+        np.lib.format.read_array_header_1_0(file)
+        return file.tell()
+
+
+def _poison(npy: Path, seed: int = 0) -> None:
+    """Random bytes over the whole pixel payload; the .npy header stays valid."""
+    offset = _payload_offset(npy)
+    size = npy.stat().st_size - offset
+    with open(npy, "r+b") as file:
+        file.seek(offset)
+        file.write(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())
+
+
+def test_store_poisoned_pixels_with_a_valid_header_are_found_and_decoded_again(
+        tmp_path, images, caplog):
+    store = ImageStore(tmp_path / "cache")
+    store.get(images, 36, 32, "bicubic")
+    (npy,) = (tmp_path / "cache").glob("*.npy")
+    _poison(npy)
+    with caplog.at_level("WARNING"):
+        again = store.get(images, 36, 32, "bicubic")
+    assert str(npy) in caplog.text and "does not match the digest" in caplog.text
+    assert store.misses == 2  # decoded again, not served
+    assert torch.equal(again.pixels, decode_images(images, 36, 32, "bicubic").pixels)
+    assert store.get(images, 36, 32, "bicubic").key == again.key and store.hits == 1
+
+
+def test_store_hashes_an_unchanged_entry_until_its_stamp_is_kept_and_any_write_breaks_it(
+        tmp_path, images, monkeypatch, caplog):
+    from cytotune.data import cachefiles
+
+    monkeypatch.setattr(cachefiles, "STAMP_SETTLE_NS", 0)  # no wait for the timestamp tick
+    hashed = []
+    real_digest = cachefiles.file_digest
+    monkeypatch.setattr(cachefiles, "file_digest",
+                        lambda path, *a: hashed.append(Path(path)) or real_digest(path, *a))
+    store = ImageStore(tmp_path / "cache")
+    store.get(images, 36, 32, "bicubic")  # written: hashed once, at write
+    store.get(images, 36, 32, "bicubic")  # first read: hashed, stamp recorded
+    store.get(images, 36, 32, "bicubic")  # unchanged: one stat, no hashing
+    assert len(hashed) == 2
+    (npy,) = (tmp_path / "cache").glob("*.npy")
+    with open(npy, "r+b") as file:  # one byte changed, size and header unchanged
+        file.seek(_payload_offset(npy) + 5)
+        byte = file.read(1)
+        file.seek(-1, 1)
+        file.write(bytes([byte[0] ^ 0xFF]))
+    with caplog.at_level("WARNING"):
+        again = store.get(images, 36, 32, "bicubic")
+    assert str(npy) in caplog.text
+    assert torch.equal(again.pixels, decode_images(images, 36, 32, "bicubic").pixels)
+    with cachefiles.verification("always"):  # hashes even a stamped entry
+        before = len(hashed)
+        store.get(images, 36, 32, "bicubic")
+        assert len(hashed) == before + 1
+
+
+def test_store_entry_without_a_digest_is_not_trusted(tmp_path, images, caplog):
+    import json
+
+    store = ImageStore(tmp_path / "cache")
+    store.get(images, 36, 32, "bicubic")
+    (sidecar,) = (tmp_path / "cache").glob("*.json")
+    meta = json.loads(sidecar.read_text())
+    del meta["digest"]
+    sidecar.write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        store.get(images, 36, 32, "bicubic")
+    assert "no content digest" in caplog.text and store.misses == 2
+
+
+@pytest.mark.parametrize("failing", ["reserve", "sidecar"])
+def test_store_a_failed_cache_write_warns_keeps_the_pixels_and_leaves_no_temp_files(
+        tmp_path, images, monkeypatch, caplog, failing):
+    import errno
+
+    from cytotune.data import cachefiles
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cachefiles, "reserve" if failing == "reserve" else "write_atomic",
+                        no_space)
+    monkeypatch.setattr(cachefiles, "_warned", set())
+    store = ImageStore(tmp_path / "cache")
+    with caplog.at_level("WARNING"):
+        decoded = store.get(images, 36, 32, "bicubic")
+    assert torch.equal(decoded.pixels, decode_images(images, 36, 32, "bicubic").pixels)
+    assert f"cache folder {tmp_path / 'cache'}: No space left on device" in caplog.text
+    assert "--cache-dir" in caplog.text
+    assert list((tmp_path / "cache").iterdir()) == []  # no entry, no *.tmp
+
+
+def test_store_refuses_in_one_line_to_decode_in_memory_what_cannot_fit(tmp_path, images,
+                                                                        monkeypatch):
+    import errno
+
+    from cytotune.data import cachefiles
+    from cytotune.data.cachefiles import CacheError
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(cachefiles, "temp_path", read_only)
+    monkeypatch.setattr(cachefiles, "available_memory", lambda: 1000)
+    with pytest.raises(CacheError, match="Read-only file system.*in memory.*Make it writable"):
+        ImageStore(tmp_path / "cache").get(images, 36, 32, "bicubic")
+
+
+def test_store_removes_temp_files_of_dead_processes_when_it_writes(tmp_path, images):
+    import os
+    import socket
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    host = socket.gethostname()
+    dead = cache / f"tmp-999999999@{host}-ab12.npy.tmp"  # a killed run's partial entry
+    alive = cache / f"tmp-{os.getpid()}@{host}-cd34.npy.tmp"  # one being written right now
+    other_host = cache / f"tmp-999999999@{host}x-ef56.npy.tmp"  # maybe alive elsewhere
+    for path in (dead, alive, other_host):
+        path.write_bytes(b"partial")
+    ImageStore(cache).get(images, 36, 32, "bicubic")
+    assert not dead.exists() and alive.exists() and other_host.exists()

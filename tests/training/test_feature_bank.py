@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -117,3 +118,131 @@ def test_many_chunks_are_merged_into_one_and_every_image_stays_held(tmp_path, mo
                                         image_keys=[str(i) for i in range(5)])
     assert hit and backbone.seen == 5
     torch.testing.assert_close(everything, torch.stack(expected), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- content checks
+
+
+def _poison_tensor(path, name: str = "features", seed: int = 0, plausible: bool = False) -> None:
+    """Random bytes over one tensor's data in a safetensors file; its header stays valid.
+    ``plausible``: random normal float32 values instead, which a reader cannot tell by range."""
+    import json
+    import struct
+
+    import numpy as np
+
+    data = bytearray(path.read_bytes())
+    (length,) = struct.unpack("<Q", data[:8])
+    start, end = json.loads(data[8:8 + length])[name]["data_offsets"]
+    base = 8 + length
+    rng = np.random.default_rng(seed)
+    data[base + start:base + end] = (
+        rng.normal(size=(end - start) // 4).astype(np.float32).tobytes() if plausible
+        else rng.integers(0, 256, end - start, dtype=np.uint8).tobytes())
+    path.write_bytes(bytes(data))
+
+
+def test_a_chunk_whose_features_changed_under_a_valid_header_is_removed_and_extracted_again(
+        tmp_path, caplog):
+    cache, backbone = FeatureCache(tmp_path), CountingBackbone()
+    pixels = _images(3)
+    expected, _, _ = cache.features(backbone, "w", pixels, "abc", CPU, image_keys=["a", "b", "c"])
+    (chunk,) = list((tmp_path / "features").glob("*/*.safetensors"))
+    _poison_tensor(chunk)
+    with caplog.at_level(logging.WARNING):
+        feats, _, hit = cache.features(backbone, "w", pixels, "abc", CPU,
+                                       image_keys=["a", "b", "c"])
+    assert not hit and backbone.seen == 6
+    assert str(chunk) in caplog.text and "does not match the digest" in caplog.text
+    assert not chunk.exists()  # removed, so the damage is met once
+    torch.testing.assert_close(feats, expected, rtol=0, atol=0)
+
+
+def test_a_per_set_entry_whose_features_changed_is_computed_again(tmp_path, caplog):
+    cache, calls = FeatureCache(tmp_path), []
+
+    def compute() -> torch.Tensor:
+        calls.append(1)
+        return torch.arange(12, dtype=torch.float32).view(3, 4)
+
+    first, _, _ = cache.get_or_compute("k", compute)
+    (entry,) = list((tmp_path / "features").glob("*.safetensors"))
+    _poison_tensor(entry)
+    with caplog.at_level(logging.WARNING):
+        again, _, hit = cache.get_or_compute("k", compute)
+    assert not hit and len(calls) == 2 and str(entry) in caplog.text
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert cache.get_or_compute("k", compute)[2]  # rewritten: a hit again
+
+
+def test_a_feature_cache_that_cannot_be_written_is_one_warning_and_the_features_are_kept(
+        tmp_path, caplog, monkeypatch):
+    import errno
+
+    from cytotune.data import cachefiles
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cachefiles, "write_atomic", no_space)
+    monkeypatch.setattr(cachefiles, "_warned", set())
+    cache, backbone = FeatureCache(tmp_path), CountingBackbone()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            feats, _, _ = cache.features(backbone, "w", _images(2), "ab", CPU,
+                                         image_keys=["a", "b"])
+    assert feats.shape == (2, 3) and backbone.seen == 4
+    assert caplog.text.count("No space left on device") == 1  # once per folder, not per write
+    assert not list((tmp_path / "features").rglob("*.tmp"))
+
+
+def _linear_run(synthetic_data, tiny_model_names, cache_dir):
+    return cytotune.train(data=str(synthetic_data), model=tiny_model_names["uni"],
+                          method="linear", cache_dir=str(cache_dir), batch_size=8,
+                          pretrained=False, num_workers=0, seed=1, lr=1e-2, linear_epochs=20)
+
+
+def _assert_same_test_metrics(run, clean) -> None:
+    for name, value in clean.metrics["test"].items():
+        if isinstance(value, float):
+            assert run.metrics["test"][name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_a_poisoned_feature_cache_gives_the_clean_runs_numbers(synthetic_data, tiny_model_names,
+                                                               tmp_path, caplog):
+    cache_dir = tmp_path / "cache"
+    clean = _linear_run(synthetic_data, tiny_model_names, cache_dir)
+    chunks = sorted((cache_dir / "features").rglob("*.safetensors"))
+    for seed, chunk in enumerate(chunks):
+        _poison_tensor(chunk, seed=seed, plausible=True)
+    with caplog.at_level(logging.WARNING):
+        again = _linear_run(synthetic_data, tiny_model_names, cache_dir)
+    _assert_same_test_metrics(again, clean)
+    for chunk in chunks:
+        assert str(chunk) in caplog.text
+
+
+def test_a_poisoned_pixel_cache_gives_the_clean_runs_numbers(synthetic_data, tiny_model_names,
+                                                             tmp_path, caplog):
+    import numpy as np
+
+    cache_dir = tmp_path / "cache"
+    clean = _linear_run(synthetic_data, tiny_model_names, cache_dir)
+    import shutil
+
+    shutil.rmtree(cache_dir / "features")  # features come from the (poisoned) pixels again
+    entries = sorted((cache_dir / "images").glob("*.npy"))
+    for seed, npy in enumerate(entries):
+        with open(npy, "rb") as file:
+            np.lib.format.read_magic(file)
+            np.lib.format.read_array_header_1_0(file)
+            offset = file.tell()
+        size = npy.stat().st_size - offset
+        with open(npy, "r+b") as file:
+            file.seek(offset)
+            file.write(np.random.default_rng(seed).integers(0, 256, size, np.uint8).tobytes())
+    with caplog.at_level(logging.WARNING):
+        again = _linear_run(synthetic_data, tiny_model_names, cache_dir)
+    _assert_same_test_metrics(again, clean)
+    for npy in entries:
+        assert str(npy) in caplog.text

@@ -6,13 +6,15 @@ Cases: ``features`` (plain forward vs cytotune's extraction vs the baseline's), 
 seeds x learning-rates grid of linear probes), ``lora`` (one few-shot LoRA run), ``packed`` (K
 LoRA runs one by one vs packed on one backbone); on request ``precision`` (cytotune's linear
 grid and LoRA run in fp32 and in bf16: the speed bf16 buys and what it does to test metrics)
-and ``memory`` (the peak memory of LoRA training steps at the bench's batch size, rank and
-targets: the question whether CLIP ViT-L/14 with r=16 on q,k,v,o at batch 32 fits in 24 GB).
+``memory`` (the peak memory of LoRA training steps at the bench's batch size, rank and
+targets: the question whether CLIP ViT-L/14 with r=16 on q,k,v,o at batch 32 fits in 24 GB)
+and ``cache_check`` (what the cache content checks cost a cached linear probe).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -26,6 +28,7 @@ import torch
 from cytotune.adapters import apply_lora, count_lora_parameters, mark_only_lora_trainable
 from cytotune.benchmark import reference as ref
 from cytotune.data import ImageStore
+from cytotune.data.cachefiles import STAMP_SETTLE_NS, check_seconds, verification
 from cytotune.training.augment import normalise
 from cytotune.training.config import TrainConfig, set_dotted
 from cytotune.training.features import autocast_for, extract_features, resolve_precision
@@ -35,7 +38,8 @@ from cytotune.training.runner import (build_run_backbone, card_for, prepare_run_
                                       resolve_device, run_training)
 
 CASES = ("features", "linear", "lora", "packed")  # the default set
-EXTRA_CASES = ("precision", "memory")  # on request, no baseline: fp32 vs bf16; peak memory
+# on request, no baseline: fp32 vs bf16; peak memory; cost of the cache content checks
+EXTRA_CASES = ("precision", "memory", "cache_check")
 
 
 @dataclass
@@ -60,6 +64,7 @@ class BenchSettings:
     targets: Optional[tuple[str, ...]] = None  # None: the card's default (q, v for ViTs)
     baseline_workers: int = field(default_factory=lambda: min(5, os.cpu_count() or 1))
     batch_size: int = 32
+    check_repeats: int = 5  # cache_check: timed runs per verification mode
 
 
 @contextmanager
@@ -402,9 +407,59 @@ def case_memory(bench: Bench, steps: int = 2) -> dict[str, Any]:
             "resident_before_bytes": before if device.type != "cuda" else None}
 
 
+def case_cache_check(bench: Bench) -> dict[str, Any]:
+    """The cost of checking cache entries against their digests, for one cached linear probe
+    (decoded pixels and features both on disk: the run whose time the checks weigh most on):
+    the same run timed with the checks off, in the default mode ("changed": hash a file only
+    when its status changed since its last check) and hashing every entry on every read
+    ("always"), in the same process, modes interleaved in rotating order, ``check_repeats``
+    times each (medians); and the time spent inside the checks over the fastest unchecked run
+    (``check_fraction``), the figure that run-to-run noise neither swamps nor shrinks.
+    Also times one full hash of the whole cache (``cytotune cache verify``)."""
+    from cytotune.training.cache_verify import verify_cache
+
+    s = bench.s
+    cache_dir = bench.workdir / "check-cache"
+    config = bench.config(**{"method": "linear", "seed": 1, "optim.lr": 1e-3,
+                             "optim.linear_epochs": s.linear_epochs,
+                             "cache_dir": str(cache_dir)})
+    written = time.perf_counter()
+    run_training(config)  # fills both caches
+    # files are stamped (then not hashed again) only once their timestamps have settled
+    time.sleep(max(0.0, STAMP_SETTLE_NS / 1e9 - (time.perf_counter() - written)) + 0.1)
+    with verification("changed"):
+        run_training(config)  # untimed: the first check of each entry hashes it and stamps it
+    modes = ("off", "changed", "always")
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    checking: dict[str, list[float]] = {mode: [] for mode in modes}
+    for repeat in range(s.check_repeats):
+        for mode in modes[repeat % 3:] + modes[:repeat % 3]:  # no mode always goes first
+            before = check_seconds()
+            with verification(mode):
+                _, seconds, _ = _timed(lambda: run_training(config), bench.device)
+            times[mode].append(seconds)
+            checking[mode].append(check_seconds() - before)
+    start = time.perf_counter()
+    report = verify_cache(cache_dir)
+    full_hash_s = time.perf_counter() - start
+    median = {mode: statistics.median(values) for mode, values in times.items()}
+    # the checks' own (median) time over the fastest unchecked run: other load on the machine
+    # can only lengthen runs, so this share is not made smaller by noise
+    share = {mode: statistics.median(checking[mode]) / min(times["off"]) for mode in modes}
+    sizes = {part: sum(f.stat().st_size for f in (cache_dir / part).rglob("*") if f.is_file())
+             for part in ("images", "features")}
+    return {"repeats": s.check_repeats, "epochs": s.linear_epochs, "wall_s": times,
+            "check_s": checking, "check_fraction": share,
+            "median_s": median, "entries": report.good + len(report.bad),
+            "cache_bytes": sizes, "full_hash_s": full_hash_s,
+            "changed_overhead": median["changed"] / median["off"] - 1,
+            "always_overhead": median["always"] / median["off"] - 1,
+            "full_hash_fraction": full_hash_s / median["off"]}
+
+
 CASE_FUNCTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "features": case_features, "linear": case_linear, "lora": case_lora, "packed": case_packed,
-    "precision": case_precision, "memory": case_memory}
+    "precision": case_precision, "memory": case_memory, "cache_check": case_cache_check}
 
 
 def run_benchmark(settings: BenchSettings, cases: tuple[str, ...] = CASES,

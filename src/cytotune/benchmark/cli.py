@@ -50,7 +50,8 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--cases", default=",".join(CASES),
                    help=f"comma-separated: {', '.join(CASES)} (the default), or also "
                         f"{', '.join(EXTRA_CASES)} (cytotune fp32 vs bf16; peak memory of LoRA "
-                        f"training steps at --batch-size, --rank, --targets)")
+                        f"training steps at --batch-size, --rank, --targets; what the cache "
+                        f"content checks cost a cached linear probe)")
     p.add_argument("--seeds", type=_ints, default=BenchSettings.seeds)
     p.add_argument("--lrs", type=_floats, default=BenchSettings.lrs)
     p.add_argument("--linear-epochs", type=int, default=BenchSettings.linear_epochs)
@@ -70,6 +71,8 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--compile", action="store_true",
                    help="the lora case's cytotune run uses torch.compile (the first steps "
                         "include compilation)")
+    p.add_argument("--check-repeats", type=int, default=BenchSettings.check_repeats,
+                   help="cache_check: timed cached linear probes per verification mode")
     p.add_argument("--json", default="bench.json", help="where to write the figures (atomically)")
     return {"bench": cmd_bench}
 
@@ -90,6 +93,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         shots=args.shots, lora_steps=args.lora_steps, pack=args.pack,
         baseline_workers=args.baseline_workers, peak_tflops=args.peak_tflops,
         compile=args.compile, rank=args.rank, batch_size=args.batch_size,
+        check_repeats=args.check_repeats,
         targets=tuple(t.strip() for t in args.targets.split(",")) if args.targets else None)
     cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
     result = run_benchmark(settings, cases, progress=lambda name, r: console.print(
@@ -142,6 +146,19 @@ def summary_line(name: str, r: dict[str, Any]) -> str:
                 f"{r['image_size']} px, {r['precision']}: peak "
                 f"{r['memory']['peak_bytes'] / gib:.2f} GiB{extra}; last step "
                 f"{r['step_s'][-1]:.1f} s")
+    if name == "cache_check":
+        m = r["median_s"]
+        f = r["check_fraction"]
+        return (f"cache checks on a cached linear probe ({r['entries']} entries, "
+                f"{r['cache_bytes']['images'] / mib:.1f} MiB pixels, "
+                f"{r['cache_bytes']['features'] / mib:.1f} MiB features; median of "
+                f"{r['repeats']}): time inside the checks {100 * f['changed']:.2f} % of the fastest "
+                f"unchecked run (default, 'changed'), {100 * f['always']:.2f} % ('always'); "
+                f"run wall time off "
+                f"{m['off']:.2f} s, changed {m['changed']:.2f} s "
+                f"({100 * r['changed_overhead']:+.1f} %), always {m['always']:.2f} s "
+                f"({100 * r['always_overhead']:+.1f} %); hashing the whole cache once "
+                f"{r['full_hash_s']:.3f} s = {100 * r['full_hash_fraction']:.1f} % of a run")
     return f"{name}: {json.dumps(r)}"
 
 

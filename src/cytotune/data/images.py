@@ -14,9 +14,7 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from collections import deque
-from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,8 @@ import PIL
 import torch
 from PIL import Image
 
+from cytotune.data import cachefiles
+from cytotune.data.cachefiles import CacheError
 from cytotune.data.dataset import DataError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _DECODER_FAILURES = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
                      struct.error, Image.DecompressionBombError)
 # Bump when the cache layout or decoding changes, so old cache files are never reused.
-_CACHE_FORMAT = 1
+# 2: the sidecar records a digest of the .npy file (and the file's stamp when last checked).
+_CACHE_FORMAT = 2
+_CACHE_WHAT = "image cache entry"
 
 
 class ImageDecodeError(DataError):
@@ -297,8 +299,11 @@ class ImageStore:
     hash, in order, so editing, replacing or re-exporting any image yields a new key and stale
     pixels are never served (a cache keyed on folder paths would). Each entry is ``<key>.npy``
     (the pixels, written atomically and memory-mapped on load, so 40k images need not fit in RAM)
-    and ``<key>.json`` (which inputs were skipped and why). Only file contents are keyed, never
-    paths, so entries are stored by position: ``bad`` is reported with the caller's paths.
+    and ``<key>.json`` (which inputs were skipped and why, and the ``.npy``'s digest, checked on
+    load: a changed or damaged file is reported, removed and decoded again). Only file contents
+    are keyed, never paths, so entries are stored by position: ``bad`` is reported with the
+    caller's paths. A cache folder that cannot be written (full disk, read-only) is a warning
+    and the images are decoded in memory instead.
 
     ``cache_dir=None`` disables the disk cache (every call decodes, and still reports ``key``).
     Files are read once: bytes read for hashing are kept (up to ``max_retained_bytes``) and reused
@@ -406,8 +411,13 @@ class ImageStore:
         assert self.cache_dir is not None
         return self.cache_dir / f"{key}.npy", self.cache_dir / f"{key}.json"
 
-    def _load(self, key: str, paths: list[Path], crop_size: int) -> Optional[DecodedImages]:
-        """The cached entry for ``key``, or None when absent or unusable (then it is rebuilt)."""
+    def _load(self, key: str, paths: list[Path], crop_size: int,
+              checked: bool = False) -> Optional[DecodedImages]:
+        """The cached entry for ``key``, or None when absent or unusable (then it is rebuilt).
+
+        Its pixels file is checked against the digest recorded when it was written (see
+        :func:`cytotune.data.cachefiles.verify_mode`; ``checked``: just written by this process);
+        a mismatch is a warning naming the file, which is removed and decoded again."""
         pixels_path, sidecar_path = self._entry(key)
         if not sidecar_path.is_file():  # written last, so it marks a complete entry
             return None
@@ -416,16 +426,26 @@ class ImageStore:
             bad = [(int(i), str(reason)) for i, reason in sidecar["bad"]]
             n_kept = len(paths) - len(bad)
             expected = (n_kept, 3, crop_size, crop_size)
-            # Copy-on-write map: still lazily paged from disk, but an in-place edit of the tensor
-            # stays private instead of faulting on read-only memory or altering the cache.
-            pixels = np.load(pixels_path, mmap_mode="c") if n_kept else np.empty(expected, np.uint8)
-            if sidecar["n_paths"] != len(paths) or pixels.shape != expected \
-                    or pixels.dtype != np.uint8:
-                raise ValueError(f"holds shape {pixels.shape}, expected {expected}")
+            if sidecar["n_paths"] != len(paths):
+                raise ValueError(f"lists {sidecar['n_paths']} images, expected {len(paths)}")
+            problem = None if checked else check_image_entry(pixels_path, sidecar_path, sidecar)
+            if problem is None:
+                # Copy-on-write map: still lazily paged from disk, but an in-place edit of the
+                # tensor stays private instead of faulting on read-only memory or altering the
+                # cache.
+                pixels = _map_npy(pixels_path, expected)
         except (OSError, ValueError, KeyError, TypeError) as err:
             logger.warning("ignoring unusable image cache entry %s (%s); decoding again",
                            pixels_path, err)
             return None
+        if problem is not None:
+            cachefiles.discard([pixels_path, sidecar_path], _CACHE_WHAT, problem)
+            return None
+        return self._decoded(pixels, paths, bad)
+
+    @staticmethod
+    def _decoded(pixels: np.ndarray, paths: list[Path],
+                 bad: list[tuple[int, str]]) -> DecodedImages:
         bad_indices = {i for i, _ in bad}
         kept = np.asarray([i for i in range(len(paths)) if i not in bad_indices], dtype=np.int64)
         return DecodedImages(pixels=torch.from_numpy(pixels), kept=kept,
@@ -434,79 +454,150 @@ class ImageStore:
     def _decode_and_store(self, key: str, paths: list[Path], read: Callable[[int], bytes],
                           resize_size: int, crop_size: int, interpolation: str,
                           skip_bad: bool) -> DecodedImages:
-        """Decode into a temporary ``.npy``, move it into place, then write the sidecar."""
+        """Decode into a temporary ``.npy`` whose space is reserved first, move it into place,
+        then write the sidecar with the file's digest. A cache folder that cannot be written
+        (full, read-only) is a warning, and the images are decoded without caching."""
         assert self.cache_dir is not None
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         pixels_path, sidecar_path = self._entry(key)
         shape = (len(paths), 3, crop_size, crop_size)
-        with _temporary_npy(self.cache_dir, shape) as (tmp_path, out):
-            kept, bad = _decode_into(paths, read, out, resize_size, crop_size, interpolation,
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            cachefiles.remove_leftover_temp_files(self.cache_dir)
+            target = _NpyFile(self.cache_dir, shape)
+        except OSError as err:
+            self._check_memory(err, shape)
+            cachefiles.warn_unwritable(self.cache_dir, err)
+            return _decode_in_memory(paths, read, resize_size, crop_size, interpolation,
                                      skip_bad, self.num_workers)
-            if isinstance(out, np.memmap):
-                out.flush()
-            del out
-            if len(kept) < len(paths):  # bad files left unused rows: rewrite at the right size
-                _shrink_npy(tmp_path, len(kept))
-            os.replace(tmp_path, pixels_path)
-        sidecar = {"format": _CACHE_FORMAT, "n_paths": len(paths), "resize_size": resize_size,
-                   "crop_size": crop_size, "interpolation": interpolation,
-                   "bad": [[i, reason] for i, reason in bad]}
-        _write_atomic(sidecar_path, json.dumps(sidecar, indent=1).encode())
-        loaded = self._load(key, paths, crop_size)
+        try:
+            kept, bad = _decode_into(paths, read, target.rows, resize_size, crop_size,
+                                     interpolation, skip_bad, self.num_workers)
+            digest = target.finish(len(kept))
+            sidecar = {"format": _CACHE_FORMAT, "n_paths": len(paths), "resize_size": resize_size,
+                       "crop_size": crop_size, "interpolation": interpolation,
+                       "bad": [[i, reason] for i, reason in bad], "digest": digest,
+                       "stamp": None}
+            try:
+                os.replace(target.path, pixels_path)
+                cachefiles.write_atomic(sidecar_path, json.dumps(sidecar, indent=1).encode())
+            except OSError as err:  # e.g. no room for the sidecar: keep the decoded pixels
+                cachefiles.warn_unwritable(self.cache_dir, err)
+                source = pixels_path if not target.path.exists() else target.path
+                pixels = _map_npy(source, (len(kept),) + shape[1:])
+                source.unlink(missing_ok=True)  # the map keeps the data until it is dropped
+                return self._decoded(pixels, paths, bad)
+        finally:
+            target.discard()
+        loaded = self._load(key, paths, crop_size, checked=True)
         if loaded is None:
-            raise DataError(f"image cache entry {pixels_path} could not be read back after writing")
+            raise CacheError(f"image cache entry {pixels_path} could not be read back after "
+                             f"writing (removed meanwhile by another process?); run again")
         return loaded
 
-
-@contextmanager
-def _temporary_npy(directory: Path, shape: tuple[int, ...]) -> Iterator[tuple[Path, np.ndarray]]:
-    """A writable ``.npy`` memory map in ``directory``; its file is deleted unless moved away."""
-    handle, name = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
-    os.close(handle)
-    path = Path(name)
-    try:
-        if shape[0] == 0:  # numpy cannot map a zero-length array: write it directly
-            _save_npy(path, np.empty(shape, dtype=np.uint8))
-            yield path, np.empty(shape, dtype=np.uint8)
-        else:
-            yield path, np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-    finally:
-        path.unlink(missing_ok=True)
+    def _check_memory(self, err: OSError, shape: tuple[int, ...]) -> None:
+        """Refuse, in one line, to decode in memory what clearly does not fit there."""
+        needed, available = int(np.prod(shape)), cachefiles.available_memory()
+        if available is not None and needed > 0.8 * available:
+            raise CacheError(
+                f"cannot write the image cache at {self.cache_dir} ({err.strerror or err}), and "
+                f"decoding {shape[0]} images in memory instead needs {needed / 2**30:.1f} GiB of "
+                f"the {available / 2**30:.1f} GiB available. "
+                f"{cachefiles.unwritable_hint(err)}") from err
 
 
-def _shrink_npy(path: Path, n_rows: int) -> None:
-    """Rewrite the ``.npy`` at ``path`` keeping only its first ``n_rows`` rows (streamed)."""
-    source = np.load(path, mmap_mode="r")
-    handle, name = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    os.close(handle)
-    try:
-        if n_rows == 0:
-            _save_npy(Path(name), np.empty((0,) + source.shape[1:], dtype=source.dtype))
-        else:
-            target = np.lib.format.open_memmap(name, mode="w+", dtype=source.dtype,
-                                               shape=(n_rows,) + source.shape[1:])
-            for start in range(0, n_rows, 1024):
-                target[start:start + 1024] = source[start:min(start + 1024, n_rows)]
-            target.flush()
-            del target
-        del source
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
+def check_image_entry(pixels_path: Path, sidecar_path: Path, sidecar: dict) -> Optional[str]:
+    """Why the pixels file of an image cache entry cannot be trusted, or None when it matches
+    the digest recorded at write. Hashes the file only when :func:`cachefiles.needs_hashing`
+    says so; after a successful hash the file's stamp is recorded (best effort), so unchanged
+    files are not hashed again."""
+    with cachefiles.timed_check():
+        return _check_image_entry(pixels_path, sidecar_path, sidecar)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to exactly ``path`` (given a name, numpy would append ".npy" to temp names)."""
-    with open(path, "wb") as file:
-        np.save(file, array)
+def _check_image_entry(pixels_path: Path, sidecar_path: Path, sidecar: dict) -> Optional[str]:
+    recorded = sidecar.get("digest")
+    if not isinstance(recorded, str) or ":" not in recorded:
+        return "has no content digest (written by an older cytotune)"
+    if not cachefiles.needs_hashing(pixels_path, sidecar.get("stamp")):
+        return None
+    actual = cachefiles.file_digest(pixels_path, recorded.split(":", 1)[0])
+    if actual != recorded:
+        return ("does not match the digest recorded when it was written (changed or damaged "
+                "on disk)")
+    stamp = cachefiles.file_stamp(pixels_path)
+    if stamp is not None and stamp != sidecar.get("stamp"):
+        try:  # a read-only cache is simply hashed again next time
+            cachefiles.write_atomic(sidecar_path,
+                                    json.dumps({**sidecar, "stamp": stamp}, indent=1).encode())
+        except OSError as err:
+            logger.debug("could not record the stamp of %s (%s)", pixels_path, err)
+    return None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one."""
-    handle, name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
+def _map_npy(path: Path, expected: tuple[int, ...]) -> np.ndarray:
+    """The uint8 array of shape ``expected`` in the ``.npy`` at ``path``, memory-mapped
+    copy-on-write (numpy cannot map an empty array: that one is read)."""
+    if int(np.prod(expected)) == 0:
+        pixels = np.load(path)
+    else:
+        pixels = np.load(path, mmap_mode="c")
+    if pixels.shape != expected or pixels.dtype != np.uint8:
+        raise ValueError(f"holds {pixels.dtype} {pixels.shape}, expected uint8 {expected}")
+    return pixels
+
+
+def _npy_header(shape: tuple[int, ...], length: Optional[int] = None) -> bytes:
+    """The ``.npy`` (version 1.0) header of a C-ordered uint8 array; padded to ``length`` bytes
+    when given, so a shrunk array's header can overwrite the original one in place."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
+    header = buffer.getvalue()
+    if length is not None and len(header) != length:
+        if len(header) > length or length - 10 > 0xFFFF:
+            raise ValueError(f"npy header of {shape} does not fit in {length} bytes")
+        header = header[:-1] + b" " * (length - len(header)) + b"\n"
+        header = header[:8] + struct.pack("<H", length - 10) + header[10:]
+    return header
+
+
+class _NpyFile:
+    """A temporary ``.npy`` of uint8 rows in a folder, its whole size allocated before it is
+    memory-mapped: writing a map of a sparse file on a full disk kills the process with SIGBUS
+    ("Bus error"); a reservation fails with a plain OSError instead, before any work."""
+
+    def __init__(self, directory: Path, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.path = cachefiles.temp_path(directory, ".npy.tmp")
+        try:
+            self.header = _npy_header(shape)
+            with open(self.path, "r+b") as file:
+                file.write(self.header)
+                file.flush()
+                cachefiles.reserve(file.fileno(), len(self.header) + int(np.prod(shape)))
+            self.rows: Optional[np.ndarray] = (
+                np.memmap(self.path, dtype=np.uint8, mode="r+", offset=len(self.header),
+                          shape=shape) if int(np.prod(shape)) else np.empty(shape, np.uint8))
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
+
+    def finish(self, n_rows: int) -> str:
+        """Write the pixels out, keep only the first ``n_rows`` rows (header rewritten in place,
+        file truncated: no second copy, so no extra space needed) and return the file's digest."""
+        assert self.rows is not None
+        if isinstance(self.rows, np.memmap):
+            self.rows.flush()
+        self.rows = None  # unmap before truncating
+        header = _npy_header((n_rows,) + self.shape[1:], length=len(self.header))
+        row_bytes = int(np.prod(self.shape[1:]))
+        with open(self.path, "r+b") as file:
+            file.write(header)
+            file.truncate(len(header) + n_rows * row_bytes)
+            file.flush()
+        return cachefiles.file_digest(self.path)
+
+    def discard(self) -> None:
+        """Remove the temporary file unless it was moved into place."""
+        self.rows = None
+        self.path.unlink(missing_ok=True)

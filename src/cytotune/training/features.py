@@ -10,17 +10,20 @@ extracts only the images not held yet. Only clean (un-augmented) views are cache
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import tempfile
+import struct
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
+from cytotune.data import cachefiles
 from cytotune.training.augment import normalise
 from cytotune.training.config import PRECISIONS
 
@@ -122,7 +125,9 @@ class FeatureCache:
         """(features, seconds spent computing (0 on a hit), whether it was a cache hit)."""
         path = self.cache_dir / f"{key}.safetensors" if self.cache_dir is not None else None
         if path is not None and path.exists():
-            return load_file(str(path))["features"], 0.0, True
+            tensors = read_checked(path, "feature cache entry")
+            if tensors is not None and "features" in tensors:
+                return tensors["features"], 0.0, True
         start = time.perf_counter()
         feats = compute()
         elapsed = time.perf_counter() - start
@@ -131,27 +136,86 @@ class FeatureCache:
         return feats, elapsed, False
 
 
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path,
-                 metadata: Optional[dict[str, str]] = None) -> None:
-    """Write a safetensors file through a temporary file in its folder, so a reader (or a killed
-    run) never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
+DIGEST_FIELD = "cytotune_digest"
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor], name: str = cachefiles.DIGEST_NAME) -> str:
+    """``"<algorithm>:<hex>"`` over every tensor's name, dtype, shape and bytes (by name): what a
+    reader gets out of a safetensors file, whatever its header says about where it lies."""
+    digest = hashlib.new(name)
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().contiguous().cpu()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return cachefiles.format_digest(digest)
+
+
+def check_features_file(path: Path) -> tuple[Optional[dict[str, torch.Tensor]], Optional[str]]:
+    """``(tensors, None)`` when the safetensors file at ``path`` holds the tensors whose digest
+    its metadata records (always hashed: features are small next to their extraction), else
+    ``(None, why not)``; OSError when it cannot be read at all."""
+    data = path.read_bytes()
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        (length,) = struct.unpack("<Q", data[:8])
+        metadata = json.loads(data[8:8 + length]).get("__metadata__") or {}
+        tensors = load_safetensors(data)
+    except Exception as err:  # noqa: BLE001 - any parse failure means a damaged file
+        return None, f"is not a readable safetensors file ({err})"
+    recorded = metadata.get(DIGEST_FIELD)
+    if not isinstance(recorded, str) or ":" not in recorded:
+        return None, "has no content digest (written by an older cytotune)"
+    if cachefiles.verify_mode() == "off":
+        return tensors, None
+    try:
+        with cachefiles.timed_check():
+            actual = tensors_digest(tensors, recorded.split(":", 1)[0])
+    except ValueError as err:
+        return None, f"records an unusable digest ({err})"
+    if actual != recorded:
+        return None, "does not match the digest recorded when it was written (changed or " \
+                     "damaged on disk)"
+    return tensors, None
+
+
+def read_checked(path: Path, what: str) -> Optional[dict[str, torch.Tensor]]:
+    """The tensors of the cache file ``path``, or None (with a warning naming it) when it is
+    unreadable or fails its content check; a file that fails the check is removed."""
+    try:
+        tensors, problem = check_features_file(path)
+    except OSError as err:
+        log.warning("ignoring unusable %s %s (%s)", what, path, err.strerror or err)
+        return None
+    if problem is not None:
+        cachefiles.discard([path], what, problem)
+        return None
+    return tensors
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path,
+                 metadata: Optional[dict[str, str]] = None) -> bool:
+    """Write a safetensors file with the digest of its tensors through a temporary file in its
+    folder, so a reader (or a killed run) never sees half of it. A folder that cannot be
+    written (full, read-only) is a warning and nothing is stored: returns whether it was."""
+    data = save_safetensors(tensors, metadata={**(metadata or {}),
+                                               DIGEST_FIELD: tensors_digest(tensors)})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cachefiles.remove_leftover_temp_files(path.parent)
+        cachefiles.write_atomic(path, data)
+    except OSError as err:
+        cachefiles.warn_unwritable(path.parent, err)
+        return False
+    return True
 
 
 class _FeatureBank:
     """Features image by image in one folder: chunk files ``<id>.safetensors`` holding
-    ``features`` (n, D) and ``keys`` (n, 16) uint8, the images' content keys. A chunk is written
-    atomically under a fresh name, so concurrent runs never clash (an image extracted twice is
-    simply held twice); an unreadable chunk is ignored with a warning and its images extracted
-    again."""
+    ``features`` (n, D) and ``keys`` (n, 16) uint8, the images' content keys, and the digest of
+    both in their metadata. A chunk is written atomically under a fresh name, so concurrent runs
+    never clash (an image extracted twice is simply held twice); an unreadable chunk is ignored
+    with a warning, one that fails its content check is also removed, and their images are
+    extracted again."""
 
     KEY_BYTES = 16
     MAX_CHUNKS = 32  # beyond this many chunk files, a write merges them into one
@@ -185,8 +249,8 @@ class _FeatureBank:
             start = time.perf_counter()
             new = extract(pixels[torch.as_tensor(rows)])
             seconds = time.perf_counter() - start
-            self._write_chunk(new, list(first_missing))
-            self._compact()
+            if self._write_chunk(new, list(first_missing)):
+                self._compact()
             found.update(zip(first_missing, new))
             log.info("features: %d of %d images extracted, %d from the cache", len(rows),
                      len(keys), held)
@@ -198,8 +262,10 @@ class _FeatureBank:
         if not self.folder.is_dir():
             return
         for chunk in sorted(self.folder.glob("*.safetensors")):
+            tensors = read_checked(chunk, "feature cache chunk")
+            if tensors is None:
+                continue
             try:
-                tensors = load_file(str(chunk))
                 feats, keys = tensors["features"], tensors["keys"]
                 if feats.dim() != 2 or keys.shape != (feats.shape[0], self.KEY_BYTES):
                     raise ValueError(f"features {tuple(feats.shape)}, keys {tuple(keys.shape)}")
@@ -223,15 +289,17 @@ class _FeatureBank:
                 merged.setdefault(key, row)
         if len(files) < 2 or len({f.shape for f in merged.values()}) != 1:
             return
-        self._write_chunk(torch.stack(list(merged.values())), list(merged))
+        if not self._write_chunk(torch.stack(list(merged.values())), list(merged)):
+            return  # nothing merged was written: keep the chunks
         for chunk in files:
             chunk.unlink(missing_ok=True)
         log.info("feature cache %s: %d chunks merged into one (%d images)", self.folder,
                  len(files), len(merged))
 
-    def _write_chunk(self, feats: torch.Tensor, keys: list[bytes]) -> None:
+    def _write_chunk(self, feats: torch.Tensor, keys: list[bytes]) -> bool:
+        """Store a new chunk; whether it was stored (a full or read-only folder: not)."""
         key_tensor = torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8)
         name = hashlib.blake2b(b"".join(keys), digest_size=12).hexdigest()
-        _save_atomic({"features": feats.contiguous(),
+        return _save_atomic({"features": feats.contiguous(),
                       "keys": key_tensor.view(len(keys), self.KEY_BYTES).clone()},
                      self.folder / f"{name}-{os.getpid()}-{time.time_ns()}.safetensors")
