@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cytotune.data import (DataError, ImageDecodeError, LabelledImages, decode_images,
-                           load_dataset, make_splits, read_csv, read_folder)
+from cytotune.data import (DataError, ImageDecodeError, ImageStore, LabelledImages,
+                           decode_images, load_dataset, make_splits, read_csv, read_folder)
 from cytotune.data.layouts import MLCC_GROUP_PATTERN
 from cytotune.training.config import TrainConfig
 from cytotune.training.runner import select_indices
@@ -159,6 +159,13 @@ def test_broken_links_and_link_loops_are_named_counted_and_unreadable(tmp_path, 
                             skip_bad=True)
     assert sorted(Path(p).name for p, _ in decoded.bad) == ["gone.png", "loop.png"]
     assert len(decoded) == 5
+    # training decodes through the image store (with its cache): the same report
+    store = ImageStore(tmp_path / "cache")
+    with pytest.raises(ImageDecodeError, match=r"gone.png.*--skip-bad-images"):
+        store.get(data.paths, resize_size=16, crop_size=16, interpolation="bilinear")
+    kept = store.get(data.paths, resize_size=16, crop_size=16, interpolation="bilinear",
+                     skip_bad=True)
+    assert len(kept.bad) == 2 and len(kept) == 5
 
 
 # --------------------------------------------------------------------------- item 14: one class
