@@ -16,6 +16,8 @@ from sklearn.model_selection import StratifiedShuffleSplit
 from cytotune.data.dataset import SPLIT_NAMES, DataError, LabelledImages
 
 logger = logging.getLogger(__name__)
+# Seeded group orders tried per class; the one whose held-out count is nearest the target wins.
+_ORDERS_TRIED = 16
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ def _hold_out_groups(data: LabelledImages, pool: np.ndarray, fraction: float, se
     """Hold out whole groups, about ``fraction`` of each class's images, seeded.
 
     Each group counts for its most frequent class. Per class, groups are taken in a seeded
-    random order while that brings the held-out image count closer to its target, and at least
+    random order while that brings the held-out image count closer to its target (the best of
+    a few seeded orders is kept, so fractions stay close to the requested ones), and at least
     one group is held out and one kept whenever the class has two or more groups; so a class
     with few groups (MLCC's LSIL and SCC have 4 source images each) is never left out of a split
     by chance, as k-fold assignment of groups did. A class with a single group stays out of the
@@ -130,17 +133,28 @@ def _hold_out_groups(data: LabelledImages, pool: np.ndarray, fraction: float, se
             logger.warning("%s: class %r has a single group (%r), so the %s split gets none of "
                            "its images", data.name, data.class_names[label], order[0], held_name)
             continue
-        target = fraction * sum(len(members[g]) for g in order)
-        taken, count = [], 0
-        for group in order[:-1]:  # the last group always stays, so the class keeps images
-            size = len(members[group])
-            if not taken or abs(count + size - target) < abs(count - target):
-                taken.append(group)
-                count += size
+        sizes = {group: len(members[group]) for group in class_groups}
+        target = fraction * sum(sizes.values())
+        taken = min((_greedy_take(order, sizes, target),
+                     *(_greedy_take([class_groups[i] for i in rng.permutation(len(order))], sizes,
+                                    target) for _ in range(_ORDERS_TRIED - 1))),
+                    key=lambda chosen: abs(sum(sizes[g] for g in chosen) - target))
         held.extend(position for group in taken for position in members[group])
     mask = np.zeros(len(pool), dtype=bool)
     mask[held] = True
     return np.sort(pool[~mask]), np.sort(pool[mask])
+
+
+def _greedy_take(order: list[object], sizes: dict[object, int], target: float) -> list[object]:
+    """Groups taken in ``order`` while each brings the count closer to ``target``; always at
+    least the first, never the last (so both sides keep images of the class)."""
+    taken: list[object] = []
+    count = 0
+    for group in order[:-1]:
+        if not taken or abs(count + sizes[group] - target) < abs(count - target):
+            taken.append(group)
+            count += sizes[group]
+    return taken
 
 
 def _require_two_classes(data: LabelledImages, indices: np.ndarray, where: str) -> None:
