@@ -168,6 +168,15 @@ def test_broken_links_and_link_loops_are_named_counted_and_unreadable(tmp_path, 
     assert len(kept.bad) == 2 and len(kept) == 5
 
 
+def test_a_broken_link_in_a_manifest_is_named_as_one(tmp_path, make_image):
+    csv = _manifest(tmp_path, make_image, ["path,label", "a.png,x", "b.png,y"])
+    (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")
+    csv.write_text(csv.read_text() + "c.png,y\n")
+    with pytest.raises(DataError, match=r"m.csv row 4, column 'path': image file .*c.png is a "
+                                        r"broken symbolic link \(its target .*gone.png does not"):
+        read_csv(csv)
+
+
 # --------------------------------------------------------------------------- item 14: one class
 
 

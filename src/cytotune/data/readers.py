@@ -420,9 +420,11 @@ def read_table(frame: pd.DataFrame, *, rows: Sequence[str], root: Path, name: st
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
         first = missing[0]
-        raise DataError(f"{rows[first]}, column {path_column!r}: image file {paths[first]} not "
-                        f"found ({len(missing)} of {len(paths)} rows name missing files; "
-                        f"relative paths are resolved against {root})")
+        problem = link_problem(paths[first])
+        raise DataError(f"{rows[first]}, column {path_column!r}: image file {paths[first]} "
+                        f"{'is a ' + problem if problem else 'not found'} ({len(missing)} of "
+                        f"{len(paths)} rows name missing files or broken links; relative paths "
+                        f"are resolved against {root})")
     if targets is None:
         labels, class_names = _encode(label_values)
     else:
