@@ -10,7 +10,11 @@ from cytotune.training.runner import select_indices
 
 
 def _write(tmp_path, header, rows, name="m.csv"):
-    (tmp_path / "img.png").write_bytes(b"")  # readers only check that files exist
+    """A CSV whose row i names its own empty file img<i>.png (an image listed twice is an
+    error; readers only check that files exist)."""
+    rows = [r.replace("img.png", f"img{i}.png", 1) for i, r in enumerate(rows)]
+    for i in range(len(rows)):
+        (tmp_path / f"img{i}.png").write_bytes(b"")
     lines = [header] + [r for r in rows]
     path = tmp_path / name
     path.write_text("\n".join(lines) + "\n")

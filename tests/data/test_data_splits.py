@@ -65,9 +65,10 @@ def test_source_splits_are_used_and_val_is_carved_from_train():
     assert len(split.val) == 6 and set(data.splits[split.val]) == {"train"}
     assert np.bincount(data.labels[split.val]).tolist() == [3, 3]
 
-    with_val = _data({"a": 3}, splits=["train", "val", "test"])
+    with_val = _data({"a": 3, "b": 3}, splits=["train", "val", "test"] * 2)
     split = make_splits(with_val, seed=0)
-    assert (split.train.tolist(), split.val.tolist(), split.test.tolist()) == ([0], [1], [2])
+    assert (split.train.tolist(), split.val.tolist(), split.test.tolist()) == ([0, 3], [1, 4],
+                                                                               [2, 5])
 
 
 def test_class_unseen_in_train_is_named():

@@ -125,3 +125,29 @@ def test_bad_inputs_are_clear_errors(trained_run, tmp_path, capsys):
     assert (run / "predictions.csv").read_bytes() == before
     assert cli("predict", str(tmp_path / "norun"), str(bad_csv), "--no-progress") == 2
     assert "does not exist" in capsys.readouterr().out
+
+
+def test_broken_links_and_link_loops_in_the_input_are_listed_and_reported(trained_run, new_images,
+                                                                          tmp_path, capsys):
+    """They used to vanish from the folder listing; now each is a row with its reason, counted
+    with the unreadable images on screen."""
+    (new_images / "slide1" / "gone.png").symlink_to(new_images / "slide1" / "deleted.png")
+    (new_images / "slide1" / "loop.png").symlink_to(new_images / "slide1" / "loop.png")
+    listed = {p.name for p in collect_inputs(new_images).paths}
+    assert {"gone.png", "loop.png"} <= listed
+    with pytest.raises(ValueError, match="gone.png is a broken symbolic link"):
+        collect_inputs(new_images / "slide1" / "gone.png")
+
+    run = trained_run("uni")
+    out = tmp_path / "preds.csv"
+    assert cli("predict", str(run), str(new_images), "--out", str(out), "--device", "cpu",
+               "--no-progress") == 0
+    printed = capsys.readouterr().out
+    assert "3 unreadable image(s) skipped" in printed  # broken.png, gone.png, loop.png
+    assert "gone.png" in printed and "loop.png" in printed
+    frame = pd.read_csv(out, keep_default_na=False).set_index("path")
+    gone = frame.loc[str(new_images / "slide1" / "gone.png")]
+    loop = frame.loc[str(new_images / "slide1" / "loop.png")]
+    assert gone["status"].startswith("unreadable: broken symbolic link")
+    assert loop["status"].startswith("unreadable: symbolic link loop")
+    assert gone["predicted"] == loop["predicted"] == ""

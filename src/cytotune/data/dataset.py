@@ -44,6 +44,7 @@ class LabelledImages:
     root: Optional[Path] = None
     domains: Optional[np.ndarray] = None  # object array of domain names
     targets: Optional[np.ndarray] = None  # uint8 (N, L): multi-label 0/1 targets
+    strata_view: bool = False  # labels are multi-label strata (see stratification_view)
 
     def __post_init__(self) -> None:
         self.paths = [Path(p) for p in self.paths]
@@ -92,6 +93,7 @@ class LabelledImages:
             root=self.root,
             domains=None if self.domains is None else self.domains[idx],
             targets=None if self.targets is None else self.targets[idx],
+            strata_view=self.strata_view,
         )
 
     @property
@@ -108,7 +110,7 @@ class LabelledImages:
                               class_names=[f"{c} (rarest label)" for c in self.class_names]
                               + ["(no label)"],
                               splits=self.splits, groups=self.groups, name=self.name,
-                              root=self.root, domains=self.domains)
+                              root=self.root, domains=self.domains, strata_view=True)
 
     def class_counts(self) -> dict[str, int]:
         if self.targets is not None:  # positives per label

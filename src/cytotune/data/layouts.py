@@ -79,19 +79,25 @@ def locate_class_folders(root: Path, aliases: dict[str, Sequence[str]],
 
 
 def _read_aliased_folders(root: Path | str, aliases: dict[str, Sequence[str]], layout: str,
-                          name: Optional[str]) -> LabelledImages:
+                          name: Optional[str], group_pattern: Optional[str] = None,
+                          pattern_required: bool = True) -> LabelledImages:
     root = require_directory(root)
     folders = locate_class_folders(root, aliases, layout)
     entries = [ClassFolder(canonical, folder) for canonical, folder in folders.items()]
-    return read_class_folders(entries, name=name or layout, root=root)
+    return read_class_folders(entries, name=name or layout, root=root,
+                              group_pattern=group_pattern, pattern_required=pattern_required)
 
 
 BCFC_CLASSES: dict[str, Sequence[str]] = {"benign": (), "malignant": ()}
 
 
-def read_bcfc(root: Path | str, name: Optional[str] = None) -> LabelledImages:
-    """Body Cavity Fluid Cytology: ``benign/`` and ``malignant/`` (any case, maybe nested once)."""
-    return _read_aliased_folders(root, BCFC_CLASSES, "bcfc", name)
+def read_bcfc(root: Path | str, name: Optional[str] = None,
+              group_pattern: Optional[str] = None) -> LabelledImages:
+    """Body Cavity Fluid Cytology: ``benign/`` and ``malignant/`` (any case, maybe nested once).
+
+    ``group_pattern``: groups from file names, as for :func:`~cytotune.data.readers.read_folder`.
+    """
+    return _read_aliased_folders(root, BCFC_CLASSES, "bcfc", name, group_pattern)
 
 
 MLCC_CLASSES: dict[str, Sequence[str]] = {
@@ -104,9 +110,23 @@ MLCC_CLASSES: dict[str, Sequence[str]] = {
 }
 
 
-def read_mlcc(root: Path | str, name: Optional[str] = None) -> LabelledImages:
-    """Mendeley LBC cervical: HSIL, LSIL, NL, SCC (official long folder names map to these)."""
-    return _read_aliased_folders(root, MLCC_CLASSES, "mlcc", name)
+# The public MLCC mirror names files <class>_<source>_<copy>.jpg: copies 1..N of one source
+# image are rotated/zoomed augmentations of it (HSIL_10_1 ... HSIL_10_19), so they are grouped.
+MLCC_GROUP_PATTERN = r"^(.+?_\d+)_\d+\.[^.]+$"
+
+
+def read_mlcc(root: Path | str, name: Optional[str] = None,
+              group_pattern: Optional[str] = MLCC_GROUP_PATTERN) -> LabelledImages:
+    """Mendeley LBC cervical: HSIL, LSIL, NL, SCC (official long folder names map to these).
+
+    Files named ``<class>_<source>_<copy>.jpg`` are grouped by ``<class>_<source>`` (the
+    mirror's augmented copies of one source image), so copies never straddle train and test.
+    When no file name has that form (another copy of the data set), images are not grouped;
+    ``group_pattern=None`` (or "") turns grouping off, another pattern replaces it.
+    """
+    is_default = group_pattern == MLCC_GROUP_PATTERN
+    return _read_aliased_folders(root, MLCC_CLASSES, "mlcc", name, group_pattern or None,
+                                 pattern_required=not is_default)
 
 
 SIPAKMED_CLASSES: dict[str, Sequence[str]] = {
@@ -121,18 +141,21 @@ def _cropped_dirs(class_dir: Path) -> list[Path]:
                   and not any(is_ignored(Path(part)) for part in p.relative_to(class_dir).parts))
 
 
-def read_sipakmed(root: Path | str, name: Optional[str] = None) -> LabelledImages:
+def read_sipakmed(root: Path | str, name: Optional[str] = None,
+                  group_pattern: Optional[str] = None) -> LabelledImages:
     """SIPaKMeD single cells: only ``CROPPED/`` images when a class has them, else the folder.
 
     The official download also holds the full cluster images (``im_<Class>/im_<Class>/*.bmp``)
-    next to ``CROPPED/``; those are not single cells and are left out.
+    next to ``CROPPED/``; those are not single cells and are left out. ``group_pattern``:
+    groups from file names, as for :func:`~cytotune.data.readers.read_folder`.
     """
     root = require_directory(root)
     folders = locate_class_folders(root, SIPAKMED_CLASSES, "sipakmed")
     entries = [ClassFolder(canonical, folder)
                for canonical, class_dir in folders.items()
                for folder in (_cropped_dirs(class_dir) or [class_dir])]
-    return read_class_folders(entries, name=name or "sipakmed", root=root)
+    return read_class_folders(entries, name=name or "sipakmed", root=root,
+                              group_pattern=group_pattern)
 
 
 # --------------------------------------------------------------------------- HiCervix
@@ -216,7 +239,9 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
         expected_layout="root/<class>/*.jpg, one folder per class, named HSIL, LSIL, NL, SCC or "
                         "as in the official download: 'High squamous intra-epithelial lesion', "
                         "'Low squamous intra-epithelial lesion', 'Negative for Intraepithelial "
-                        "malignancy', 'Squamous cell carcinoma' (possibly one level down)"),
+                        "malignancy', 'Squamous cell carcinoma' (possibly one level down); files "
+                        "named <class>_<source>_<copy>.jpg are grouped by source (option "
+                        "group_pattern)"),
     Layout(
         name="sipakmed", reader=read_sipakmed,
         summary="SIPaKMeD isolated cervical cells: 5 classes",
@@ -233,12 +258,15 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     Layout(
         name="folder", reader=read_folder,
         summary="any folder of class folders",
-        expected_layout="root/<class>/<images> or root/{train,val,test}/<class>/<images>"),
+        expected_layout="root/<class>/<images> or root/{train,val,test}/<class>/<images> "
+                        "(option group_pattern: a regex whose capture group is the source id "
+                        "in each file name)"),
     Layout(
         name="csv", reader=read_csv,
         summary="any CSV with one row per image",
-        expected_layout="a CSV with columns path and label (optional split, group); relative "
-                        "paths are resolved against the CSV's folder or root="),
+        expected_layout="a CSV with columns path and label (optional split, group; or option "
+                        "group_pattern instead of a group column); relative paths are resolved "
+                        "against the CSV's folder or root="),
 )}
 
 

@@ -4,7 +4,9 @@ INPUT is one image, a folder (searched recursively for image files) or a CSV lis
 ``path`` column (relative paths resolve against the CSV's folder; a ``label`` column is carried
 over). Files are decoded exactly as training decoded them (``cytotune.data.images``) and run in
 batches; an unreadable file is reported and skipped, and keeps its row with status
-``unreadable: <reason>`` and empty probabilities. The CSV is written atomically.
+``unreadable: <reason>`` and empty probabilities. Broken symbolic links and link loops are
+listed too, so they are reported the same way (``unreadable: broken symbolic link ...``) rather
+than vanishing from the folder listing. The CSV is written atomically.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cytotune.data import DataError, decode_images
-from cytotune.data.readers import IMAGE_EXTENSIONS, list_images, read_csv_frame
+from cytotune.data.readers import IMAGE_EXTENSIONS, link_problem, list_images, read_csv_frame
 
 STATUS_OK = "ok"
 UNREADABLE = "unreadable"
@@ -36,6 +38,9 @@ class PredictionInputs:
 def collect_inputs(input_path: Union[str, Path]) -> PredictionInputs:
     """The images named by ``input_path``: an image file, a folder (recursive) or a CSV list."""
     path = Path(input_path).expanduser()
+    problem = link_problem(path)
+    if problem is not None:
+        raise DataError(f"input {path} is a {problem}")
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist (give an image, a folder of images "
                                 f"or a CSV file with a 'path' column)")
@@ -85,7 +90,7 @@ def predict_files(model, paths: Sequence[Union[str, Path]], batch_size: int = 64
         decoded = decode_images(chunk, resize_size=pre.effective_resize, crop_size=pre.image_size,
                                 interpolation=pre.interpolation, skip_bad=True,
                                 num_workers=num_workers)
-        bad = {str(p): reason for p, reason in decoded.bad}
+        bad = {str(p): link_problem(Path(p)) or reason for p, reason in decoded.bad}
         for offset, p in enumerate(chunk):
             if str(p) in bad:
                 status[start + offset] = f"{UNREADABLE}: {bad[str(p)]}"
