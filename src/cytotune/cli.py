@@ -313,18 +313,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DataError, ModelError, ConfigError, ValueError) as err:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)  # one line, however long
         return 2
     except OSError as err:  # --out, cache or store: a file in the way, read-only, disk full
         if debug:
             raise
         from rich.markup import escape
 
-        console.print("[red]error:[/red] " + escape(os_error_message(err)), highlight=False)
+        console.print("[red]error:[/red] " + escape(os_error_message(err)), highlight=False,
+                      soft_wrap=True)
         return 2
     except KeyboardInterrupt as err:
         word = "terminated" if isinstance(err, Terminated) else "interrupted"
-        console.print(f"[yellow]{word}[/yellow]: {_interrupted_message(args)}", highlight=False)
+        console.print(f"[yellow]{word}[/yellow]: {_interrupted_message(args)}", highlight=False,
+                      soft_wrap=True)
         return 143 if isinstance(err, Terminated) else 130
     finally:
         if previous is not None:

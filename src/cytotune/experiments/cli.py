@@ -186,10 +186,11 @@ def main(argv=None) -> int:
     try:
         return commands[args.command](args)
     except (ConfigError, DataError, ModelError, ValueError) as err:
-        _console().print(f"[red]error:[/red] {err}")
+        _console().print(f"[red]error:[/red] {err}", soft_wrap=True)
         return 2
     except OSError as err:
-        _console().print(f"error: {os_error_message(err)}", markup=False, highlight=False)
+        _console().print(f"error: {os_error_message(err)}", markup=False, highlight=False,
+                         soft_wrap=True)
         return 2
     except KeyboardInterrupt as err:
         _console().print("interrupted: finished runs are kept in the store; run the same "
