@@ -16,11 +16,13 @@ def test_nothing_appears_until_commit_and_abort_leaves_nothing(tmp_path):
 def test_finished_run_is_not_overwritten_unless_asked(tmp_path):
     out = tmp_path / "run"
     w = RunWriter(out)
+    w.write_text("config.yaml", "seed: 1\n")
     w.write_json("metrics.json", {"a": 1})
     w.commit()
     with pytest.raises(RunExistsError, match="--overwrite"):
         RunWriter(out)
     w2 = RunWriter(out, overwrite=True)
+    w2.write_text("config.yaml", "seed: 2\n")
     w2.write_json("metrics.json", {"a": 2})
     # the old run is intact until the new one is committed
     assert (out / "metrics.json").read_text().count("1") == 1
@@ -45,8 +47,7 @@ import time
 from pathlib import Path
 
 from cytotune.training.config import ConfigError, TrainConfig
-from cytotune.training.rundir import (RUN_MARKER, RunDirError, clean_stale, is_run_dir,
-                                      owned_tmp_path)
+from cytotune.training.rundir import RunDirError, clean_stale, is_run_dir, owned_tmp_path
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -89,7 +90,7 @@ def test_overwrite_refuses_a_plain_file(tmp_path):
         RunWriter(target / "run")
 
 
-def test_a_legacy_run_without_marker_is_still_replaceable(tmp_path):
+def test_a_run_is_recognised_by_metrics_and_config(tmp_path):
     out = tmp_path / "old"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
@@ -102,6 +103,7 @@ def test_a_legacy_run_without_marker_is_still_replaceable(tmp_path):
 def test_overwrite_checks_again_at_commit(tmp_path):
     out = _finished_run(tmp_path / "run")
     w = RunWriter(out, overwrite=True)
+    w.write_text("config.yaml", "seed: 1\n")
     w.write_json("metrics.json", {"a": 2})
     # the finished run is replaced by a user's folder while the new run trains
     os.rename(out, tmp_path / "moved")
@@ -151,9 +153,19 @@ def test_a_run_published_into_a_preexisting_empty_folder(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     w = RunWriter(out)
+    w.write_text("config.yaml", "seed: 1\n")
     w.write_json("metrics.json", {"a": 1})
     w.commit()
-    assert (out / RUN_MARKER).is_file() and (out / "metrics.json").is_file()
+    assert is_run_dir(out)
+
+
+def test_a_staged_run_without_its_files_is_not_published(tmp_path):
+    w = RunWriter(tmp_path / "run")
+    w.write_json("metrics.json", {"a": 1})
+    with pytest.raises(RunDirError, match="lacks config.yaml"):
+        w.commit()
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
 
 
 _RACER = """
@@ -162,6 +174,7 @@ from pathlib import Path
 from cytotune.training.rundir import RunExistsError, RunWriter
 out, go, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 w = RunWriter(out)
+w.write_text("config.yaml", "seed: 1")
 w.write_json("metrics.json", {"writer": me})
 Path(str(go) + "." + me).touch()
 while not go.exists():

@@ -4,11 +4,11 @@ Everything goes into a hidden sibling folder first (``.NAME.partial-HOST-PID-TAG
 rename makes it appear under its real name in one step. The rules that keep data safe:
 
 * ``--overwrite`` only ever replaces a finished cytotune run directory (recognised by its
-  ``.cytotune-run`` marker, or ``metrics.json`` + ``config.yaml`` for runs written before the
-  marker existed); a plain file, a folder of images or any other folder is refused.
+  ``metrics.json`` + ``config.yaml``, the files every run writes); a plain file, a folder of
+  images or any other folder is refused.
 * Publishing is race-free: without overwrite the staging folder is renamed with ``rename(2)``,
-  which fails on Linux when the target is a non-empty directory (a staged run is never empty: it
-  holds the marker from the start), so of two runs aimed at one ``--out`` the second fails
+  which fails on Linux when the target is a non-empty directory (a committed run is never empty:
+  it must hold those two files), so of two runs aimed at one ``--out`` the second fails
   clearly instead of replacing the first. Commits into one parent folder also hold an exclusive
   ``flock`` on that folder, so the check-move-rename sequence of an overwrite is never
   interleaved with another cytotune process's commit.
@@ -33,10 +33,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 COMPLETE_MARKER = "metrics.json"
-# explicit marker of a cytotune run directory (written first, so a staged run is never empty)
-RUN_MARKER = ".cytotune-run"
-# what identifies a run written before RUN_MARKER existed
-LEGACY_RUN_FILES = ("metrics.json", "config.yaml")
+# what identifies a finished cytotune run directory (and may therefore be overwritten)
+RUN_FILES = ("metrics.json", "config.yaml")
 
 log = logging.getLogger("cytotune")
 
@@ -123,9 +121,7 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.is_symlink() or not path.is_dir():
         return False
-    if (path / RUN_MARKER).is_file():
-        return True
-    return all((path / name).is_file() for name in LEGACY_RUN_FILES)
+    return all((path / name).is_file() for name in RUN_FILES)
 
 
 def _within(inner: Path, outer: Path) -> bool:
@@ -175,8 +171,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
             raise RunDirError(f"cannot read --out {out}: {_describe(err)}") from None
         if not empty:
             raise RunExistsError(
-                f"{out} exists and is not a cytotune run directory (no {RUN_MARKER}, or "
-                f"{' + '.join(LEGACY_RUN_FILES)}); " + (
+                f"{out} exists and is not a cytotune run directory (no "
+                f"{' + '.join(RUN_FILES)}); " + (
                     "--overwrite only replaces a finished run and never deletes other folders: "
                     if overwrite else "") + "choose another --out")
         return
@@ -250,8 +246,6 @@ class RunWriter:
         self.staging = parent / f".{self.out_dir.name}.partial-{owner_tag()}"
         try:
             self.staging.mkdir()
-            (self.staging / RUN_MARKER).write_text(json.dumps({"cytotune_run": 1}) + "\n",
-                                                   encoding="utf-8")
         except OSError as err:
             shutil.rmtree(self.staging, ignore_errors=True)
             raise RunDirError(f"cannot write in {parent} (for --out {self.out_dir}): "
@@ -314,6 +308,10 @@ class RunWriter:
         if isinstance(log_error, OSError):
             with self.writing():
                 raise log_error
+        missing = [name for name in RUN_FILES if not (self.staging / name).is_file()]
+        if missing:  # it could never be recognised (or overwritten) as a run, and might be empty
+            raise RunDirError(f"the run for {self.out_dir} lacks {', '.join(missing)}; not "
+                              f"published")
         parent = self.out_dir.parent
         with _folder_lock(parent):
             if self.overwrite and (self.out_dir.exists() or self.out_dir.is_symlink()):
