@@ -159,6 +159,13 @@ def test_a_run_published_into_a_preexisting_empty_folder(tmp_path):
     assert is_run_dir(out)
 
 
+def test_overwrite_into_an_empty_folder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    _finished_run(out)
+    assert is_run_dir(out) and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_a_staged_run_without_its_files_is_not_published(tmp_path):
     w = RunWriter(tmp_path / "run")
     w.write_json("metrics.json", {"a": 1})

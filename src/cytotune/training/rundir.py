@@ -124,6 +124,13 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return all((path / name).is_file() for name in RUN_FILES)
 
 
+def _empty_folder(path: Path) -> bool:
+    try:
+        return not path.is_symlink() and path.is_dir() and not any(path.iterdir())
+    except OSError:
+        return False
+
+
 def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
@@ -345,7 +352,7 @@ class RunWriter:
         except OSError as err:
             with self.writing():
                 raise err
-        if not is_run_dir(trash):  # replaced by something else since this writer checked
+        if not (is_run_dir(trash) or _empty_folder(trash)):  # changed since this writer checked
             os.rename(trash, self.out_dir)
             raise RunExistsError(f"{self.out_dir} is no longer a cytotune run directory; "
                                  f"--overwrite only replaces a finished run: choose another "
