@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -240,28 +238,6 @@ COMMANDS = {"train": cmd_train, "models": cmd_models, "demo": cmd_demo}
 DEBUG_ENV = "CYTOTUNE_DEBUG"
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's kill, ``kill PID``), raised where Ctrl-C would be, so a run's
-    staging folder is removed and a sweep stops cleanly the same way."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    # a second SIGTERM must not interrupt the cleanup the first one started (kill -9 still works)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated()
-
-
-def handle_sigterm() -> Any:
-    """Make SIGTERM raise :class:`Terminated` in the main thread; returns the previous handler
-    (None when this is not the main thread, where Python cannot set handlers)."""
-    if not hasattr(signal, "SIGTERM"):
-        return None
-    try:
-        return signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:
-        return None
-
-
 def _interrupted_message(args: argparse.Namespace) -> str:
     """What an interrupted command leaves behind, per command (a single run is not resumed)."""
     if args.command == "train":
@@ -278,23 +254,6 @@ def _interrupted_message(args: argparse.Namespace) -> str:
     return "stopped"
 
 
-def os_error_message(err: OSError) -> str:
-    """One line for a file-system error: what failed, on which path, and what to do."""
-    from cytotune.training.rundir import RunDirError
-
-    if isinstance(err, RunDirError) or not (err.strerror and err.filename):
-        return " ".join(str(err).split())
-    path = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
-    hint = {errno.ENOSPC: "the disk is full: free space or choose another folder",
-            errno.EDQUOT: "the disk quota is exceeded: free space or choose another folder",
-            errno.EACCES: "choose a folder you can write to", errno.EPERM: "choose a folder "
-            "you can write to", errno.EROFS: "the file system is read-only: choose another "
-            "folder", errno.ENOTDIR: "a file is where a folder is expected",
-            errno.EISDIR: "a folder is where a file is expected",
-            errno.EEXIST: "something is already there"}.get(err.errno or 0, "")
-    return f"{err.strerror}: {path}" + (f" ({hint})" if hint else "")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     global console
     args = build_parser().parse_args(argv)
@@ -306,6 +265,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from cytotune.data import DataError
     from cytotune.models import ModelError
     from cytotune.training.config import ConfigError
+    from cytotune.training.rundir import (Terminated, handle_sigterm, os_error_message,
+                                           restore_sigterm)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     previous = handle_sigterm()
     try:
@@ -329,8 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       soft_wrap=True)
         return 143 if isinstance(err, Terminated) else 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore_sigterm(previous)
 
 
 if __name__ == "__main__":

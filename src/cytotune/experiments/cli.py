@@ -179,7 +179,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = register(sub)
     args = parser.parse_args(argv)
-    from cytotune.cli import Terminated, handle_sigterm, os_error_message
+    from cytotune.training.rundir import (Terminated, handle_sigterm,
+                                           os_error_message, restore_sigterm)
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     previous = handle_sigterm()
@@ -197,9 +198,7 @@ def main(argv=None) -> int:
                          "command again to resume", markup=False, highlight=False)
         return 143 if isinstance(err, Terminated) else 130
     finally:
-        if previous is not None:
-            import signal
-            signal.signal(signal.SIGTERM, previous)
+        restore_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import uuid
 from pathlib import Path
@@ -368,3 +369,47 @@ class RunWriter:
     def abort(self) -> None:
         self._detach_log()
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+# ---- stopping and failing cleanly (used by the CLI commands) ---------------------------------
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, ``kill PID``), raised where Ctrl-C would be, so a run's
+    staging folder is removed and a sweep stops cleanly the same way."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    # a second SIGTERM must not interrupt the cleanup the first one started (kill -9 still works)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def handle_sigterm() -> Any:
+    """Make SIGTERM raise :class:`Terminated` in the main thread; returns the previous handler
+    (None when this is not the main thread, where Python cannot set handlers)."""
+    if not hasattr(signal, "SIGTERM"):
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return None
+
+
+def restore_sigterm(previous: Any) -> None:
+    """Put back the handler :func:`handle_sigterm` replaced (None: nothing was replaced)."""
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for a file-system error: what failed, on which path, and what to do."""
+    if isinstance(err, RunDirError) or not (err.strerror and err.filename):
+        return " ".join(str(err).split())
+    path = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
+    hint = {errno.ENOSPC: "the disk is full: free space or choose another folder",
+            errno.EDQUOT: "the disk quota is exceeded: free space or choose another folder",
+            errno.EACCES: "choose a folder you can write to", errno.EPERM: "choose a folder "
+            "you can write to", errno.EROFS: "the file system is read-only: choose another "
+            "folder", errno.ENOTDIR: "a file is where a folder is expected",
+            errno.EISDIR: "a folder is where a file is expected",
+            errno.EEXIST: "something is already there"}.get(err.errno or 0, "")
+    return f"{err.strerror}: {path}" + (f" ({hint})" if hint else "")
