@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -63,7 +64,8 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--steps", int, "optimizer steps (default: 50 + 100 x shots, or 10 epochs)"),
     ("--epochs", float, "training length in epochs instead of steps"),
     ("--val-every", int, "validate every N steps (and at the end)"),
-    ("--linear-epochs", int, "linear probe epochs over cached features"),
+    ("--linear-epochs", int, "linear probe epochs over cached features (default 200; "
+                             "--steps, when given, sets the length instead)"),
     ("--augment", _bool, "flips and right-angle rotations while training"),
     ("--compile", _bool, "methods lora and full: torch.compile the model"),
     ("--skip-bad-images", _bool, "skip unreadable images (reported in the log) instead of failing"),
@@ -72,7 +74,8 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
                          "CPUs with native bf16)"),
     ("--out", str, "run directory to write"),
     ("--cache-dir", str, "where decoded images and features are cached"),
-    ("--overwrite", _bool, "replace an existing run directory"),
+    ("--overwrite", _bool, "replace a finished run directory at --out (never another "
+                           "folder or file)"),
     ("--head-init", str, "random | text: start the head from the class prompts' text embeddings"),
     ("--encoder", str, "LoRA on the vision | text | both towers (text, both: CLIP classifier)"),
     ("--tokenizer", str, "Hugging Face tokenizer (hub id or local directory) for HF text towers"),
@@ -101,7 +104,7 @@ def _add_train(sub) -> None:
 
 
 # parsed `train` arguments that steer the command rather than describe the run
-_NOT_CONFIG = ("command", "config", "verbose", "leave_one_domain_out")
+_NOT_CONFIG = ("command", "config", "verbose", "debug", "leave_one_domain_out")
 
 
 def train_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,6 +207,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cytotune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every validation step")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     models = sub.add_parser("models", help="list the model cards, or check one's weights",
@@ -232,6 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"train": cmd_train, "models": cmd_models, "demo": cmd_demo}
 
 
+DEBUG_ENV = "CYTOTUNE_DEBUG"
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves behind, per command (a single run is not resumed)."""
+    if args.command == "train":
+        out = getattr(args, "out", None)
+        if getattr(args, "leave_one_domain_out", False):
+            return ("finished domains' runs are kept" + (f" in {out}" if out else "")
+                    + "; run the same command again to train the others")
+        if out:
+            return (f"the run was not written ({out} was left as it was, the partial run "
+                    f"removed); run the command again to train it from the start")
+        return "the run stopped; nothing was written"
+    if args.command == "sweep":
+        return "finished runs are kept in the store; run the same command again to resume"
+    return "stopped"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     global console
     args = build_parser().parse_args(argv)
@@ -243,16 +267,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from cytotune.data import DataError
     from cytotune.models import ModelError
     from cytotune.training.config import ConfigError
-    from cytotune.training.rundir import RunExistsError
+    from cytotune.training.rundir import (Terminated, handle_sigterm, os_error_message,
+                                           restore_sigterm)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    previous = handle_sigterm()
     try:
         return COMMANDS[args.command](args)
-    except (DataError, ModelError, ConfigError, RunExistsError, ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
+    except (DataError, ModelError, ConfigError, ValueError) as err:
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)  # one line, however long
         return 2
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: finished runs are kept; run the same command "
-                      "again to resume")
-        return 130
+    except OSError as err:  # --out, cache or store: a file in the way, read-only, disk full
+        if debug:
+            raise
+        from rich.markup import escape
+
+        console.print("[red]error:[/red] " + escape(os_error_message(err)), highlight=False,
+                      soft_wrap=True)
+        return 2
+    except KeyboardInterrupt as err:
+        word = "terminated" if isinstance(err, Terminated) else "interrupted"
+        console.print(f"[yellow]{word}[/yellow]: {_interrupted_message(args)}", highlight=False,
+                      soft_wrap=True)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        restore_sigterm(previous)
 
 
 if __name__ == "__main__":

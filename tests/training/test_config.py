@@ -51,3 +51,124 @@ def test_text_encoder_choice_needs_lora(method):
         build_config(data="x", method=method, encoder="text").validate()
     build_config(data="x", method="lora", encoder="both").validate()
     build_config(data="x", method="zero-shot", encoder="both").validate()
+
+
+# ---- item 13: every numeric option is checked before any work --------------------------------
+BAD_VALUES = [
+    ({"optim": {"batch_size": 0}}, "optim.batch_size"),
+    ({"optim": {"steps": -5}}, "optim.steps"),
+    ({"optim": {"steps": 0}}, "optim.steps"),
+    ({"optim": {"lr": "nan"}}, "optim.lr"),
+    ({"optim": {"lr": float("inf")}}, "optim.lr"),
+    ({"optim": {"lr": 0}}, "optim.lr"),
+    ({"optim": {"weight_decay": -1}}, "optim.weight_decay"),
+    ({"optim": {"weight_decay": "nan"}}, "optim.weight_decay"),
+    ({"optim": {"linear_epochs": 0}}, "optim.linear_epochs"),
+    ({"optim": {"val_every": 0}}, "optim.val_every"),
+    ({"optim": {"epochs": 0}}, "optim.epochs"),
+    ({"optim": {"epochs": "inf"}}, "optim.epochs"),
+    ({"optim": {"warmup_fraction": 1.5}}, "optim.warmup_fraction"),
+    ({"optim": {"warmup_fraction": -0.1}}, "optim.warmup_fraction"),
+    ({"num_workers": -1}, "num_workers"),
+    ({"seed": -1}, "seed"),
+    ({"shots": 0}, "shots"),
+    ({"fraction": "nan"}, "fraction"),
+    ({"model": {"image_size": 0}}, "model.image_size"),
+    ({"data": {"split_seed": -2}}, "data.split_seed"),
+    ({"data": {"val_fraction": 1.0}}, "data.val_fraction"),
+    ({"data": {"test_fraction": -0.2}}, "data.test_fraction"),
+    ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}}, "val_fraction \\+ data.test_fraction"),
+    ({"lora": {"rank": 0}}, "rank"),
+    ({"lora": {"alpha": "nan"}}, "alpha"),
+    ({"finetune": {"backbone_lr": "nan"}}, "finetune.backbone_lr"),
+    ({"finetune": {"layer_decay": 0}}, "finetune.layer_decay"),
+    ({"finetune": {"train_blocks": 0}}, "finetune.train_blocks"),
+]
+
+
+@pytest.mark.parametrize("values,option", BAD_VALUES,
+                         ids=[o.split(" ")[0] + "=" + str(v) for v, o in BAD_VALUES])
+def test_each_bad_numeric_option_is_named(values, option):
+    values = {**values, "data": {"source": "/d", **values.get("data", {})}}
+    config = TrainConfig.from_dict(values)
+    with pytest.raises(ConfigError, match=option):
+        config.validate()
+
+
+def test_good_values_at_the_edges_pass():
+    TrainConfig.from_dict({"data": {"source": "/d", "val_fraction": 0.0}, "num_workers": 0,
+                           "seed": 0, "optim": {"weight_decay": 0, "warmup_fraction": 0,
+                                                "steps": 1, "linear_epochs": 1, "val_every": 1},
+                           "fraction": 100}).validate()
+
+
+def test_numbers_set_in_python_are_checked_too():
+    config = TrainConfig.from_dict({"data": {"source": "/d"}})
+    config.optim.batch_size = 2.5
+    with pytest.raises(ConfigError, match="optim.batch_size must be a whole number"):
+        config.validate()
+
+
+def test_malformed_yaml_is_one_line_with_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: /x}\noptim:\n  lr: [1e-3\n  steps: 4\n")
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_yaml(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}:")
+    assert f"{path}:4:" in message or f"{path}:3:" in message
+
+
+def test_python_tag_in_yaml_is_refused_with_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: /x}\nseed: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match=rf"{path}:2:7: .*python/object.*plain YAML only") as info:
+        TrainConfig.from_yaml(path)
+    assert "\n" not in str(info.value)
+
+
+# ---- item 5: one documented rule for the linear probe's length --------------------------------
+def test_linear_length_rule():
+    assert OptimConfig().linear_steps(64) == 200 * 2  # default 200 epochs of batch 32
+    assert OptimConfig(linear_epochs=3, batch_size=8).linear_steps(20) == 9
+    assert OptimConfig(steps=7, linear_epochs=3).linear_steps(20) == 7  # steps win
+
+
+def test_linear_run_with_steps_and_linear_epochs_warns(caplog):
+    import logging
+
+    from cytotune.training.methods.linear import _WARNED, warn_unused_length
+
+    _WARNED.clear()
+    with caplog.at_level(logging.INFO, logger="cytotune"):
+        warn_unused_length(OptimConfig(steps=30, linear_epochs=100))
+        warn_unused_length(OptimConfig(steps=30, linear_epochs=100))
+        warn_unused_length(OptimConfig(steps=30))
+        warn_unused_length(OptimConfig(epochs=5))
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert records[0][0] == "WARNING" and "linear_epochs=100 is not used" in records[0][1]
+    assert records[1][0] == "INFO"  # a sweep does not repeat it on the console per run
+    assert len(records) == 3 and "optim.epochs=5 is not used" in records[2][1]
+
+
+def test_shipped_sweeps_carry_no_dead_length_option():
+    from cytotune.experiments.catalog import experiment_path, list_experiments
+    from cytotune.training.config import load_yaml_file
+
+    for name in list_experiments():
+        values = load_yaml_file(experiment_path(name))
+        optim = (values.get("base") or {}).get("optim") or {}
+        methods = values.get("method", "linear")
+        if "linear" in (methods if isinstance(methods, list) else [methods]):
+            assert not ("steps" in optim and "linear_epochs" in optim), name
+
+
+def test_explicit_default_linear_epochs_keeps_the_run_id():
+    from cytotune.experiments.sweep import DatasetSpec, compute_run_id
+
+    spec = DatasetSpec(source="/d")
+    implicit = TrainConfig.from_dict({"data": {"source": "/d"}})
+    explicit = TrainConfig.from_dict({"data": {"source": "/d"}, "optim": {"linear_epochs": 200}})
+    other = TrainConfig.from_dict({"data": {"source": "/d"}, "optim": {"linear_epochs": 100}})
+    ids = [compute_run_id("s", "d", spec, c) for c in (implicit, explicit, other)]
+    assert ids[0] == ids[1] != ids[2]

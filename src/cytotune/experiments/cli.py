@@ -179,12 +179,26 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = register(sub)
     args = parser.parse_args(argv)
+    from cytotune.training.rundir import (Terminated, handle_sigterm,
+                                           os_error_message, restore_sigterm)
+
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    previous = handle_sigterm()
     try:
         return commands[args.command](args)
-    except (ConfigError, DataError, ModelError, ValueError, FileNotFoundError) as err:
-        _console().print(f"[red]error:[/red] {err}")
+    except (ConfigError, DataError, ModelError, ValueError) as err:
+        _console().print(f"[red]error:[/red] {err}", soft_wrap=True)
         return 2
+    except OSError as err:
+        _console().print(f"error: {os_error_message(err)}", markup=False, highlight=False,
+                         soft_wrap=True)
+        return 2
+    except KeyboardInterrupt as err:
+        _console().print("interrupted: finished runs are kept in the store; run the same "
+                         "command again to resume", markup=False, highlight=False)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        restore_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -44,16 +44,16 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
-import yaml
-
-from cytotune.training.config import (ConfigError, TrainConfig, coerce_value, dataclass_from_dict,
-                                      set_dotted)
+from cytotune.training.config import (DEFAULT_LINEAR_EPOCHS, ConfigError, TrainConfig,
+                                      check_number, coerce_value, dataclass_from_dict,
+                                      load_yaml_file, set_dotted)
 
 ShotsValue = Optional[int]  # None: all of the training split
 
@@ -197,11 +197,7 @@ class SweepConfig:
     def from_yaml(cls, path: str | Path, *, environ: Optional[Mapping[str, str]] = None,
                   check_models: bool = True) -> "SweepConfig":
         path = Path(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = yaml.safe_load(f) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        values = load_yaml_file(path) or {}
         try:
             sweep = _parse_sweep(values, environ, check_models)
         except ConfigError as err:
@@ -345,6 +341,10 @@ def compute_run_id(sweep: str, dataset: str, spec: DatasetSpec, config: TrainCon
     values = config.to_dict()
     for name in EXECUTION_FIELDS:
         values.pop(name, None)
+    if values["optim"].get("linear_epochs") == DEFAULT_LINEAR_EPOCHS:
+        # linear_epochs' default became None (meaning DEFAULT_LINEAR_EPOCHS); an explicit
+        # default keeps the id it had when the default was written out
+        values["optim"]["linear_epochs"] = None
     defaults = _default_values()
     identity = {"sweep": sweep, "dataset": dataset, "config": _prune_defaults(values, defaults)}
     if spec.generate is not None:
@@ -425,7 +425,20 @@ def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
                         description=description, exclude=exclude, pack_size=pack_size)
     if not sweep.runs():  # every run must be a valid TrainConfig: fail at load, not mid-sweep
         raise ConfigError("exclude leaves no run in the grid")
+    _warn_unused_length(sweep)
     return sweep
+
+
+def _warn_unused_length(sweep: SweepConfig) -> None:
+    """Once per sweep: ``base.optim.steps`` also sets the linear probes' length (one rule for
+    every method, see OptimConfig), so ``base.optim.linear_epochs`` beside it is never used."""
+    optim = sweep.base.get("optim")
+    if ("linear" in sweep.method and isinstance(optim, Mapping)
+            and optim.get("steps") is not None and optim.get("linear_epochs") is not None):
+        logging.getLogger("cytotune").warning(
+            "sweep %s: base.optim.steps=%s sets the length of the linear runs too; "
+            "base.optim.linear_epochs=%s is not used (drop it, or drop steps)", sweep.name,
+            optim["steps"], optim["linear_epochs"])
 
 
 def _parse_exclude(value: Any) -> list[dict[str, str]]:
@@ -479,6 +492,12 @@ def _parse_datasets(value: Any, environ) -> dict[str, DatasetSpec]:
             entry = {**entry, "leave_one_domain_out": expand_env(
                 entry["leave_one_domain_out"], f"{option}.leave_one_domain_out", environ)}
         spec = dataclass_from_dict(DatasetSpec, entry, option + ".")
+        if spec.generate is not None:
+            check_number(f"{option}.generate.n_per_class", spec.generate.n_per_class, minimum=1,
+                         integer=True)
+            check_number(f"{option}.generate.image_size", spec.generate.image_size, minimum=8,
+                         integer=True)
+            check_number(f"{option}.generate.seed", spec.generate.seed, minimum=0, integer=True)
         if not spec.source:
             raise ConfigError(f"{option}.source is required")
         if spec.layout is not None and spec.layout.lower() not in LAYOUTS:
@@ -659,10 +678,7 @@ def load_sweep(sweep: "SweepConfig | Mapping[str, Any] | str | Path", *,
                               f"({', '.join(list_experiments())})")
         if not overrides:
             return SweepConfig.from_yaml(path, environ=environ, check_models=check_models)
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        values = load_yaml_file(path) or {}
         source_path = str(path)
     else:
         raise ConfigError(f"a sweep is a SweepConfig, dict, YAML path or experiment name, got "

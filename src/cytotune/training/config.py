@@ -7,6 +7,7 @@ Unknown keys and wrong types are errors naming the offending option, never silen
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,67 @@ PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names it."""
+
+
+# linear probe length when neither optim.linear_epochs nor optim.steps is given
+DEFAULT_LINEAR_EPOCHS = 200
+
+
+def check_number(name: str, value: Any, *, minimum: Optional[float] = None,
+                 above: Optional[float] = None, maximum: Optional[float] = None,
+                 below: Optional[float] = None, integer: bool = False,
+                 optional: bool = False) -> None:
+    """Raise a ConfigError naming ``name`` unless ``value`` is a finite number (a whole one if
+    ``integer``) within the given bounds (``minimum``/``maximum`` inclusive, ``above``/``below``
+    exclusive); ``optional`` lets None through. Checked before any work, so a bad value never
+    costs a training run (a NaN learning rate used to fail only after training)."""
+    if value is None and optional:
+        return
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            integer and not isinstance(value, int)):
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    bounds = []
+    if minimum is not None:
+        bounds.append(f">= {minimum:g}")
+    if above is not None:
+        bounds.append(f"> {above:g}")
+    if maximum is not None:
+        bounds.append(f"<= {maximum:g}")
+    if below is not None:
+        bounds.append(f"< {below:g}")
+    if ((minimum is not None and value < minimum) or (above is not None and value <= above)
+            or (maximum is not None and value > maximum) or (below is not None and value >= below)):
+        raise ConfigError(f"{name} must be {' and '.join(bounds)}, got {value!r}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def load_yaml_file(path: str | Path) -> Any:
+    """``yaml.safe_load`` of a file, with any parse error (or a Python tag such as
+    ``!!python/object``, which safe_load never constructs) as one ConfigError line naming the
+    file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = _one_line(err.problem or err.context or "")
+        if isinstance(err, yaml.constructor.ConstructorError) and "tag" in problem:
+            problem = (f"{problem}; cytotune reads plain YAML only (no Python objects or other "
+                       f"tags)")
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
 
 
 @dataclass
@@ -93,17 +155,24 @@ class FinetuneSettings:
     grad_checkpointing: bool = False
 
     def validate(self) -> None:
-        if self.backbone_lr is not None and self.backbone_lr <= 0:
-            raise ConfigError(f"finetune.backbone_lr must be > 0, got {self.backbone_lr}")
-        if not 0 < self.layer_decay <= 1:
-            raise ConfigError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
-        if self.train_blocks is not None and self.train_blocks < 1:
-            raise ConfigError(f"finetune.train_blocks must be >= 1, got {self.train_blocks}")
+        check_number("finetune.backbone_lr", self.backbone_lr, above=0, optional=True)
+        check_number("finetune.layer_decay", self.layer_decay, above=0, maximum=1)
+        check_number("finetune.train_blocks", self.train_blocks, minimum=1, integer=True,
+                     optional=True)
 
 
 @dataclass
 class OptimConfig:
-    """Optimiser and schedule; the defaults follow the reference study where it states them."""
+    """Optimiser and schedule; the defaults follow the reference study where it states them.
+
+    Training length, one rule for every method: ``steps``, when given, is the number of
+    optimizer steps (a linear probe's head training included). Otherwise LoRA and full
+    fine-tuning use ``epochs`` or the few-shot rule (see :meth:`resolve_steps`), and a linear
+    probe uses ``linear_epochs`` (None: ``DEFAULT_LINEAR_EPOCHS``) epochs over its cached
+    features. A linear run given both ``steps`` and ``linear_epochs`` logs a warning that
+    ``linear_epochs`` is not used (a sweep's shared ``base`` may set both for its LoRA and
+    linear runs, so it is not an error).
+    """
 
     lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -112,7 +181,9 @@ class OptimConfig:
     epochs: Optional[float] = None  # alternative to steps, in passes over the training set
     warmup_fraction: float = 0.1
     val_every: Optional[int] = None  # validate every N steps (and at the end); None: ~10 times
-    linear_epochs: int = 200  # linear probe: epochs over the cached features
+    # linear probe: epochs over the cached features (None: DEFAULT_LINEAR_EPOCHS); unused when
+    # steps is given
+    linear_epochs: Optional[int] = None
     augment: bool = True  # flips and right-angle rotations during LoRA training
     compile: bool = False  # LoRA / full: torch.compile the model (faster steps after a warm-up)
 
@@ -128,6 +199,26 @@ class OptimConfig:
         if shots is not None:
             return 50 + 100 * shots
         return 10 * per_epoch
+
+    def linear_steps(self, num_train: int) -> int:
+        """Head-training steps of a linear probe: ``steps`` if given, else ``linear_epochs``
+        (default ``DEFAULT_LINEAR_EPOCHS``) epochs of ``num_train`` features."""
+        if self.steps is not None:
+            return int(self.steps)
+        per_epoch = max(1, -(-num_train // max(1, min(self.batch_size, num_train))))
+        epochs = self.linear_epochs if self.linear_epochs is not None else DEFAULT_LINEAR_EPOCHS
+        return max(1, epochs * per_epoch)
+
+    def validate(self) -> None:
+        check_number("optim.lr", self.lr, above=0)
+        check_number("optim.weight_decay", self.weight_decay, minimum=0)
+        check_number("optim.batch_size", self.batch_size, minimum=1, integer=True)
+        check_number("optim.steps", self.steps, minimum=1, integer=True, optional=True)
+        check_number("optim.epochs", self.epochs, above=0, optional=True)
+        check_number("optim.warmup_fraction", self.warmup_fraction, minimum=0, maximum=1)
+        check_number("optim.val_every", self.val_every, minimum=1, integer=True, optional=True)
+        check_number("optim.linear_epochs", self.linear_epochs, minimum=1, integer=True,
+                     optional=True)
 
 
 @dataclass
@@ -157,16 +248,27 @@ class TrainConfig:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)  # method "full"
 
     def validate(self) -> None:
+        """Check every option before any work: numbers within range (message naming the option
+        and value), combinations that make sense, ``out`` away from the data."""
         if self.shots is not None and self.fraction is not None:
             raise ConfigError("give either shots or fraction, not both")
-        if self.shots is not None and self.shots < 1:
-            raise ConfigError(f"shots must be >= 1, got {self.shots}")
-        if self.fraction is not None and not 0 < self.fraction <= 100:
-            raise ConfigError(f"fraction is a percentage in (0, 100], got {self.fraction}")
+        check_number("shots", self.shots, minimum=1, integer=True, optional=True)
+        if self.fraction is not None:
+            check_number("fraction (a percentage)", self.fraction, above=0, maximum=100)
         if not self.data.source:
             raise ConfigError("data.source is required (a folder, a CSV file, or a named layout's root)")
-        if self.optim.lr <= 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        check_number("seed", self.seed, minimum=0, integer=True)
+        check_number("num_workers", self.num_workers, minimum=0, integer=True)
+        check_number("data.split_seed", self.data.split_seed, minimum=0, integer=True)
+        check_number("data.val_fraction", self.data.val_fraction, minimum=0, below=1)
+        check_number("data.test_fraction", self.data.test_fraction, minimum=0, below=1)
+        if self.data.val_fraction + self.data.test_fraction >= 1:
+            raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1 to leave "
+                              f"training images, got {self.data.val_fraction:g} + "
+                              f"{self.data.test_fraction:g}")
+        check_number("model.image_size", self.model.image_size, minimum=1, integer=True,
+                     optional=True)
+        self.optim.validate()
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got "
                               f"{self.precision!r}")
@@ -180,6 +282,12 @@ class TrainConfig:
             self.lora.resolve(("q",))
         except ValueError as err:
             raise ConfigError(f"lora: {err}") from None
+        if self.out:
+            from cytotune.training.rundir import RunDirError, check_out_vs_data
+            try:
+                check_out_vs_data(self.out, self.data.source)
+            except RunDirError as err:
+                raise ConfigError(str(err)) from None
 
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -194,8 +302,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
+        values = load_yaml_file(path) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         try:

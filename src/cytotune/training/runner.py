@@ -380,6 +380,14 @@ def prediction_table(data: LabelledImages, task: Task, paths: list[Path], rows: 
 
 def _write_run(writer: RunWriter, result: RunResult, backbone: torch.nn.Module,
                tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Write a finished run's files into the writer's staging folder; a failed write (full
+    disk) is one RunDirError naming ``--out``."""
+    with writer.writing():
+        _write_run_files(writer, result, backbone, tensors)
+
+
+def _write_run_files(writer: RunWriter, result: RunResult, backbone: torch.nn.Module,
+                     tensors: dict[str, dict[str, torch.Tensor]]) -> None:
     config = result.config
     writer.write_text("config.yaml", config.to_yaml())
     for stem, named in tensors.items():

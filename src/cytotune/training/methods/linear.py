@@ -10,6 +10,7 @@ import logging
 
 import torch
 
+from cytotune.training.config import OptimConfig
 from cytotune.training.heads import HeadProblem, fit_linear_heads
 from cytotune.training.loop import EvalResult, FitHistory, evaluate_logits
 from cytotune.training.methods.base import (MethodContext, MethodResult, SplitTensors,
@@ -36,12 +37,38 @@ def freeze(backbone: torch.nn.Module, device: torch.device) -> None:
         p.requires_grad_(False)
 
 
+# (steps, linear_epochs, epochs) already warned about on the console in this process
+_WARNED: set[tuple] = set()
+
+
+def warn_unused_length(optim: OptimConfig) -> None:
+    """Say which length option a linear probe ignores (see OptimConfig: ``steps`` wins over
+    ``linear_epochs``; ``epochs`` is for LoRA and full fine-tuning). Logged at WARNING once per
+    process and setting (a sweep would repeat it per run), at INFO into every later run's log."""
+    unused = []
+    if optim.steps is not None and optim.linear_epochs is not None:
+        unused.append(f"optim.linear_epochs={optim.linear_epochs} is not used: optim.steps="
+                      f"{optim.steps} sets the linear probe's length (steps win for every "
+                      f"method); drop one of them")
+    if optim.epochs is not None:
+        unused.append(f"optim.epochs={optim.epochs:g} is not used by a linear probe (its length "
+                      f"is optim.steps, else optim.linear_epochs)")
+    if not unused:
+        return
+    key = (optim.steps, optim.linear_epochs, optim.epochs)
+    level = logging.INFO if key in _WARNED else logging.WARNING
+    _WARNED.add(key)
+    for message in unused:
+        log.log(level, message)
+
+
 def linear_problem(ctx: MethodContext, f_train: torch.Tensor, f_val: torch.Tensor) -> HeadProblem:
     """The head training of one linear-probe run, on its features (on the device)."""
     cfg, o = ctx.config, ctx.config.optim
+    warn_unused_length(o)
     y_train = ctx.train.labels.to(ctx.device)
     per_epoch = -(-len(y_train) // min(o.batch_size, len(y_train)))
-    steps = o.steps or max(1, o.linear_epochs * per_epoch)
+    steps = o.linear_steps(len(y_train))
     return HeadProblem(head=initial_head(ctx, f_train.shape[1]), features=f_train,
                        targets=y_train, validate=lambda head: evaluate_head(ctx, head, f_val,
                                                                             ctx.val),
