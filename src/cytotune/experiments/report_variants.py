@@ -110,6 +110,20 @@ def _resolved_precision(config: Mapping[str, Any], device: Optional[str]) -> str
     return "bf16" if device.startswith("cuda") else "fp32"
 
 
+def _effective_linear_length(values: dict[str, Any], method: str) -> None:
+    """Compare what a run trained for, not how it was spelled: ``optim.linear_epochs`` None
+    means :data:`DEFAULT_LINEAR_EPOCHS` (older records wrote the number), and it has no effect
+    on a run that is not a linear probe or whose ``optim.steps`` is set (see
+    ``OptimConfig.linear_steps``)."""
+    from cytotune.training.config import DEFAULT_LINEAR_EPOCHS
+
+    key = "optim.linear_epochs"
+    if method != "linear" or values.get("optim.steps") is not None:
+        values.pop(key, None)
+    elif values.get(key) is None:
+        values[key] = DEFAULT_LINEAR_EPOCHS
+
+
 def run_settings(config: Mapping[str, Any], metrics: Optional[Mapping[str, Any]] = None,
                  device: Optional[str] = None,
                  defaults: Optional[Mapping[str, Any]] = None) -> dict[str, str]:
@@ -118,6 +132,7 @@ def run_settings(config: Mapping[str, Any], metrics: Optional[Mapping[str, Any]]
     its recorded environment without :data:`POOLED_ENVIRONMENT`."""
     values = dict(_default_settings() if defaults is None else defaults)
     values.update(_flatten(config))
+    _effective_linear_length(values, str(config.get("method") or values.get("method")))
     settings = {name: value_text(value) for name, value in values.items()
                 if name not in POOLED_FIELDS}
     settings[RESOLVED_PRECISION] = _resolved_precision(config, device)
