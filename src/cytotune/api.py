@@ -52,6 +52,7 @@ FLAT_OPTIONS: dict[str, str] = {
     "label_columns": "data.options.label_columns",
     "multi_label": "data.options.multi_label",
     "label_names": "data.options.label_names",
+    "group_pattern": "data.options.group_pattern",
 }
 
 

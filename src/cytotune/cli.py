@@ -58,6 +58,9 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--fraction", float, "percent of the training split (stratified)"),
     ("--seed", int, "run seed (sampling, initialisation, data order)"),
     ("--split-seed", int, "seed of the train/val/test split when the data set has none"),
+    ("--group-pattern", str, "regex with one capture group: the source id in each file name; images "
+                             "sharing it stay in one split (default for --layout mlcc: augmented "
+                             "copies NAME_i_j of one source; '' turns it off)"),
     ("--lr", float, "learning rate"),
     ("--weight-decay", float, "AdamW weight decay"),
     ("--batch-size", int, "batch size"),

@@ -43,3 +43,16 @@ def test_bad_input_is_a_message_not_a_traceback(synthetic_data, tmp_path, capsys
     assert "uni" in capsys.readouterr().out
     assert main(["train", "--data", str(synthetic_data), "--shots", "2", "--fraction", "50"]) == 2
     assert "either shots or fraction" in capsys.readouterr().out
+
+
+def test_group_pattern_flag_reaches_the_data_options():
+    """--group-pattern is the CLI spelling of data.options.group_pattern ('' turns the mlcc
+    layout's default grouping off)."""
+    from cytotune.api import build_config
+    from cytotune.cli import build_parser, train_options
+
+    args = build_parser().parse_args(["train", "--data", "x", "--layout", "mlcc",
+                                      "--group-pattern", r"^(.+)_\d+\.png$"])
+    assert build_config(**train_options(args)).data.options["group_pattern"] == r"^(.+)_\d+\.png$"
+    args = build_parser().parse_args(["train", "--data", "x", "--layout", "mlcc", "--group-pattern", ""])
+    assert build_config(**train_options(args)).data.options["group_pattern"] == ""
