@@ -18,6 +18,9 @@ in :data:`POOLED_FIELDS` (each with the reason it may differ inside a cell), plu
 - the resolved precision: ``precision: auto`` means bf16 on CUDA and fp32 on a CPU, so the same
   config run on two kinds of device is two experiments (taken from the run's recorded
   environment when the store has one, else derived from its device);
+- the fingerprints of the starting weights and of the test data (``metrics_json["fingerprints"]``,
+  recorded by every run since they were added), so two checkpoints under one model name or two
+  versions of a data set (or of its split) are never pooled;
 - the run's recorded environment (``metrics_json["environment"]``) when a store records one:
   cytotune version, weights and data fingerprints and any other entry, except the machine details
   in :data:`POOLED_ENVIRONMENT`.
@@ -136,6 +139,11 @@ def run_settings(config: Mapping[str, Any], metrics: Optional[Mapping[str, Any]]
     settings = {name: value_text(value) for name, value in values.items()
                 if name not in POOLED_FIELDS}
     settings[RESOLVED_PRECISION] = _resolved_precision(config, device)
+    fingerprints = (metrics or {}).get("fingerprints") or {}
+    if isinstance(fingerprints, Mapping):
+        # the starting weights and the test data (training.runner.assemble_result)
+        for name, value in fingerprints.items():
+            settings[f"{name} fingerprint"] = value_text(value)
     environment = (metrics or {}).get("environment") or {}
     if isinstance(environment, Mapping):
         for name, value in _flatten(environment).items():

@@ -6,6 +6,7 @@ sweeps, benchmarks and ``predict`` can reuse any stage alone.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import platform
 import time
@@ -277,6 +278,7 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     reset_peak_memory(device)
     prepared = prepare_run_data(config)
     backbone = build_run_backbone(config)
+    weights_fingerprint = starting_weights_fingerprint(config, backbone)
     text_encoder = build_run_text_encoder(config) if needs_text_encoder(config) else None
     cache_dir = Path(config.cache_dir) if config.cache_dir else None
     store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=config.num_workers)
@@ -295,15 +297,46 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
                         text_encoder=text_encoder, task=prepared.task)
     outcome = METHODS[config.method](ctx)
     result = assemble_result(config, prepared, splits["test"], outcome,
-                             {"decode_s": decode_s}, started, device)
+                             {"decode_s": decode_s}, started, device,
+                             weights_fingerprint=weights_fingerprint)
     return result, backbone, outcome.tensors_to_save
+
+
+def run_environment(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Versions and the precision a run computed in (what ``auto`` meant on its device), kept in
+    its metrics (metrics.json and the store) so a report can tell runs of two versions apart."""
+    return {"cytotune": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "device": config.device,
+            # what "auto" meant on this machine: bf16 autocast or plain fp32
+            "precision": resolve_precision(device, config.precision)}
+
+
+def starting_weights_fingerprint(config: TrainConfig, backbone) -> Optional[str]:
+    """The fingerprint of the weights a run starts from, recorded so a report never pools runs of
+    two checkpoints under one model name; None for a random initialisation (seeded by the run
+    seed, so it differs from seed to seed by design)."""
+    if not config.model.pretrained:
+        return None
+    return backbone.weights_fingerprint()
+
+
+def test_data_fingerprint(data: LabelledImages, test_split: SplitTensors) -> str:
+    """A hash of what a run was tested on: the class names, the test images' content key (every
+    file's bytes and the decode settings) and their labels. Fixed across run seeds; changed by any
+    edit of the data, of its split or of the labels."""
+    h = hashlib.sha256()
+    h.update("\n".join(data.class_names).encode())
+    h.update(test_split.images_key.encode())
+    h.update(np.ascontiguousarray(test_split.labels.numpy()).tobytes())
+    return h.hexdigest()[:16]
 
 
 def assemble_result(config: TrainConfig, prepared: RunData, test_split: SplitTensors,
                     outcome, timings: dict[str, float], started: float,
-                    device: torch.device) -> RunResult:
+                    device: torch.device, weights_fingerprint: Optional[str] = None) -> RunResult:
     """Metrics (in and out of domain, upper levels of a class tree), the predictions table and
-    the timings of one finished method call."""
+    the timings of one finished method call. ``metrics["fingerprints"]`` records the starting
+    weights and the test data, which the report compares before pooling runs."""
     data, indices, task = prepared.data, prepared.indices, prepared.task
     test_rows = test_split.rows
     in_domain = ~np.isin(test_rows, indices.test_ood)
@@ -312,7 +345,10 @@ def assemble_result(config: TrainConfig, prepared: RunData, test_split: SplitTen
     metrics = {"val": task.metrics(outcome.val.labels.numpy(), outcome.val.probs.numpy(), names),
                "test": task.metrics(targets[in_domain], probs[in_domain], names),
                "best_step": outcome.history.best_step, "steps": outcome.history.steps,
-               "task": task.name}
+               "task": task.name,
+               "environment": run_environment(config, device),
+               "fingerprints": {"test_data": test_data_fingerprint(data, test_split),
+                                **({"weights": weights_fingerprint} if weights_fingerprint else {})}}
     if len(indices.test_ood):
         metrics.update(domain_metrics(data, config, task, test_rows, in_domain, targets, probs))
     for level, (level_labels, level_names) in data.label_levels.items():
@@ -404,9 +440,4 @@ def _write_run_files(writer: RunWriter, result: RunResult, backbone: torch.nn.Mo
         "timings": result.timings,
         "memory": result.memory,
         "history": result.history,
-        "environment": {"cytotune": __version__, "torch": torch.__version__,
-                        "python": platform.python_version(), "device": config.device,
-                        # what "auto" meant on this machine: bf16 autocast or plain fp32
-                        "precision": resolve_precision(resolve_device(config.device),
-                                                       config.precision)},
     })
