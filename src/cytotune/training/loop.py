@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterator, Optional
@@ -53,13 +54,18 @@ def run_scope(key: Optional[Hashable]) -> Iterator[None]:
 
 
 class RunLogFilter(logging.Filter):
-    """Lets through a handler only the lines of run ``key`` and the lines of no run."""
+    """Lets through a handler only the lines of run ``key`` and the lines of no run, logged by
+    the thread that made the filter (a group trains in one thread; another thread's lines, e.g.
+    a second sweep in the same process, belong to its own runs)."""
 
     def __init__(self, key: Hashable):
         super().__init__()
         self.key = key
+        self.thread = threading.get_ident()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return False
         run = _CURRENT_RUN.get()
         return run is None or run == self.key
 
