@@ -89,3 +89,77 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     assert ids == expected
     frame = store.records()
     assert len(frame) == len(expected) and frame["run_id"].is_unique
+
+
+# ---- leases ---------------------------------------------------------------------------------------
+def test_a_run_is_claimed_once_until_done_released_or_its_lease_is_dead(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from cytotune.experiments.store import CLAIMED, DONE, HELD, new_owner
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    a, b = new_owner(), new_owner()
+    assert store.claim(["x", "y"], a, ttl=60) == {"x": CLAIMED, "y": CLAIMED}
+    assert store.claim(["x", "y", "z"], b, ttl=60) == {"x": HELD, "y": HELD, "z": CLAIMED}
+    assert store.claim(["x"], a, ttl=60) == {"x": CLAIMED}  # its own lease: renewed
+    store.insert(hand_record("x"))
+    store.release(["y"], a)
+    assert store.claim(["x", "y"], b, ttl=60) == {"x": DONE, "y": CLAIMED}
+    assert set(store.leases()["run_id"]) == {"x", "y", "z"}
+
+    # an expired lease (no heartbeat) is taken over; a heartbeat keeps one alive
+    other = "elsewhere:1:abc"  # another host: only expiry can free its leases
+    assert store.claim(["e", "h"], other, ttl=0.5) == {"e": CLAIMED, "h": CLAIMED}
+    assert store.claim(["e"], a, ttl=60) == {"e": HELD}
+    time.sleep(0.3)
+    store.release(["h"], "not-the-owner")  # someone else's release leaves it alone
+    time.sleep(0.4)
+    assert store.claim(["e"], a, ttl=60) == {"e": CLAIMED}
+    c = new_owner()
+    store.claim(["k"], c, ttl=0.5)
+    for _ in range(4):
+        time.sleep(0.2)
+        assert store.renew(c, ttl=0.5) == 1
+        assert store.claim(["k"], a, ttl=60) == {"k": HELD}
+
+    # a lease of a process of this host that is gone is dead at once
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    gone = f"{__import__('socket').gethostname()}:{dead.stdout.strip()}:0"
+    store.claim(["g"], gone, ttl=3600)
+    assert store.claim(["g"], a, ttl=60) == {"g": CLAIMED}
+
+    store.release_all(b)
+    assert set(store.leases()["owner"]) == {a, c, other}  # "h" expired, not taken yet
+
+
+def test_a_schema_1_store_gains_the_leases_table(tmp_path):
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, sweep TEXT NOT NULL, dataset TEXT NOT NULL,
+            backbone TEXT NOT NULL, method TEXT NOT NULL, shots INTEGER, fraction REAL,
+            seed INTEGER NOT NULL, lr REAL NOT NULL, val_accuracy REAL, val_loss REAL,
+            test_accuracy REAL, trainable_params INTEGER, config_json TEXT NOT NULL,
+            metrics_json TEXT NOT NULL, timings_json TEXT NOT NULL, trainable_json TEXT NOT NULL,
+            out_dir TEXT, device TEXT, worker TEXT, finished_at TEXT NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+    """)
+    con.commit()
+    con.close()
+    store = ResultStore(path)
+    assert store._meta("schema_version") == "2"
+    assert store.claim(["a"], "h:1:x", ttl=5) == {"a": "claimed"}
+    store.insert(hand_record("a"))
+    assert len(store) == 1 and integrity(path) == "ok"
+
+
+def integrity(path) -> str:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        con.close()

@@ -185,3 +185,44 @@ def test_packed_lora_in_bf16_on_cpu(synthetic_data, checkpoints, tmp_path):
         pa = a.predictions.filter(like="prob_").to_numpy()
         pb = b.predictions.filter(like="prob_").to_numpy()
         assert abs(pa - pb).max() < 2e-2
+
+
+@pytest.mark.parametrize("method", ["linear", "lora"])
+def test_grouped_runs_have_their_own_time_share_and_log(synthetic_data, checkpoints, tmp_path,
+                                                        method, caplog):
+    """A group's runs add up to the group's time (not group_size times it), and each run's
+    train.log holds its own lines (its evaluations, its summary) and none of the others'."""
+    import logging
+    import time
+
+    caplog.set_level(logging.INFO, logger="cytotune")  # as the CLI logs
+    grid = [(1, 1e-3, 2), (2, 1e-2, 2), (3, 3e-2, 4)]
+    extra = {"linear_epochs": 6} if method == "linear" else {"val_every": 2, "rank": 2}
+    configs = _configs(synthetic_data, checkpoints["uni-tiny"], "uni-tiny", method, grid,
+                       tmp_path, **extra)
+    if method == "lora":
+        for c in configs:
+            c.optim.steps = 4
+    assert len(plan_groups(configs, pack_size=8)) == 1
+    start = time.perf_counter()
+    results = run_training_group(configs, pack_size=8)
+    wall = time.perf_counter() - start
+    for r in results:
+        assert not isinstance(r, Exception), r
+    totals = [r.timings["total_s"] for r in results]
+    group_total = results[0].timings["group_total_s"]
+    assert all(r.timings["group_total_s"] == group_total for r in results)
+    assert all(r.timings["group_size"] == 3 for r in results)
+    assert sum(totals) == pytest.approx(group_total, rel=1e-6)
+    assert sum(totals) <= wall
+    for r in results:
+        saved = json.loads((r.out_dir / "metrics.json").read_text())["timings"]
+        assert saved["total_s"] == pytest.approx(r.timings["total_s"])
+        assert r.timings["decode_s"] <= r.timings["total_s"]
+    for (seed, _, _), r in zip(grid, results):
+        text = (r.out_dir / "train.log").read_text()
+        steps = [line for line in text.splitlines() if " step " in line and "val acc" in line]
+        assert len(steps) == len(r.history), text
+        summaries = [line for line in text.splitlines() if "test accuracy" in line]
+        assert len(summaries) == 1 and f"seed={seed}:" in summaries[0], text
+        assert f"run written to {r.out_dir}" in text

@@ -1,7 +1,10 @@
 """Where and how the runs of a sweep execute.
 
 An executor receives *chunks* (lists of :class:`RunTask`, each chunk run in order by one worker)
-and reports events back to the driver through a callback: :class:`RunStarted` when a run begins
+as a :class:`ChunkQueue` (or a plain list, wrapped in one) and takes each chunk from it only
+when a worker is free to start it: the driver's queue may claim the chunk's runs in the store
+at that moment (leases, see :mod:`cytotune.experiments.store`), so parallel sweeps on one store
+split the work. It reports events back to the driver through a callback: :class:`RunStarted` when a run begins
 and :class:`RunOutcome` when it ends (success with a store record, or failure with the error).
 The driver (:func:`cytotune.experiments.run_sweep`) writes each outcome to the store as it
 arrives; executors never touch the store, so a remote worker needs no access to it.
@@ -48,6 +51,41 @@ class RunTask:
     keys: dict[str, Any]  # sweep, dataset, backbone, method, shots, fraction, seed, lr
     config: dict[str, Any]  # TrainConfig.to_dict()
     label: str = ""  # human-readable, for progress and logs
+
+
+class ChunkQueue:
+    """The chunks of a sweep, handed out one at a time as workers become free.
+
+    :meth:`take` gives the next chunk, or None when nothing can start now; :meth:`exhausted`
+    says nothing is left to take, now or later. This plain queue only hands out its chunks; the
+    sweep runner's queue also claims each chunk's runs in the store when it is taken and may
+    answer None for a while (another worker holds the runs that are left). Executors ask again
+    after ``wait_s`` seconds.
+    """
+
+    wait_s = 1.0
+
+    def __init__(self, chunks: Sequence[Sequence["RunTask"]] = ()):
+        self._pending: deque = deque(list(c) for c in chunks if c)
+
+    def take(self) -> Optional[list["RunTask"]]:
+        return self._pending.popleft() if self._pending else None
+
+    def put_back(self, tasks: Sequence["RunTask"]) -> None:
+        """Tasks handed out but not run (their worker died): first in line again."""
+        if tasks:
+            self._pending.appendleft(list(tasks))
+
+    def exhausted(self) -> bool:
+        return not self._pending
+
+    def remaining(self) -> int:
+        """Tasks not handed out (yet)."""
+        return sum(len(c) for c in self._pending)
+
+
+def as_queue(chunks: Union[ChunkQueue, Sequence[Sequence["RunTask"]]]) -> ChunkQueue:
+    return chunks if isinstance(chunks, ChunkQueue) else ChunkQueue(chunks)
 
 
 @dataclass
@@ -166,10 +204,13 @@ class Executor(ABC):
     name = "executor"
 
     @abstractmethod
-    def execute(self, chunks: Sequence[Sequence[RunTask]], report: Report) -> None:
+    def execute(self, chunks: Union[ChunkQueue, Sequence[Sequence[RunTask]]],
+                report: Report) -> None:
         """Run every task of every chunk (a chunk's tasks in order, on one worker) and call
-        ``report`` with a RunStarted and a RunOutcome per task. Returns when all are reported;
-        on KeyboardInterrupt, stops its workers and re-raises."""
+        ``report`` with a RunStarted and a RunOutcome per task. Chunks are taken from the queue
+        (:func:`as_queue`) only when a worker can start them. Returns when the queue is
+        exhausted and all taken tasks are reported; on KeyboardInterrupt, stops its workers and
+        re-raises."""
 
     def describe(self) -> str:
         return self.name
@@ -195,19 +236,25 @@ class LocalExecutor(Executor):
             return f"local, {len(self.devices)} worker processes ({', '.join(self.devices)})"
         return f"local, in process ({self.devices[0] if self.devices else 'config device'})"
 
-    def execute(self, chunks: Sequence[Sequence[RunTask]], report: Report) -> None:
+    def execute(self, chunks: Union[ChunkQueue, Sequence[Sequence[RunTask]]],
+                report: Report) -> None:
+        queue = as_queue(chunks)
         if len(self.devices) <= 1:
-            self._execute_here(chunks, report)
+            self._execute_here(queue, report)
         else:
-            _ProcessPool(self, chunks, report).run()
+            _ProcessPool(self, queue, report).run()
 
-    def _execute_here(self, chunks: Sequence[Sequence[RunTask]], report: Report) -> None:
+    def _execute_here(self, queue: ChunkQueue, report: Report) -> None:
         device = self.devices[0] if self.devices else None
         setup = resolve_worker_setup(self.worker_setup)
         if setup is not None:
             setup()
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        for chunk in chunks:
+        while not queue.exhausted():
+            chunk = queue.take()
+            if chunk is None:  # what is left is held by other workers for now
+                time.sleep(queue.wait_s)
+                continue
             for task in chunk:
                 report(RunStarted(task.run_id, worker, device))
             for outcome in execute_chunk(chunk, device, worker):
@@ -257,6 +304,7 @@ class _Slot:
     conn: Any  # the driver's end of the worker's pipe
     held: deque = field(default_factory=deque)  # tasks handed to this worker, not yet reported
     stopping: bool = False  # told to stop (no work left when it asked)
+    waiting: bool = False  # asked for work when none could start: answer it when some can
     seen_ready: bool = False  # set up and asked for work at least once
     broken: bool = False  # its pipe closed or broke: the process is dead or dying
 
@@ -264,13 +312,13 @@ class _Slot:
 class _ProcessPool:
     """Driver side of LocalExecutor's worker processes."""
 
-    def __init__(self, executor: LocalExecutor, chunks: Sequence[Sequence[RunTask]], report: Report):
+    def __init__(self, executor: LocalExecutor, queue: ChunkQueue, report: Report):
         import multiprocessing
 
         self.executor = executor
         self.report = report
         self.ctx = multiprocessing.get_context(executor.start_method)
-        self.pending: deque = deque(list(c) for c in chunks if c)
+        self.queue = queue
         self.slots: list[_Slot] = []
         self.restarts = 0
         cpu_workers = sum(1 for d in executor.devices if d == "cpu")
@@ -287,7 +335,7 @@ class _ProcessPool:
         self.slots.append(_Slot(device, process, ours))
 
     def _work_left(self) -> bool:
-        return bool(self.pending) or any(slot.held for slot in self.slots)
+        return not self.queue.exhausted() or any(slot.held for slot in self.slots)
 
     def run(self) -> None:
         from multiprocessing.connection import wait
@@ -299,11 +347,14 @@ class _ProcessPool:
                 live = {slot.conn: slot for slot in self.slots if not slot.broken}
                 for conn in wait(list(live), timeout=1.0):
                     self._receive(live[conn])
+                for slot in self.slots:
+                    if slot.waiting and not slot.broken:
+                        self._hand_out(slot)
                 self._check_deaths()
-                if self.pending and not any(s.process.is_alive() and not s.stopping
-                                            for s in self.slots):
-                    raise RuntimeError(f"{sum(len(c) for c in self.pending)} runs were not run: "
-                                       f"no worker process is left to run them")
+                if not self.queue.exhausted() and not any(s.process.is_alive() and not s.stopping
+                                                          for s in self.slots):
+                    raise RuntimeError(f"{self.queue.remaining()} runs were not run: no worker "
+                                       f"process is left to run them")
         finally:
             self._shutdown()
 
@@ -316,13 +367,7 @@ class _ProcessPool:
             return
         if kind == "ready":
             slot.seen_ready = True
-            if self.pending:
-                chunk = self.pending.popleft()
-                slot.held.extend(chunk)
-                self._send(slot, chunk)
-            else:
-                slot.stopping = True
-                self._send(slot, None)
+            self._hand_out(slot)
         elif kind == "started":
             self.report(payload)
         elif kind == "outcome":
@@ -331,6 +376,20 @@ class _ProcessPool:
         elif kind == "setup_failed":
             slot.stopping = True
             raise RuntimeError(f"worker setup failed on {slot.device}:\n{payload}")
+
+    def _hand_out(self, slot: _Slot) -> None:
+        """Answer a worker's request for work: a chunk, stop (nothing left) or later."""
+        chunk = self.queue.take()
+        if chunk:
+            slot.waiting = False
+            slot.held.extend(chunk)
+            self._send(slot, chunk)
+        elif self.queue.exhausted():
+            slot.waiting = False
+            slot.stopping = True
+            self._send(slot, None)
+        else:
+            slot.waiting = True
 
     @staticmethod
     def _send(slot: _Slot, message: Any) -> None:
@@ -370,11 +429,11 @@ class _ProcessPool:
                 error=f"WorkerDied: the worker process on {slot.device} exited with code {code} "
                       f"during this run", keys=lost.keys, config=lost.config))
             if rest:
-                self.pending.appendleft(rest)
+                self.queue.put_back(rest)
             self._maybe_restart(slot.device, code)
 
     def _maybe_restart(self, device: str, code: Any) -> None:
-        if self.pending and self.restarts < self.executor.max_restarts:
+        if not self.queue.exhausted() and self.restarts < self.executor.max_restarts:
             self.restarts += 1
             self._start(device)
 

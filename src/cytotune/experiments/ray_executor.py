@@ -21,8 +21,12 @@ Failures:
 - a chunk of several runs that still fails after Ray's retries is split and each of its runs
   tried again as a task of its own, so one run that kills its worker every time fails alone;
 - a task that finally fails has each of its not yet reported runs reported as failed.
-A run's RunStarted is reported when its task is submitted (Ray queues the task until its
-resources are free). Each run's outcome is reported exactly once (the driver ignores any second outcome of a run id; the
+Chunks are taken from the sweep's queue (which claims their runs in the store, see
+:mod:`cytotune.experiments.store`) only while fewer tasks are in flight than the cluster can run
+at once (``max_in_flight``, default: its GPUs / ``gpus_per_run`` or CPUs / ``cpus_per_run``), so a
+second sweep on the same store takes the runs this one has not started. The driver holds the
+leases and heartbeats them; a Ray worker never touches the store. A run's RunStarted is reported
+when its task is submitted (Ray queues the task until its resources are free). Each run's outcome is reported exactly once (the driver ignores any second outcome of a run id; the
 store's INSERT OR IGNORE would absorb a duplicate anyway).
 
 ``ray`` is imported only when a RayExecutor is used (``pip install "cytotune[ray]"``); the
@@ -33,11 +37,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from typing import Any, Mapping, Optional, Sequence
 
-from cytotune.experiments.executors import (Executor, Report, RunOutcome, RunStarted, RunTask,
-                                            WorkerSetup, execute_chunk, execute_task,
-                                            resolve_worker_setup)
+from cytotune.experiments.executors import (ChunkQueue, Executor, Report, RunOutcome, RunStarted,
+                                            RunTask, WorkerSetup, as_queue, execute_chunk,
+                                            execute_task, resolve_worker_setup)
 
 log = logging.getLogger("cytotune")
 
@@ -113,7 +118,7 @@ class RayExecutor(Executor):
                  cpus_per_run: float = 1, use_gpus: Optional[bool] = None, max_retries: int = 3,
                  retry_exceptions: bool = True, run_retries: int = 1, split_failed_chunks: bool = True,
                  init_options: Optional[Mapping[str, Any]] = None,
-                 shutdown: Optional[bool] = None):
+                 shutdown: Optional[bool] = None, max_in_flight: Optional[int] = None):
         if devices and len(set(devices)) > 1:
             raise ValueError("the ray executor places runs on the cluster's GPUs itself: give at "
                              "most one --devices value (cpu, cuda or auto) to pin every run's "
@@ -130,7 +135,9 @@ class RayExecutor(Executor):
         self.split_failed_chunks = bool(split_failed_chunks)
         self.init_options = dict(init_options or {})
         self.shutdown = shutdown  # None: shut down (disconnect) only if this executor connected
+        self.max_in_flight = max_in_flight  # None: what the cluster can run at once
         self._cluster_gpus = 0.0
+        self._cluster_cpus = 0.0
         if isinstance(worker_setup, str):
             resolve_worker_setup(worker_setup)  # fail now on a bad name, not in every worker
 
@@ -149,8 +156,17 @@ class RayExecutor(Executor):
         return ({"num_cpus": self.cpus_per_run}, device,
                 max(1, int(self.cpus_per_run)) if wanted in ("auto", "cpu") else None)
 
+    def _capacity(self) -> int:
+        """Tasks in flight at once: what the cluster can run (never fewer than one)."""
+        if self.max_in_flight is not None:
+            return max(1, int(self.max_in_flight))
+        has_gpus = self._cluster_gpus > 0 if self.use_gpus is None else self.use_gpus
+        if has_gpus and self.gpus_per_run > 0:
+            return max(1, int(self._cluster_gpus // self.gpus_per_run))
+        return max(1, int(self._cluster_cpus // max(self.cpus_per_run, 1e-9)))
+
     # ---- run
-    def execute(self, chunks: Sequence[Sequence[RunTask]], report: Report) -> None:
+    def execute(self, chunks: ChunkQueue | Sequence[Sequence[RunTask]], report: Report) -> None:
         ray = _import_ray()
         started_here = False
         if not ray.is_initialized():
@@ -158,13 +174,15 @@ class RayExecutor(Executor):
             ray.init(address=self.address, **options)
             started_here = True
         try:
-            self._cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
-            self._run(ray, [list(c) for c in chunks if c], report)
+            resources = ray.cluster_resources()
+            self._cluster_gpus = float(resources.get("GPU", 0))
+            self._cluster_cpus = float(resources.get("CPU", 1))
+            self._run(ray, as_queue(chunks), report)
         finally:
             if self.shutdown or (self.shutdown is None and started_here):
                 ray.shutdown()
 
-    def _run(self, ray, chunks: list[list[RunTask]], report: Report) -> None:
+    def _run(self, ray, queue: ChunkQueue, report: Report) -> None:
         remote = ray.remote(run_chunk)
         reported: set[str] = set()
         pending: dict[Any, tuple[list[RunTask], bool, str]] = {}  # ref -> (chunk, split, device)
@@ -186,10 +204,17 @@ class RayExecutor(Executor):
             reported.add(outcome.run_id)
             report(outcome)
 
+        capacity = self._capacity()
         try:
-            for chunk in chunks:
-                submit(chunk, False)
-            while pending:
+            while pending or not queue.exhausted():
+                while len(pending) < capacity:  # take work only when it can start
+                    chunk = queue.take()
+                    if not chunk:
+                        break
+                    submit(chunk, False)
+                if not pending:  # what is left is held by other workers for now
+                    time.sleep(queue.wait_s)
+                    continue
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
                     chunk, split, device = pending.pop(ref)

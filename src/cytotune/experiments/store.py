@@ -23,13 +23,26 @@ Inserts are idempotent: ``INSERT OR IGNORE`` on the run id (the primary key), so
 duplicated run never adds a second row. A run that fails is recorded in a separate ``failures``
 table with its error, once per attempt; it does not count as done and is retried by the next
 ``run_sweep`` unless told otherwise.
+
+Leases (schema 2): a worker claims a run before training it (:meth:`ResultStore.claim`, one
+``BEGIN IMMEDIATE`` transaction: a run is claimed only when it is not done and holds no live
+lease), keeps its leases alive with a heartbeat (:meth:`ResultStore.renew`, which pushes
+``expires_at`` forward) and releases them when the run is recorded. A lease is dead when its
+``expires_at`` has passed (a worker that stopped heartbeating: killed, hung, lost) or when its
+owner is a process of this host that no longer exists; a dead lease is taken over. So several
+sweep commands on one store split the work instead of each training every run. The owner is
+``host:pid:uuid``; expiry compares wall clocks, so hosts sharing a store need synchronised clocks
+(and a local file system, see above).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +50,8 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the leases table (added in place to a schema-1 store)
+DEFAULT_LEASE_TTL_S = 60.0
 BUSY_TIMEOUT_S = 120.0
 KEY_COLUMNS = ("dataset", "backbone", "method", "shots", "fraction", "seed", "lr")
 # Scalar metrics flattened into ``records()`` as val_<name> / test_<name> columns.
@@ -92,7 +106,52 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 CREATE INDEX IF NOT EXISTS failures_by_run ON failures (run_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    run_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    claimed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_by_owner ON leases (owner);
 """
+
+# what ResultStore.claim says of each run it was asked for
+CLAIMED, DONE, HELD, FAILED_ELSEWHERE = "claimed", "done", "held", "failed"
+
+
+def new_owner() -> str:
+    """A lease owner id unique to this process and call: ``host:pid:uuid``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _owner_is_gone(owner: str) -> bool:
+    """True when ``owner`` names a process of this host that no longer exists (its leases are
+    dead at once, without waiting for them to expire)."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed child not yet reaped by its parent still answers kill(pid, 0)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
 
 _RUN_COLUMNS = ("run_id", "sweep", *KEY_COLUMNS, "val_accuracy", "val_loss", "test_accuracy",
                 "trainable_params", "config_json", "metrics_json", "timings_json",
@@ -135,6 +194,9 @@ class ResultStore:
             con.executescript(_SCHEMA)
             con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                         (str(SCHEMA_VERSION),))
+            # an older store gained the new tables above (CREATE ... IF NOT EXISTS): say so
+            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' "
+                        "AND CAST(value AS INTEGER) < ?", (str(SCHEMA_VERSION), SCHEMA_VERSION))
         version = self._meta("schema_version")
         if version is not None and int(version) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: store schema {version} is newer than this cytotune "
@@ -242,6 +304,71 @@ class ResultStore:
         }
         return tuple(values[c] for c in _RUN_COLUMNS)
 
+    # ---- leases -------------------------------------------------------------------------------
+    def claim(self, run_ids: Iterable[str], owner: str, ttl: float = DEFAULT_LEASE_TTL_S, *,
+              failed_since: Optional[str] = None) -> dict[str, str]:
+        """Claim runs for ``owner`` in one transaction; per run id: ``"claimed"`` (the lease is
+        ``owner``'s now, for ``ttl`` seconds; also when it already was), ``"done"`` (in the
+        store), ``"held"`` (another owner's live lease) or ``"failed"`` (a failure recorded at or
+        after ``failed_since``, an ISO time, while not done: another worker tried it in this
+        round)."""
+        ids = list(dict.fromkeys(run_ids))
+        now = time.time()
+        status: dict[str, str] = {}
+        with self._transaction() as con:
+            for run_id in ids:
+                if con.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+                    status[run_id] = DONE
+                    continue
+                row = con.execute("SELECT owner, expires_at FROM leases WHERE run_id = ?",
+                                  (run_id,)).fetchone()
+                if row is not None and row[0] != owner and row[1] > now \
+                        and not _owner_is_gone(row[0]):
+                    status[run_id] = HELD
+                    continue
+                if failed_since is not None and (row is None or row[0] != owner) and con.execute(
+                        "SELECT 1 FROM failures WHERE run_id = ? AND failed_at >= ?",
+                        (run_id, failed_since)).fetchone():
+                    status[run_id] = FAILED_ELSEWHERE
+                    continue
+                con.execute("INSERT OR REPLACE INTO leases (run_id, owner, expires_at, heartbeat, "
+                            "claimed_at) VALUES (?, ?, ?, ?, ?)",
+                            (run_id, owner, now + ttl, now, now))
+                status[run_id] = CLAIMED
+        return status
+
+    def renew(self, owner: str, ttl: float = DEFAULT_LEASE_TTL_S) -> int:
+        """The heartbeat: every lease of ``owner`` now expires ``ttl`` seconds from now; returns
+        how many it holds."""
+        now = time.time()
+        with self._transaction() as con:
+            return con.execute("UPDATE leases SET expires_at = ?, heartbeat = ? WHERE owner = ?",
+                               (now + ttl, now, owner)).rowcount
+
+    def release(self, run_ids: Iterable[str], owner: str) -> None:
+        """Drop ``owner``'s leases of these runs (a lease taken over by another is left alone)."""
+        ids = list(run_ids)
+        if not ids:
+            return
+        with self._transaction() as con:
+            con.executemany("DELETE FROM leases WHERE run_id = ? AND owner = ?",
+                            [(r, owner) for r in ids])
+
+    def release_all(self, owner: str) -> None:
+        """Drop every lease of ``owner`` (a sweep stopping: others may take its runs at once)."""
+        with self._transaction() as con:
+            con.execute("DELETE FROM leases WHERE owner = ?", (owner,))
+
+    def leases(self) -> pd.DataFrame:
+        """The current leases (live or not): run_id, owner, expires_at, heartbeat, claimed_at
+        (seconds since the epoch) and ``live``."""
+        with self._connect() as con:
+            frame = pd.read_sql_query("SELECT * FROM leases ORDER BY claimed_at", con)
+        now = time.time()
+        frame["live"] = [(e > now and not _owner_is_gone(o))
+                         for o, e in zip(frame["owner"], frame["expires_at"])]
+        return frame
+
     # ---- reading ------------------------------------------------------------------------------
     def done_ids(self, sweep: Optional[str] = None) -> set[str]:
         """Ids of the finished runs (of one sweep, or all)."""
@@ -339,21 +466,24 @@ def _flatten(raw: pd.DataFrame, full: bool) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def make_record(run: Mapping[str, Any], result: Any, *, device: Optional[str] = None,
-                worker: Optional[str] = None) -> dict[str, Any]:
-    """A store record (plain, JSON-able, picklable) from a run's key fields and its RunResult.
-
-    The validation loss of the kept step (from the run's validation history) is added to the
-    validation metrics as ``loss``: lr selection uses it to break ties in validation accuracy.
-    """
-    metrics = json.loads(json.dumps(result.metrics, default=_plain))
-    history = list(result.history or [])
+def _with_val_loss(metrics: dict[str, Any], history: list[dict]) -> dict[str, Any]:
+    """The validation loss of the kept step (from the run's validation history) added to the
+    validation metrics as ``loss``: lr selection uses it to break ties in validation accuracy."""
     best = metrics.get("best_step")
     val_loss = next((h.get("val_loss") for h in history if h.get("step") == best), None)
     if val_loss is None and history:
         val_loss = history[-1].get("val_loss")
-    if val_loss is not None and "loss" not in metrics.get("val", {}):
+    if val_loss is not None and "loss" not in (metrics.get("val") or {}):
         metrics.setdefault("val", {})["loss"] = float(val_loss)
+    return metrics
+
+
+def make_record(run: Mapping[str, Any], result: Any, *, device: Optional[str] = None,
+                worker: Optional[str] = None) -> dict[str, Any]:
+    """A store record (plain, JSON-able, picklable) from a run's key fields and its RunResult
+    (validation loss of the kept step added, see :func:`_with_val_loss`)."""
+    metrics = _with_val_loss(json.loads(json.dumps(result.metrics, default=_plain)),
+                             list(result.history or []))
     return {
         **{k: run.get(k) for k in ("run_id", "sweep", *KEY_COLUMNS)},
         "config": result.config.to_dict(),
@@ -365,6 +495,98 @@ def make_record(run: Mapping[str, Any], result: Any, *, device: Optional[str] = 
         "worker": worker,
         "finished_at": utc_now(),
     }
+
+
+# keys of a run directory's metrics.json that are not metrics (cytotune.training.runner._write_run)
+_RUN_DIR_EXTRAS = ("class_names", "trainable_parameters", "timings", "memory", "history",
+                   "environment")
+
+
+def record_from_run_dir(run: Mapping[str, Any], out_dir: str | Path,
+                        config: Mapping[str, Any]) -> dict[str, Any]:
+    """The store record of a finished run read back from its run directory (metrics.json), as
+    :func:`make_record` builds it from the RunResult: a sweep whose store write failed (or that
+    was killed between publishing a run and recording it) gets the run back without retraining.
+    ``config``: the run's config as the sweep planned it (checked against config.yaml by the
+    caller). Non-finite metrics were written as null and stay so (read as missing)."""
+    out_dir = Path(out_dir)
+    saved = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = _with_val_loss({k: v for k, v in saved.items() if k not in _RUN_DIR_EXTRAS},
+                             list(saved.get("history") or []))
+    environment = saved.get("environment") or {}
+    return {
+        **{k: run.get(k) for k in ("run_id", "sweep", *KEY_COLUMNS)},
+        "config": dict(config),
+        "metrics": metrics,
+        "timings": {k: float(v) for k, v in (saved.get("timings") or {}).items() if v is not None},
+        "trainable_parameters": {k: int(v) for k, v in
+                                 (saved.get("trainable_parameters") or {}).items()},
+        "out_dir": str(out_dir),
+        "device": environment.get("device"),
+        "worker": "read back from its run directory",
+        "finished_at": utc_now(),
+    }
+
+
+# ---- when the store cannot be written ------------------------------------------------------------
+class StoreWriteError(OSError):
+    """The result store could not be written (disk full, read-only, ...); the message names the
+    store and where the finished runs' results were kept."""
+
+
+def pending_dirs(store_path: str | Path) -> list[Path]:
+    """Where finished runs' records are kept while their store cannot be written: beside the
+    store, else (same full disk, read-only folder) in the system's temporary folder, under a
+    name derived from the store's path."""
+    import hashlib
+    import tempfile
+
+    path = Path(store_path).expanduser().resolve()
+    digest = hashlib.blake2b(str(path).encode(), digest_size=8).hexdigest()
+    return [path.parent / f".{path.name}.pending",
+            Path(tempfile.gettempdir()) / "cytotune-pending" / f"{path.name}-{digest}"]
+
+
+def save_pending(store_path: str | Path, records: list[Mapping[str, Any]]) -> Optional[Path]:
+    """Write ``records`` to the first of :func:`pending_dirs` that takes them (atomically: a
+    temporary file renamed); the file, or None when none could be written."""
+    if not records:
+        return None
+    name = f"{uuid.uuid4().hex}.json"
+    for folder in pending_dirs(store_path):
+        tmp = folder / f".{name}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(_json(list(records)), encoding="utf-8")
+            os.replace(tmp, folder / name)
+            return folder / name
+        except OSError:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    return None
+
+
+def load_pending(store: "ResultStore") -> int:
+    """Insert the records kept by :func:`save_pending` for this store and delete their files;
+    returns how many runs were new. A file that cannot be inserted stays for the next try."""
+    added = 0
+    for folder in pending_dirs(store.path):
+        if not folder.is_dir():
+            continue
+        for file in sorted(folder.glob("*.json")):
+            try:
+                records = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            added += store.insert_many(records)
+            file.unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    return added
 
 
 def _plain(value: Any) -> Any:

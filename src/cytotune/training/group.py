@@ -14,6 +14,11 @@ and trains each group at once:
 Each run still gets its own result and run directory, equal to what :func:`run_training`
 gives it alone (tested), and a failing run fails alone: a run whose preparation raises gets its
 error back, and a group that cannot be trained together falls back to one run at a time.
+
+Accounting: each run's timings hold its own share of the group's time (shared phases and the
+batched training loop split evenly between the runs), so a store's timings add up to the real
+time; ``group_total_s`` and ``group_size`` record the whole group. Each run's ``train.log``
+holds the group's shared lines and its own lines only (:class:`~cytotune.training.loop.RunLogFilter`).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from cytotune.data import ImageStore, load_dataset
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache
 from cytotune.training.heads import fit_linear_heads
+from cytotune.training.loop import RunLogFilter, run_scope, set_current_run
 from cytotune.training.methods import MethodContext, SplitTensors
 from cytotune.training.methods.base import needs_text_encoder
 from cytotune.training.methods.linear import freeze, linear_problem, linear_result
@@ -130,6 +136,28 @@ class _Member:
         self.ctx: Optional[MethodContext] = None
         self.splits: dict[str, SplitTensors] = {}
         self.writer: Optional[RunWriter] = None
+        self.log_handler: Optional[logging.Handler] = None
+
+    @property
+    def key(self) -> int:
+        """This run's key for log attribution (its config object: the same in its context)."""
+        return id(self.config)
+
+    def open_log(self) -> None:
+        """The run's own train.log in its staging folder: the group's shared lines and this
+        run's lines, not the other runs'."""
+        assert self.writer is not None
+        handler = logging.FileHandler(self.writer.path("train.log"), encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(RunLogFilter(self.key))
+        log.addHandler(handler)
+        self.log_handler = handler
+
+    def close_log(self) -> None:
+        if self.log_handler is not None:
+            log.removeHandler(self.log_handler)
+            self.log_handler.close()
+            self.log_handler = None
 
 
 def _run_group(configs: list[TrainConfig]) -> list[Outcome]:
@@ -139,7 +167,9 @@ def _run_group(configs: list[TrainConfig]) -> list[Outcome]:
     try:
         return _train_group(members)
     finally:
+        set_current_run(None)
         for m in members:  # whatever was not committed (failed runs, a failed group)
+            m.close_log()
             if m.writer is not None:
                 m.writer.abort()
 
@@ -157,8 +187,9 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
         try:
             if m.config.out:
                 m.writer = RunWriter(m.config.out, overwrite=m.config.overwrite)
-                m.writer.attach_log(log)
-            m.prepared = prepare_run_data(m.config, data)
+                m.open_log()
+            with run_scope(m.key):
+                m.prepared = prepare_run_data(m.config, data)
         except Exception as err:  # noqa: BLE001 - this run fails alone
             m.error = err
     live = [m for m in members if m.error is None]
@@ -198,39 +229,70 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
     live = [m for m in members if m.error is None]
     if not live:
         return [m.error for m in members]  # type: ignore[misc]
-    timings = {"decode_s": decode_s, "group_size": float(len(live))}
+    # the decode is shared: each run is charged its share (feature extraction and training are
+    # shared out by the method's group trainer)
+    timings = {"decode_s": decode_s / len(live)}
     if first.method == "linear":
         method_results = _linear_group(live, backbone, union, position, device, timings)
     else:
         from cytotune.training.packed import run_packed_lora
         method_results = run_packed_lora([m.ctx for m in live], timings)
 
-    out: list[Outcome] = []
+    done: dict[int, tuple[RunResult, object, object]] = {}  # member index -> result, ...
+    errors: dict[int, Exception] = {}
     results = iter(zip(live, method_results))
-    for m in members:
+    for i, m in enumerate(members):
         if m.error is not None:
-            out.append(m.error)
             continue
         _, (outcome, adapter_writer) = next(results)
         try:
-            result = assemble_result(m.config, m.prepared, m.splits["test"], outcome, timings,
-                                     started, device)
+            with run_scope(m.key):
+                result = assemble_result(m.config, m.prepared, m.splits["test"], outcome, timings,
+                                         started, device)
+            done[i] = (result, outcome, adapter_writer)
+        except Exception as err:  # noqa: BLE001
+            errors[i] = err
+    share_group_time(done, time.perf_counter() - started, len(live))
+
+    out: list[Outcome] = []
+    for i, m in enumerate(members):
+        if m.error is not None or i in errors:
+            out.append(m.error if m.error is not None else errors[i])
+            continue
+        result, outcome, adapter_writer = done[i]
+        try:
             if m.writer is not None:
-                _write(m.writer, result, backbone, outcome.tensors_to_save, adapter_writer)
-                m.writer = None
+                with run_scope(m.key):
+                    _write(m, result, backbone, outcome.tensors_to_save, adapter_writer)
             out.append(result)
         except Exception as err:  # noqa: BLE001
             out.append(err)
     return out
 
 
-def _write(writer: RunWriter, result: RunResult, backbone, tensors, adapter_writer) -> None:
+def share_group_time(done: dict[int, tuple[RunResult, object, object]], group_total: float,
+                     group_size: int) -> None:
+    """Each run's ``total_s`` becomes its share of the group's wall time (so the runs of a group
+    add up to the group's time, not ``group_size`` times it); the group's own figures are kept
+    beside it as ``group_total_s`` and ``group_size``."""
+    for result, _, _ in done.values():
+        result.timings["total_s"] = group_total / group_size
+        result.timings["group_total_s"] = group_total
+        result.timings["group_size"] = float(group_size)
+
+
+def _write(member: _Member, result: RunResult, backbone, tensors, adapter_writer) -> None:
+    writer = member.writer
+    assert writer is not None
     if adapter_writer is None:
         _write_run(writer, result, backbone, tensors)
     else:
         with adapter_writer():  # the backbone holds this run's plain LoRA layers
             _write_run(writer, result, backbone, tensors)
+    log.info("run written to %s", writer.out_dir)
+    member.close_log()  # before the staging folder is renamed
     result.out_dir = writer.commit()
+    member.writer = None
 
 
 def _subset(union: SplitTensors, position: dict[int, int], rows: np.ndarray, name: str,
@@ -276,9 +338,31 @@ def _linear_group(members: list[_Member], backbone, union: SplitTensors,
     problems, views = [], []
     for m in members:
         f_train, f_val, f_test = of(m.ctx.train), of(m.ctx.val), of(m.ctx.test)
-        problems.append(linear_problem(m.ctx, f_train, f_val))
+        problem = linear_problem(m.ctx, f_train, f_val)
+        problem.validate = _attributed(m.key, problem.validate)
+        problems.append(problem)
         views.append((f_val, f_test))
-    histories = fit_linear_heads(problems, device, ctx0.task)
+    try:
+        histories = fit_linear_heads(problems, device, ctx0.task)
+    finally:
+        set_current_run(None)
     shared = {"feature_extraction_s": seconds / len(members)}
-    return [(linear_result(m.ctx, p, h, f_val, f_test, shared), None)
-            for m, p, h, (f_val, f_test) in zip(members, problems, histories, views)]
+    out = []
+    for m, p, h, (f_val, f_test) in zip(members, problems, histories, views):
+        with run_scope(m.key):
+            out.append((linear_result(m.ctx, p, h, f_val, f_test, shared), None))
+    return out
+
+
+def _attributed(key: int, validate):
+    """``validate`` that makes run ``key`` current and leaves it so: the batched head trainer
+    logs a head's validation line right after calling its validate, outside any scope we could
+    wrap; the trainer's caller resets the current run when the loop ends."""
+    if validate is None:
+        return None
+
+    def run_validate(head):
+        set_current_run(key)
+        return validate(head)
+
+    return run_validate

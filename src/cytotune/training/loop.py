@@ -7,11 +7,14 @@ is written once here.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Hashable, Iterator, Optional
 
 import torch
 
@@ -19,6 +22,52 @@ from cytotune.training.schedule import warmup_cosine
 from cytotune.training.task import SINGLE_LABEL, Task
 
 log = logging.getLogger(__name__)
+
+# ---- which run a log line belongs to ------------------------------------------------------------
+# Runs trained as a group (cytotune.training.group) log from one thread into one logger, and each
+# has its own train.log. A line logged while a run is "current" belongs to that run alone; a line
+# logged while none is (reading the data set, decoding, feature extraction shared by the group)
+# belongs to every run of the group.
+_CURRENT_RUN: contextvars.ContextVar[Optional[Hashable]] = contextvars.ContextVar(
+    "cytotune_current_run", default=None)
+
+
+def current_run() -> Optional[Hashable]:
+    """The key of the run the code is working for now (None: shared work or a run alone)."""
+    return _CURRENT_RUN.get()
+
+
+def set_current_run(key: Optional[Hashable]) -> None:
+    """Make ``key`` the current run until the next call (for callbacks that cannot wrap the
+    code that logs after them; prefer :func:`run_scope`)."""
+    _CURRENT_RUN.set(key)
+
+
+@contextlib.contextmanager
+def run_scope(key: Optional[Hashable]) -> Iterator[None]:
+    """Lines logged inside belong to run ``key`` only."""
+    token = _CURRENT_RUN.set(key)
+    try:
+        yield
+    finally:
+        _CURRENT_RUN.reset(token)
+
+
+class RunLogFilter(logging.Filter):
+    """Lets through a handler only the lines of run ``key`` and the lines of no run, logged by
+    the thread that made the filter (a group trains in one thread; another thread's lines, e.g.
+    a second sweep in the same process, belong to its own runs)."""
+
+    def __init__(self, key: Hashable):
+        super().__init__()
+        self.key = key
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return False
+        run = _CURRENT_RUN.get()
+        return run is None or run == self.key
 
 
 @dataclass

@@ -25,7 +25,7 @@ from cytotune.adapters.packed import check_packable, pack_lora, packed_modules, 
 from cytotune.training.augment import normalise
 from cytotune.training.features import autocast_for, fp32_head
 from cytotune.training.loop import (BestState, EvalResult, FitHistory, batch_order,
-                                    evaluate_logits, record_evaluation)
+                                    evaluate_logits, record_evaluation, run_scope)
 from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
                                             image_batch_fetcher, initial_head)
 from cytotune.training.schedule import per_group_warmup_cosine
@@ -113,8 +113,9 @@ def run_packed_lora(ctxs: list[MethodContext], timings: dict[str, float]
     results = []
     for k, (ctx, history) in enumerate(zip(ctxs, histories)):
         start = time.perf_counter()
-        test, val = _evaluate(model, routing, k, ctx, ctx.test), _evaluate(model, routing, k, ctx,
-                                                                          ctx.val)
+        with run_scope(id(ctx.config)):  # the run's key in cytotune.training.group
+            test = _evaluate(model, routing, k, ctx, ctx.test)
+            val = _evaluate(model, routing, k, ctx, ctx.val)
         lora_params = sum(p.numel() for n, p in run_params[k].items() if not n.startswith("head."))
         head_params = sum(p.numel() for p in heads[k].parameters())
         result = MethodResult(
@@ -190,9 +191,11 @@ def _fit_packed(model: PackedClassifier, routing, ctxs: list[MethodContext],
             if step % every[k] == 0 or step == ctxs[k].steps:
                 t1 = time.perf_counter()
                 model.eval()
-                result = _evaluate(model, routing, k, ctxs[k], ctxs[k].val)
+                with run_scope(id(ctxs[k].config)):  # its line goes to its own train.log
+                    result = _evaluate(model, routing, k, ctxs[k], ctxs[k].val)
+                    record_evaluation(history, step, ctxs[k].steps, float(losses[row].detach()),
+                                      result)
                 model.train()
-                record_evaluation(history, step, ctxs[k].steps, float(losses[row].detach()), result)
                 bests[k].offer(history, step, result)
                 history.validation_seconds += time.perf_counter() - t1
     model.eval()
