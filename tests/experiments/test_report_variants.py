@@ -267,3 +267,20 @@ def test_the_recorded_device_resolves_auto_precision_before_the_configs(tmp_path
     records = [read_back, run("live", device="cuda:0", seed=2)]
     report = make_report(store_of(tmp_path, records), tmp_path / "out")
     assert report.notes == [] and list(report.summary["seeds"]) == [2]
+
+
+def test_recorded_weights_and_test_data_fingerprints_split_cells(tmp_path):
+    """Runs record metrics["fingerprints"] (training.runner.assemble_result): two checkpoints
+    under one model name, or two versions of the test data, are never pooled."""
+    def printed(run_id, seed, weights="w1", data="d1"):
+        record = run(run_id, seed=seed)
+        record["metrics"]["fingerprints"] = {"weights": weights, "test_data": data}
+        return record
+
+    records = [printed("a", 1), printed("b", 2), printed("c", 3, weights="w2"),
+               printed("d", 4, data="d2")]
+    selected = select_best(store_of(tmp_path, records).records(full=True))
+    cells = selected.groupby("variant")["run_id"].apply(sorted).to_dict()
+    assert sorted(cells.values()) == [["a", "b"], ["c"], ["d"]]
+    assert any("weights fingerprint=w2" in v for v in cells)
+    assert any("test_data fingerprint=d2" in v for v in cells)

@@ -498,8 +498,9 @@ def make_record(run: Mapping[str, Any], result: Any, *, device: Optional[str] = 
 
 
 # keys of a run directory's metrics.json that are not metrics (cytotune.training.runner._write_run)
-_RUN_DIR_EXTRAS = ("class_names", "trainable_parameters", "timings", "memory", "history",
-                   "environment")
+# metrics.json entries that are not metrics (the environment and fingerprints are: the report
+# compares them, so a run read back must keep them as a live run records them)
+_RUN_DIR_EXTRAS = ("class_names", "trainable_parameters", "timings", "memory", "history")
 
 
 def record_from_run_dir(run: Mapping[str, Any], out_dir: str | Path,

@@ -44,7 +44,8 @@ from cytotune.training.rundir import RunWriter
 from cytotune.training.runner import (RunData, RunResult, _decode, _write_run, assemble_result,
                                       build_run_backbone, build_run_text_encoder,
                                       prepare_run_data, reset_peak_memory, resolve_device,
-                                      run_steps, run_training, wanted_splits)
+                                      run_steps, run_training, starting_weights_fingerprint,
+                                      wanted_splits)
 
 log = logging.getLogger("cytotune")
 
@@ -196,6 +197,7 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
     if not live:
         return [m.error for m in members]  # type: ignore[misc]
     backbone = build_run_backbone(first)
+    weights_fingerprint = starting_weights_fingerprint(first, backbone)
     if first.method == "lora":
         from cytotune.training.packed import check_backbone_packable
         check_backbone_packable(backbone, first)  # before any image is decoded
@@ -248,7 +250,7 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
         try:
             with run_scope(m.key):
                 result = assemble_result(m.config, m.prepared, m.splits["test"], outcome, timings,
-                                         started, device)
+                                         started, device, weights_fingerprint=weights_fingerprint)
             done[i] = (result, outcome, adapter_writer)
         except Exception as err:  # noqa: BLE001
             errors[i] = err
