@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from cytotune._process import pid_alive
+
 from cytotune.data.dataset import DataError
 
 logger = logging.getLogger(__name__)
@@ -174,7 +176,7 @@ def leftover_temp_files(directory: Path, recursive: bool = True) -> list[Path]:
             if writer is None:
                 if time.time() - path.stat().st_mtime > 86400:
                     leftovers.append(path)
-            elif writer[1] == _host() and not _alive(writer[0]):
+            elif writer[1] == _host() and not pid_alive(writer[0]):
                 leftovers.append(path)
         except OSError:  # removed meanwhile
             continue
@@ -204,16 +206,6 @@ def _writer(name: str) -> Optional[tuple[int, str]]:
 
 def _host() -> str:
     return socket.gethostname().replace("@", "_").replace(os.sep, "_") or "localhost"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reserve(fd: int, size: int) -> None:

@@ -50,6 +50,8 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import pandas as pd
 
+from cytotune._process import pid_alive
+
 SCHEMA_VERSION = 2  # 2: the leases table (added in place to a schema-1 store)
 DEFAULT_LEASE_TTL_S = 60.0
 BUSY_TIMEOUT_S = 120.0
@@ -132,25 +134,7 @@ def _owner_is_gone(owner: str) -> bool:
     pid_text = rest.split(":", 1)[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    """A killed child not yet reaped by its parent still answers kill(pid, 0)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
+    return not pid_alive(int(pid_text))
 
 
 _RUN_COLUMNS = ("run_id", "sweep", *KEY_COLUMNS, "val_accuracy", "val_loss", "test_accuracy",

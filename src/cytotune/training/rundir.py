@@ -33,6 +33,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from cytotune._process import pid_alive
+
 COMPLETE_MARKER = "metrics.json"
 # what identifies a finished cytotune run directory (and may therefore be overwritten)
 RUN_FILES = ("metrics.json", "config.yaml")
@@ -69,21 +71,6 @@ def owned_tmp_path(path: str | os.PathLike) -> Path:
 _OWNER = r"(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})"
 _STAGED = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-" + _OWNER + r"$")
 _TMP = re.compile(r"^(?P<name>.+)\." + _OWNER + r"\.tmp$")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (a process of another user counts)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return True  # unsure: keep its files
-    return True
 
 
 def clean_stale(folder: str | os.PathLike) -> list[Path]:
