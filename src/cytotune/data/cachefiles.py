@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from cytotune._process import pid_alive
-
 from cytotune.data.dataset import DataError
 
 logger = logging.getLogger(__name__)
