@@ -1,6 +1,8 @@
 """Fixtures shared by all test folders."""
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,48 @@ def tiny_model_names() -> dict[str, str]:
     """Built-in card name -> name of its tiny random-init variant (``<card>-tiny``, which the
     model registry resolves on demand in any process)."""
     return {name: f"{name}-tiny" for name in ("clip-vit-b16", "biomedclip", "uni", "vit-b16")}
+
+
+# ---- file systems that fail: a read-only folder, a full disk (root runs CI: chmod does not stop
+# root, so these are mounts, skipped with the reason where mounting is not allowed) -------------
+def _mount(*args: str) -> bool:
+    try:
+        return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only bind mount."""
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    if not _mount("--bind", "-o", "ro", str(src), str(ro)):
+        pytest.skip("cannot make a read-only bind mount here (needs mount privileges)")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KB tmpfs filled up but for three 4 KB blocks: room for a staging folder, not for a
+    run."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)):
+        pytest.skip("cannot mount a small tmpfs here (needs mount privileges)")
+    try:
+        filler = disk / "filler"
+        with open(filler, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        os.truncate(filler, filler.stat().st_size - 3 * 4096)
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

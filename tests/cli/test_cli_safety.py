@@ -60,43 +60,19 @@ def test_overwrite_never_deletes_user_files_or_the_data(synthetic_data, tiny_mod
     assert sorted(str(p) for p in synthetic_data.rglob("*")) == before
 
 
-def test_read_only_out_is_one_line(synthetic_data, tiny_model_names, tmp_path, capsys):
-    src, ro = tmp_path / "src", tmp_path / "ro"
-    src.mkdir()
-    ro.mkdir()
-    if subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(ro)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot make a read-only bind mount here (needs mount privileges)")
-    try:
-        assert main(_tiny(synthetic_data, tiny_model_names, tmp_path,
-                          "--out", str(ro / "run"))) == 2
-        _one_error_line(capsys, str(ro), "not writable")
-    finally:
-        subprocess.run(["umount", str(ro)], check=False)
+def test_read_only_out_is_one_line(synthetic_data, tiny_model_names, tmp_path, capsys,
+                                   read_only_folder):
+    assert main(_tiny(synthetic_data, tiny_model_names, tmp_path,
+                      "--out", str(read_only_folder / "run"))) == 2
+    _one_error_line(capsys, str(read_only_folder), "not writable")
 
 
 def test_full_disk_at_out_is_one_line_and_leaves_nothing(synthetic_data, tiny_model_names,
-                                                         tmp_path, capsys):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs mount privileges)")
-    try:
-        filler = disk / "filler"
-        with open(filler, "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError:
-                pass
-        os.truncate(filler, filler.stat().st_size - 3 * 4096)  # the staging folder fits, a run not
-        out = disk / "run"
-        assert main(_tiny(synthetic_data, tiny_model_names, tmp_path, "--out", str(out))) == 2
-        _one_error_line(capsys, str(out), "disk is full")
-        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
+                                                         tmp_path, capsys, full_disk):
+    out = full_disk / "run"
+    assert main(_tiny(synthetic_data, tiny_model_names, tmp_path, "--out", str(out))) == 2
+    _one_error_line(capsys, str(out), "disk is full")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
 
 
 def test_debug_shows_the_traceback(synthetic_data, tiny_model_names, tmp_path):

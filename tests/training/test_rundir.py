@@ -268,53 +268,11 @@ def test_leftovers_of_live_processes_and_other_hosts_are_kept(tmp_path):
 
 
 # ---- item 12: file-system errors name the path -----------------------------------------------
-def _mount(*args: str) -> bool:
-    try:
-        return subprocess.run(["mount", *args], capture_output=True).returncode == 0
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def read_only_folder(tmp_path):
-    """A read-only bind mount (chmod does not stop root, who runs these tests in CI)."""
-    src, ro = tmp_path / "src", tmp_path / "ro"
-    src.mkdir()
-    ro.mkdir()
-    if not _mount("--bind", "-o", "ro", str(src), str(ro)):
-        pytest.skip("cannot make a read-only bind mount here (needs mount privileges)")
-    try:
-        yield ro
-    finally:
-        subprocess.run(["umount", str(ro)], check=False)
-
-
 def test_read_only_out_is_one_error_naming_the_path(read_only_folder):
     with pytest.raises(RunDirError, match=f"{read_only_folder}.*not writable.*choose another"):
         RunWriter(read_only_folder / "run")
     with pytest.raises(RunDirError, match="not writable"):
         RunWriter(read_only_folder / "sub" / "run")
-
-
-@pytest.fixture
-def full_disk(tmp_path):
-    """A small tmpfs filled up but for a few kilobytes (skipped where mounting is not allowed)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if not _mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)):
-        pytest.skip("cannot mount a small tmpfs here (needs mount privileges)")
-    try:
-        filler = disk / "filler"
-        with open(filler, "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError:
-                pass
-        os.truncate(filler, filler.stat().st_size - 3 * 4096)  # room for the staging folder only
-        yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_full_disk_while_writing_leaves_no_partial_folder(full_disk):
