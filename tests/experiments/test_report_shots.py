@@ -62,7 +62,8 @@ def test_a_shots_sweep_with_two_methods_gets_a_comparison_figure(shots_report):
     _, report = shots_report
     names = [p.name for p in report.figures]
     assert "comparison__fs__accuracy.png" in names
-    assert names.index("comparison__fs__accuracy.png") < names.index("shots__fs__lora__accuracy.png")
+    assert (names.index("comparison__fs__accuracy.png")
+            < names.index("shots__fs__lora__accuracy.png"))
     # a sweep of one method has none
     assert "comparison__all__accuracy.png" not in names
     page = report.html.read_text()
