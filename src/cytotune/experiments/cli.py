@@ -153,9 +153,12 @@ def cmd_report(args: argparse.Namespace) -> int:
                          select_by=args.select_by)
     console.print(f"report written to [bold]{report.html}[/bold] ({len(report.tables)} tables, "
                   f"{len(report.figures)} figures)")
-    for stem, table in list(report.tables.items())[:4]:
-        console.print(f"[bold]{stem}[/bold]")
-        console.print(table.to_string())
+    for metric, best in report.best.items():  # what a reader wants first; the rest is listed
+        if not best.empty:
+            console.print(f"[bold]best method per data set and training data ({metric})[/bold]")
+            console.print(best.to_string(), markup=False, highlight=False, soft_wrap=True)
+    for line in report.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

@@ -18,7 +18,11 @@ tables), ``report_figures``, ``report_html``; this one writes the files.
 
 Outputs, in ``out_dir``:
 
-- ``report.html``: one self-contained page (figures embedded as base64 PNG) with everything below;
+- ``report.html``: one self-contained page (figures embedded as base64 PNG) with everything below,
+  opening with the best method per data set and training data;
+- ``best__<metric>.csv`` and ``.md``: that summary (:func:`best_table`): per data set and training
+  data (zero-shot, each number of shots, each fraction, all data), the best method and backbone
+  over every sweep, mean±std over seeds, seeds, the runner-up and the lead in points;
 - ``tables/<sweep>__<method>__<sample>__<metric>.csv`` and ``.md``: Table 1 layout, data sets as
   rows, backbones as columns, "mean±std" cells and an "Average" row (mean over data sets);
   ``tables.md`` gathers them;
@@ -30,6 +34,13 @@ Outputs, in ``out_dir``:
   data set, one line per backbone, and each backbone's linear probe on all data (from any sweep
   in the same store) as a dashed line in its colour (the study's Fig. 1); a backbone's zero-shot
   run (method ``zero-shot``, same sweep first, else any sweep) is its 0-shot point (a star at 0);
+  chance is a grey dashed line (100/C for accuracy and balanced accuracy, C read off the runs'
+  confusion matrices; 50 for AUROC). All shots figures of a data set share one y range
+  (:func:`shots_ylims`), so the methods' figures can be compared by eye;
+- ``figures/comparison__<sweep>__<metric>.png`` for every sweep with more than one method: a
+  shots sweep's methods on one axis per data set (log-scale shots, a mean ± std band per method
+  and backbone, zero-shot stars at 0, the chance line, the shared y range); a data-fraction
+  sweep's methods vs the percentage of training data, out-of-domain results dashed;
 - ``figures/fractions__<sweep>__<method>__<metric>.png``: metric vs percentage of the training
   data (the study's Fig. 2), with a state-of-the-art reference line per data set when given.
 
@@ -48,11 +59,14 @@ from typing import Mapping, Optional, Sequence
 import pandas as pd
 
 from cytotune.experiments.report_figures import (DEFAULT_SOTA_LABEL, _linear_baselines,
-                                                 comparison_figure, fractions_figure,
-                                                 shots_figure, shots_points, zero_shot_points)
+                                                 comparison_figure, draw_shots_comparison,
+                                                 draw_shots_figure, fractions_figure,
+                                                 shots_comparison_figure, shots_figure,
+                                                 shots_points, shots_ylims, zero_shot_points)
 from cytotune.experiments.report_html import html_page
 from cytotune.experiments.report_tables import (METRIC_LABELS, REPORT_METRICS, SETTING_LEVEL,
-                                                ZERO_SHOT, comparison_table, first_seen,
+                                                ZERO_SHOT, best_table, chance_level,
+                                                class_counts, comparison_table, first_seen,
                                                 has_variants, markdown_table,
                                                 out_of_domain_summary, same_value, sample_label,
                                                 sample_words, select_best, slug, summarize,
@@ -66,9 +80,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CELL", "DEFAULT_SOTA_LABEL", "METRIC_LABELS", "POOLED_FIELDS", "REPORT_METRICS", "Report",
     "SETTING", "SETTING_LEVEL", "VARIANT", "ZERO_SHOT", "_linear_baselines", "add_variants",
-    "comparison_figure", "comparison_table", "fractions_figure", "make_report",
-    "out_of_domain_summary", "sample_label", "select_best", "shots_figure", "shots_points",
-    "split_notes", "summarize", "table1", "timing_summary", "zero_shot_points",
+    "best_table", "chance_level", "class_counts", "comparison_figure", "comparison_table",
+    "draw_shots_comparison", "draw_shots_figure", "fractions_figure", "make_report",
+    "out_of_domain_summary", "sample_label", "select_best", "shots_comparison_figure",
+    "shots_figure", "shots_points", "shots_ylims", "split_notes", "summarize", "table1",
+    "timing_summary", "zero_shot_points",
 ]
 # the JSON columns of ResultStore.records(full=True): read for the variants, not written out
 _JSON_COLUMNS = ("config_json", "metrics_json", "timings_json", "trainable_json")
@@ -87,6 +103,32 @@ class Report:
     files: list[Path] = field(default_factory=list)
     # one line per group of cells split into variants (runs whose settings differ), as logged
     notes: list[str] = field(default_factory=list)
+    titles: dict[str, str] = field(default_factory=dict)  # file stem -> heading of each table
+    # metric -> the best method per data set and training data (the page's opening summary)
+    best: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """Every file the report wrote, for the screen: the HTML page, then each table (its CSV,
+        Markdown and heading), each figure and the remaining files, nothing left out."""
+        out = [f"HTML page: {self.html}"]
+        best = [p for p in self.files if p.name.startswith("best__") and p.suffix == ".csv"]
+        if best:
+            out.append("summary (best method per data set and training data): "
+                       + ", ".join(str(p) for p in best))
+        out.append(f"{len(self.tables)} table{'' if len(self.tables) == 1 else 's'} "
+                   f"(CSV and Markdown; all of them in {self.out_dir / 'tables.md'}):")
+        for stem in self.tables:
+            csv = self.out_dir / "tables" / f"{stem}.csv"
+            out.append(f"  {csv} (.md): {self.titles.get(stem, stem)}")
+        out.append(f"{len(self.figures)} figure{'' if len(self.figures) == 1 else 's'}:")
+        out += [f"  {path}" for path in self.figures]
+        listed = {self.html, *self.figures, self.out_dir / "tables.md", *best}
+        listed |= {self.out_dir / "tables" / f"{stem}{ext}" for stem in self.tables
+                   for ext in (".csv", ".md")}
+        rest = [p for p in self.files if p not in listed]
+        if rest:
+            out.append("other files: " + ", ".join(str(p) for p in rest))
+        return out
 
 
 def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
@@ -148,6 +190,19 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
         files.extend([out / "tables" / f"{stem}.csv", out / "tables" / f"{stem}.md"])
 
     datasets_order = first_seen(records["dataset"]) if not records.empty else []
+    best: dict[str, pd.DataFrame] = {}
+    if not summary.empty:
+        for metric in metrics:
+            best[metric] = best_table(summary, metric, datasets_order)
+            heading = (f"Best method per data set and training data: test "
+                       f"{METRIC_LABELS.get(metric, metric)} (%), mean±std over seeds "
+                       f"(over every sweep, method and backbone)")
+            stem = f"best__{slug(metric)}"
+            best[metric].to_csv(out / f"{stem}.csv")
+            text = markdown_table(best[metric], heading)
+            (out / f"{stem}.md").write_text(text, encoding="utf-8")
+            markdown.append(text)
+            files.extend([out / f"{stem}.csv", out / f"{stem}.md"])
     backbones_order = first_seen(records["backbone"]) if not records.empty else []
     if not summary.empty:
         slices = summary[summary["metric"] == metrics[0]][["sweep", "method", "shots", "fraction"]]
@@ -186,10 +241,13 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
     files.append(out / "tables.md")
 
     figures: list[Path] = []
+    classes = class_counts(full)
+    ylims = {metric: shots_ylims(summary, metric, classes) for metric in metrics}
     for sweep in compared:
         for metric in metrics:
             made = comparison_figure(summary, ood, sweep, metric, out / "figures" /
-                                     f"comparison__{slug(sweep)}__{slug(metric)}.png")
+                                     f"comparison__{slug(sweep)}__{slug(metric)}.png",
+                                     ylims[metric], classes)
             if made:
                 figures.append(made)
     if not summary.empty:
@@ -198,7 +256,8 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
             for metric in metrics:
                 stem = "__".join(slug(x) for x in (sweep, method, metric))
                 made = shots_figure(summary, sweep, method, metric,
-                                    out / "figures" / f"shots__{stem}.png")
+                                    out / "figures" / f"shots__{stem}.png", ylims[metric],
+                                    classes)
                 if made:
                     figures.append(made)
                 made = fractions_figure(summary, sweep, method, metric,
@@ -208,11 +267,12 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
                     figures.append(made)
 
     page = html_page(title, store, records, failures, summary, selected, tables, titles, figures,
-                     timing_summary(records), metrics, sota, notes)
+                     timing_summary(records), metrics, sota, notes, best)
     html_path = out / "report.html"
     html_path.write_text(page, encoding="utf-8")
     return Report(out_dir=out, html=html_path, summary=summary, selected=selected, tables=tables,
-                  figures=figures, files=files + figures + [html_path], notes=notes)
+                  figures=figures, files=files + figures + [html_path], notes=notes,
+                  titles=titles, best=best)
 
 
 def _split_words(part: pd.DataFrame) -> str:

@@ -1,5 +1,6 @@
 """Figures of a report (see :mod:`cytotune.experiments.report`): the study's Fig. 1 (metric vs
-shots), Fig. 2 (metric vs training data used) and the methods-compared figure.
+shots), Fig. 2 (metric vs training data used) and the methods-compared figures (vs shots or vs
+training data). Every shots figure of a data set shares one y range (:func:`shots_ylims`).
 
 One line per backbone **and variant** (:mod:`.report_variants`): runs of other settings are
 drawn as lines of their own, labelled with the settings that differ, never averaged into one.
@@ -11,7 +12,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import pandas as pd
 
-from cytotune.experiments.report_tables import METRIC_LABELS, ZERO_SHOT, first_seen
+from cytotune.experiments.report_tables import (METRIC_LABELS, ZERO_SHOT, chance_level,
+                                                first_seen)
 from cytotune.experiments.report_variants import VARIANT
 
 DEFAULT_SOTA_LABEL = "HierSwin (state of the art)"
@@ -145,9 +147,94 @@ def shots_points(summary: pd.DataFrame, sweep: str, method: str, metric: str) ->
     return points.sort_values(["dataset", "backbone", VARIANT, "shots"], kind="stable")
 
 
-def shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str,
-                 path: Path) -> Optional[Path]:
-    """Metric vs shots per class (the study's Fig. 1); zero-shot runs are the 0-shot points."""
+def shots_ylims(summary: pd.DataFrame, metric: str,
+                classes: Optional[Mapping[str, int]] = None) -> dict[str, tuple[float, float]]:
+    """Data set -> (bottom, top) of the y axis shared by every shots figure of ``metric`` (each
+    method's, and the methods-compared one), so figures of one data set can be compared by eye:
+    it spans every method's mean ± std at every number of shots, the zero-shot points, the linear
+    probes on all data and the chance level, with a margin, within [0, 100]."""
+    part = summary[summary["metric"] == metric]
+    curves = part[part["shots"].notna()]
+    out: dict[str, tuple[float, float]] = {}
+    for dataset in first_seen(curves["dataset"]):
+        mine = part[part["dataset"] == dataset]
+        refs = mine[(mine["method"] == ZERO_SHOT)
+                    | ((mine["method"] == "linear") & mine["shots"].isna()
+                       & mine["fraction"].isna())]
+        rows = pd.concat([mine[mine["shots"].notna()], refs])
+        rows = rows[rows["mean"].notna()]
+        if rows.empty:
+            continue
+        std = rows["std"].fillna(0.0).astype(float)
+        low = float((rows["mean"] - std).min())
+        high = float((rows["mean"] + std).max())
+        chance = chance_level(metric, (classes or {}).get(dataset))
+        if chance is not None:
+            low, high = min(low, chance), max(high, chance)
+        margin = max(1.0, 0.06 * (high - low))
+        out[dataset] = (max(0.0, low - margin), min(100.0, high + margin))
+    return out
+
+
+def _shots_axis(ax, shots: Iterable[int], zero: bool) -> None:
+    """Log-scale shots axis; with a 0-shot point, linear between 0 and 1 and log above."""
+    ticks = ([0] if zero else []) + sorted(set(int(s) for s in shots))
+    if zero:
+        ax.set_xscale("symlog", base=2, linthresh=1)
+    else:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xlabel("shots per class")
+
+
+def _chance_line(ax, metric: str, classes: Optional[int]) -> bool:
+    level = chance_level(metric, classes)
+    if level is None:
+        return False
+    ax.axhline(level, ls=(0, (5, 3)), lw=1.0, color="0.45", zorder=1)
+    return True
+
+
+def _chance_handle(metric: str):
+    from matplotlib.lines import Line2D
+
+    what = "50%" if metric == "auroc" else "1/C"
+    return Line2D([], [], ls=(0, (5, 3)), lw=1.0, color="0.45"), f"chance ({what})"
+
+
+def _legend_below(fig, axes, extra: list[tuple[Any, str]]) -> None:
+    """One legend under the subplots: every labelled line once, then ``extra`` entries."""
+    handles, labels = [], []
+    for ax in axes:  # a line may be missing from the first data set
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    for handle, label in extra:
+        handles.append(handle)
+        labels.append(label)
+    fig.tight_layout()
+    longest = max((len(label) for label in labels), default=0)
+    columns = 1 if longest > 60 else (2 if longest > 30 else 4)  # variant labels can be long
+    if labels:
+        fig.legend(handles, labels, loc="upper center", ncol=min(columns, len(labels)),
+                   frameon=False, bbox_to_anchor=(0.5, 0.0))
+
+
+def _save_below(fig, path: Path) -> Path:
+    """Save a figure whose legend hangs below it (no tight_layout after the legend)."""
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def draw_shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str,
+                      ylims: Optional[Mapping[str, tuple[float, float]]] = None,
+                      classes: Optional[Mapping[str, int]] = None):
+    """The figure of :func:`shots_figure`, not saved (a matplotlib Figure, or None)."""
     setup = _curve_setup(summary, sweep, method, metric, "shots")
     if setup is None:
         return None
@@ -157,7 +244,7 @@ def shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str,
     points = shots_points(summary, sweep, method, metric)
     fig, axes = _grid(len(datasets))
     shots_all = sorted(int(s) for s in part["shots"].unique())
-    drew_baseline = drew_zero = False
+    drew_baseline = drew_zero = drew_chance = False
     for ax, dataset in zip(axes, datasets):
         zero_here = False
         for line in lines:
@@ -176,42 +263,108 @@ def shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str,
                 ax.errorbar(zero["shots"], zero["mean"], yerr=zero["std"].fillna(0.0),
                             marker="*", ms=9, capsize=3, ls="none", color=colours[line])
                 zero_here = drew_zero = True
-        ticks = ([0] if zero_here else []) + shots_all
-        if zero_here:  # 0 has no place on a log axis: linear between 0 and 1, log above
-            ax.set_xscale("symlog", base=2, linthresh=1)
-        else:
-            ax.set_xscale("log", base=2)
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([str(s) for s in ticks])
+        drew_chance |= _chance_line(ax, metric, (classes or {}).get(dataset))
+        _shots_axis(ax, shots_all, zero_here)
+        if ylims and dataset in ylims:
+            ax.set_ylim(*ylims[dataset])
         ax.set_title(dataset)
-        ax.set_xlabel("shots per class")
         ax.set_ylabel(f"test {METRIC_LABELS.get(metric, metric)} (%)")
         ax.grid(alpha=0.3)
-    handles, labels = [], []
-    for ax in axes:  # a line may be missing from the first data set
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
     from matplotlib.lines import Line2D
 
+    extra = []
     if drew_baseline:
-        handles.append(Line2D([], [], ls="--", color="0.3"))
-        labels.append("linear probe, all data")
+        extra.append((Line2D([], [], ls="--", color="0.3"), "linear probe, all data"))
     if drew_zero:
-        handles.append(Line2D([], [], marker="*", ms=9, ls="none", color="0.3"))
-        labels.append("zero-shot (0 shots)")
+        extra.append((Line2D([], [], marker="*", ms=9, ls="none", color="0.3"),
+                      "zero-shot (0 shots)"))
+    if drew_chance:
+        extra.append(_chance_handle(metric))
     _title(fig, f"{sweep}: {method}, test {METRIC_LABELS.get(metric, metric)} vs shots per "
                 f"class (mean ± std over seeds)")
-    fig.tight_layout()
-    longest = max((len(label) for label in labels), default=0)
-    columns = 1 if longest > 60 else (2 if longest > 30 else 4)  # variant labels can be long
-    fig.legend(handles, labels, loc="upper center", ncol=min(columns, max(1, len(labels))),
-               frameon=False, bbox_to_anchor=(0.5, 0.0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    _legend_below(fig, axes, extra)
+    return fig
+
+
+def shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str, path: Path,
+                 ylims: Optional[Mapping[str, tuple[float, float]]] = None,
+                 classes: Optional[Mapping[str, int]] = None) -> Optional[Path]:
+    """Metric vs shots per class (the study's Fig. 1), one subplot per data set, one line per
+    backbone; zero-shot runs are the 0-shot points, each backbone's linear probe on all data a
+    dashed line, chance a grey dashed line (``classes``: data set -> number of classes).
+    ``ylims`` (:func:`shots_ylims`) gives each data set the y range shared by all its shots
+    figures."""
+    fig = draw_shots_figure(summary, sweep, method, metric, ylims, classes)
+    return None if fig is None else _save_below(fig, path)
+
+
+def draw_shots_comparison(summary: pd.DataFrame, sweep: str, metric: str,
+                          ylims: Optional[Mapping[str, tuple[float, float]]] = None,
+                          classes: Optional[Mapping[str, int]] = None):
+    """The figure of :func:`shots_comparison_figure`, not saved (a Figure, or None)."""
+    part = summary[(summary["sweep"] == sweep) & (summary["metric"] == metric)]
+    curves = part[part["shots"].notna() & (part["method"] != ZERO_SHOT)]
+    if curves.empty or part["method"].nunique() < 2:
+        return None
+    plt = _pyplot()
+    lines = first_seen(list(zip(curves["method"], curves["backbone"], _variants(curves))))
+    datasets = first_seen(curves["dataset"])
+    wanted = list(dict.fromkeys((d, b, v) for d in datasets for _, b, v in lines))
+    zero = zero_shot_points(summary, metric, sweep, wanted)
+    stars = first_seen([(b, v) for (_, b, v) in zero])
+    keys = lines + [(ZERO_SHOT, b, v) for b, v in stars]
+    colours = {key: plt.get_cmap("tab10")(i % 10) for i, key in enumerate(keys)}
+    markers = {m: "osD^v<>p"[i % 8] for i, m in enumerate(first_seen([m for m, _, _ in lines]))}
+    fig, axes = _grid(len(datasets))
+    shots_all = sorted(int(s) for s in curves["shots"].unique())
+    drew_chance = False
+    variants = _variants(curves)
+    for ax, dataset in zip(axes, datasets):
+        zero_here = False
+        for key in lines:
+            method, backbone, variant = key
+            rows = curves[(curves["dataset"] == dataset) & (curves["method"] == method)
+                          & (curves["backbone"] == backbone) & (variants == variant)]
+            rows = rows.sort_values("shots")
+            if rows.empty:
+                continue
+            x = rows["shots"].astype(int).to_numpy()
+            y = rows["mean"].astype(float).to_numpy()
+            s = rows["std"].fillna(0.0).astype(float).to_numpy()
+            ax.plot(x, y, marker=markers[method], ms=4, lw=1.5, color=colours[key],
+                    label=line_label(f"{method} · {backbone}", variant))
+            ax.fill_between(x, y - s, y + s, color=colours[key], alpha=0.15, lw=0)
+        for backbone, variant in stars:
+            point = zero.get((dataset, backbone, variant))
+            if point is None or pd.isna(point[0]):
+                continue
+            mean, std = point
+            ax.errorbar([0], [mean], yerr=[0.0 if pd.isna(std) else std], marker="*", ms=11,
+                        capsize=3, ls="none", color=colours[(ZERO_SHOT, backbone, variant)],
+                        label=line_label(f"{ZERO_SHOT} · {backbone}", variant) + " (0 shots)")
+            zero_here = True
+        drew_chance |= _chance_line(ax, metric, (classes or {}).get(dataset))
+        _shots_axis(ax, shots_all, zero_here)
+        if ylims and dataset in ylims:
+            ax.set_ylim(*ylims[dataset])
+        ax.set_title(dataset)
+        ax.set_ylabel(f"test {METRIC_LABELS.get(metric, metric)} (%)")
+        ax.grid(alpha=0.3)
+    _title(fig, f"{sweep}: methods compared, test {METRIC_LABELS.get(metric, metric)} vs shots "
+                f"per class (mean, shaded ± std over seeds)")
+    _legend_below(fig, axes, [_chance_handle(metric)] if drew_chance else [])
+    return fig
+
+
+def shots_comparison_figure(summary: pd.DataFrame, sweep: str, metric: str, path: Path,
+                            ylims: Optional[Mapping[str, tuple[float, float]]] = None,
+                            classes: Optional[Mapping[str, int]] = None) -> Optional[Path]:
+    """A shots sweep's methods on one axis per data set: test metric vs shots per class (log
+    scale), one line per (method, backbone, variant) with a mean ± std band, each backbone's
+    zero-shot run as a star at 0 and chance as a grey dashed line (accuracy-like metrics, from
+    ``classes``). None unless the sweep holds more than one method (zero-shot counts)."""
+    fig = draw_shots_comparison(summary, sweep, metric, ylims, classes)
+    return None if fig is None else _save_below(fig, path)
 
 
 def fractions_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str, path: Path,
@@ -253,12 +406,17 @@ def fractions_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str
 
 
 def comparison_figure(summary: pd.DataFrame, ood: pd.DataFrame, sweep: str, metric: str,
-                      path: Path) -> Optional[Path]:
-    """Test metric vs percentage of the training data, one line per (method, backbone,
-    variant), one subplot per data set; out-of-domain results dashed in the same colour."""
+                      path: Path, ylims: Optional[Mapping[str, tuple[float, float]]] = None,
+                      classes: Optional[Mapping[str, int]] = None) -> Optional[Path]:
+    """The methods of a sweep compared in one figure, or None unless it runs more than one
+    method: vs the percentage of the training data for a data-fraction sweep (one line per
+    method, backbone and variant, one subplot per data set, out-of-domain results dashed in the
+    same colour), vs shots per class for a shots sweep (:func:`shots_comparison_figure`)."""
     part = summary[(summary["sweep"] == sweep) & (summary["metric"] == metric)
                    & summary["fraction"].notna()]
-    if part.empty or part["method"].nunique() < 2:
+    if part.empty:
+        return shots_comparison_figure(summary, sweep, metric, path, ylims, classes)
+    if part["method"].nunique() < 2:
         return None
     plt = _pyplot()
     ood_part = ood[(ood["sweep"] == sweep) & (ood["metric"] == metric)] if not ood.empty else ood

@@ -7,6 +7,7 @@ that appears only when a table holds variants.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any, Optional, Sequence
@@ -21,6 +22,9 @@ METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy
                  "macro_f1": "macro F1", "auroc": "AUROC", "ece": "ECE",
                  "average_precision": "average precision"}
 ZERO_SHOT = "zero-shot"  # drawn as the 0-shot point of every shots figure of its sweep
+LOWER_IS_BETTER = frozenset({"ece"})  # metrics where the best method has the lowest value
+# metrics with a chance level: 100/C for (balanced) accuracy, 50 for AUROC (single-label data)
+CHANCE_METRICS = ("accuracy", "balanced_accuracy", "auroc")
 SETTING_LEVEL = "setting"  # the table index level / column naming a variant
 
 
@@ -99,6 +103,33 @@ def timing_summary(records: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def class_counts(records: pd.DataFrame) -> dict[str, int]:
+    """Data set -> number of classes, read off the runs' test confusion matrices (single-label
+    runs only; a data set whose runs disagree, or that is multi-label, is left out)."""
+    if records.empty or "metrics_json" not in records:
+        return {}
+    seen: dict[str, set[int]] = {}
+    for dataset, text in zip(records["dataset"], records["metrics_json"]):
+        try:
+            metrics = json.loads(text) if isinstance(text, str) else {}
+        except ValueError:
+            continue
+        matrix = (metrics.get("test") or {}).get("confusion_matrix")
+        if metrics.get("task", "single_label") != "single_label" or not matrix:
+            seen.setdefault(dataset, set()).add(-1)
+            continue
+        seen.setdefault(dataset, set()).add(len(matrix))
+    return {d: next(iter(n)) for d, n in seen.items() if len(n) == 1 and min(n) > 1}
+
+
+def chance_level(metric: str, classes: Optional[int]) -> Optional[float]:
+    """The chance level of ``metric`` in percent on a data set of ``classes`` classes: 100/C for
+    accuracy and balanced accuracy (guessing uniformly), 50 for AUROC; None otherwise."""
+    if not classes or classes < 2 or metric not in CHANCE_METRICS:
+        return None
+    return 50.0 if metric == "auroc" else 100.0 / classes
+
+
 # ---- labels -----------------------------------------------------------------------------------
 def sample_label(shots: Any, fraction: Any) -> str:
     if shots is not None and not pd.isna(shots):
@@ -108,11 +139,19 @@ def sample_label(shots: Any, fraction: Any) -> str:
     return "all"
 
 
+def shots_words(shots: Any) -> str:
+    """``1 shot``, ``4 shots``: a count of images per class, singular where it is one."""
+    n = int(shots)
+    return f"{n} shot" if n == 1 else f"{n} shots"
+
+
 def sample_words(sample: str) -> str:
+    """A sample label (:func:`sample_label`) for a person: ``1 shot per class``, ``4 shots per
+    class``, ``10% of the training data``, ``all training data``."""
     if sample == "all":
         return "all training data"
     if sample.endswith("shot"):
-        return f"{sample[:-4]} shots per class"
+        return f"{shots_words(sample[:-4])} per class"
     return f"{sample[4:]}% of the training data"
 
 
@@ -227,6 +266,74 @@ def comparison_table(summary: pd.DataFrame, ood: pd.DataFrame, selected: pd.Data
         index = pd.Index([" / ".join(k[:3]) for k in rows], name=name)
     return pd.DataFrame([[row.get(c, "") for c in columns] for row in rows.values()], index=index,
                         columns=columns)
+
+
+def sample_key(method: Any, shots: Any, fraction: Any) -> tuple[int, float]:
+    """Order of samples in the summary: no training images (zero-shot), shots ascending,
+    fractions ascending, all training data."""
+    if method == ZERO_SHOT:
+        return (0, 0.0)
+    if shots is not None and not pd.isna(shots):
+        return (1, float(shots))
+    if fraction is not None and not pd.isna(fraction):
+        return (2, float(fraction))
+    return (3, 0.0)
+
+
+def sample_phrase(method: Any, shots: Any, fraction: Any) -> str:
+    """The training data of a setting in words (``1 shot per class``, ``no training images``)."""
+    if method == ZERO_SHOT:
+        return "no training images"
+    return sample_words(sample_label(shots, fraction))
+
+
+def best_table(summary: pd.DataFrame, metric: str = "accuracy",
+               datasets: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """What a reader wants first: per data set and training data (zero-shot, each number of
+    shots, each fraction, all data), the best method and backbone over every sweep, its test
+    ``metric`` as mean±std over seeds (the spread), the number of seeds, and the runner-up with
+    its own mean±std and the lead in points. Highest mean wins (lowest for ECE); each variant
+    competes as a setting of its own and is named in brackets."""
+    part = summary[(summary["metric"] == metric) & summary["mean"].notna()]
+    label = METRIC_LABELS.get(metric, metric)
+    columns = ["best", f"test {label} (%)", "seeds", "runner-up", f"runner-up {label} (%)",
+               "lead (points)"]
+    index_names = ["dataset", "training data"]
+    if part.empty:
+        return pd.DataFrame(columns=columns,
+                            index=pd.MultiIndex.from_tuples([], names=index_names))
+    several_sweeps = part["sweep"].nunique() > 1
+    variants = part[VARIANT].fillna("") if VARIANT in part else pd.Series("", index=part.index)
+
+    def name(r: Any, variant: str) -> str:
+        text = f"{r.method} · {r.backbone}"
+        if several_sweeps:
+            text += f" ({r.sweep})"
+        return f"{text} [{variant}]" if variant else text
+
+    lower = metric in LOWER_IS_BETTER
+    order = list(datasets or first_seen(part["dataset"]))
+    order += [d for d in first_seen(part["dataset"]) if d not in order]
+    groups: dict[tuple, list[tuple[Any, str]]] = {}
+    for r, variant in zip(part.itertuples(), variants):
+        key = (r.dataset, sample_key(r.method, r.shots, r.fraction))
+        groups.setdefault(key, []).append((r, variant))
+    rows, labels = [], []
+    for key in sorted(groups, key=lambda k: (order.index(k[0]), k[1])):
+        ranked = sorted(groups[key], key=lambda rv: rv[0].mean if lower else -rv[0].mean)
+        (best, best_variant), rest = ranked[0], ranked[1:]
+        row = [name(best, best_variant), fmt_cell(best.mean, best.std), int(best.seeds)]
+        if rest:
+            second, second_variant = rest[0]
+            lead = (second.mean - best.mean) if lower else (best.mean - second.mean)
+            row += [name(second, second_variant), fmt_cell(second.mean, second.std),
+                    f"{lead:.2f}"]
+        else:
+            row += ["", "", ""]
+        rows.append(row)
+        labels.append((best.dataset, sample_phrase(best.method, best.shots, best.fraction)))
+    return pd.DataFrame(rows, columns=columns,
+                        index=pd.MultiIndex.from_tuples(labels, names=index_names))
 
 
 def markdown_table(table: pd.DataFrame, title: str) -> str:
