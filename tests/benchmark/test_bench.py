@@ -117,3 +117,43 @@ def test_bench_cache_check_case_times_a_cached_linear_probe_per_verification_mod
     assert case["full_hash_s"] > 0 and "changed_overhead" in case
     assert case["check_s"]["off"][0] < case["check_s"]["always"][0]
     assert 0 < case["check_fraction"]["always"] < 1
+
+
+def test_training_step_flops_scale_exactly_with_the_batch(synthetic_data, tmp_path):
+    """The FLOP count is taken on one image and multiplied: it must equal a direct count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cytotune.benchmark.cases import Bench, BenchSettings, lora_classifier, training_step_flops
+
+    bench = Bench(BenchSettings(data=str(synthetic_data), model="uni-tiny", device="cpu"),
+                  tmp_path)
+    config = bench.config(method="lora", seed=1)
+    model = lora_classifier(config, 2, 0)
+    size = model.backbone.preprocessing.image_size
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.randn(3, 3, size, size)).sum().backward()
+    assert training_step_flops(bench, config, 3) == pytest.approx(counter.get_total_flops())
+
+
+def test_bench_keeps_the_cases_it_finished_when_a_later_one_fails(synthetic_data, tmp_path,
+                                                                  monkeypatch):
+    """A GPU lease or a time limit can stop the bench between cases: the JSON holds every case
+    finished so far, marked incomplete, and a finished bench says complete."""
+    from cytotune.benchmark import cases as bench_cases
+
+    def broken(bench):
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setitem(bench_cases.CASE_FUNCTIONS, "memory", broken)
+    out = tmp_path / "bench.json"
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        main(["bench", "--data", str(synthetic_data), "--model", "uni-tiny", "--cases",
+              "lora,memory", "--shots", "2", "--lora-steps", "2", "--baseline-workers", "0",
+              "--json", str(out)])
+    figures = json.loads(out.read_text())
+    assert figures["complete"] is False and set(figures["cases"]) == {"lora"}
+    assert main(["bench", "--data", str(synthetic_data), "--model", "uni-tiny", "--cases", "lora",
+                 "--shots", "2", "--lora-steps", "2", "--baseline-workers", "0",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["complete"] is True

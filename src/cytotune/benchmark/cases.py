@@ -272,16 +272,18 @@ def lora_classifier(config: TrainConfig, num_classes: int, seed: int) -> Classif
 
 def training_step_flops(bench: Bench, config, batch: int) -> float:
     """FLOPs of one LoRA training step (forward + backward of ``batch`` images), counted by
-    torch's FlopCounterMode on the run's own model (matmuls and convolutions)."""
+    torch's FlopCounterMode on the run's own model (matmuls and convolutions). Counted for one
+    image and scaled: every op is per image, and a ViT-L/14 step at batch 32 would otherwise
+    cost seconds of CPU time on a GPU machine."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = lora_classifier(config, 2, 0)
     size = model.backbone.preprocessing.image_size
-    x = torch.randn(batch, 3, size, size)
+    x = torch.randn(1, 3, size, size)
     counter = FlopCounterMode(display=False)
     with counter:
         model(x).sum().backward()
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()) * batch
 
 
 def _utilisation(flops_per_step: float, steps: int, step_s: float,
@@ -463,8 +465,11 @@ CASE_FUNCTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 
 
 def run_benchmark(settings: BenchSettings, cases: tuple[str, ...] = CASES,
-                  progress: Optional[Callable[[str, dict[str, Any]], None]] = None) -> dict[str, Any]:
-    """Run the chosen cases; returns a JSON-ready dict (settings, environment, one entry per case)."""
+                  progress: Optional[Callable[[str, dict[str, Any]], None]] = None,
+                  snapshot: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Run the chosen cases; returns a JSON-ready dict (settings, environment, one entry per case).
+    ``snapshot`` receives the figures so far after each case, so a run stopped by a time limit
+    (a lent GPU's, say) keeps the cases it finished."""
     unknown = [c for c in cases if c not in CASE_FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown benchmark case(s) {', '.join(unknown)}; known: "
@@ -485,4 +490,6 @@ def run_benchmark(settings: BenchSettings, cases: tuple[str, ...] = CASES,
             out["cases"][name] = result
             if progress is not None:
                 progress(name, result)
+            if snapshot is not None:
+                snapshot(out)
     return out

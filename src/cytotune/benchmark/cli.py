@@ -96,9 +96,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_repeats=args.check_repeats,
         targets=tuple(t.strip() for t in args.targets.split(",")) if args.targets else None)
     cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
-    result = run_benchmark(settings, cases, progress=lambda name, r: console.print(
-        summary_line(name, r)))
-    _write_json(Path(args.json), result)
+    path = Path(args.json)
+    result = run_benchmark(
+        settings, cases, progress=lambda name, r: console.print(summary_line(name, r)),
+        snapshot=lambda so_far: _write_json(path, {**so_far, "complete": False}))
+    _write_json(path, {**result, "complete": True})
     console.print(f"figures written to {args.json}")
     return 0
 
