@@ -41,8 +41,9 @@ bench() {  # bench NAME ARGS...: one `cytotune bench` process, its figures in $o
     [ "$rc" = 0 ] || failed+=("$name")
 }
 
-# ViT-B/16: features, linear grid, one 4-shot LoRA run and 8 LoRA runs packed against one by one
-bench vit_b16 --model "$model_b" --pack "$pack" --lora-steps "$steps_b"
+# ViT-B/16: features, linear grid, one 4-shot LoRA run; then 8 LoRA runs packed against one by one
+bench vit_b16 --model "$model_b" --cases features,linear,lora --lora-steps "$steps_b"
+bench vit_b16_packed --model "$model_b" --cases packed --pack "$pack" --lora-steps "$steps_b"
 # ViT-L/14, LoRA r=16 on q,k,v,o at batch 32: throughput, MFU, data wait; peak memory
 bench vit_l14 --model "$model_l" --cases lora,memory --shots "$shots_l" --lora-steps "$steps_l" \
     --rank 16 --targets q,k,v,o
