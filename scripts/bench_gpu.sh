@@ -21,9 +21,12 @@ model_l=${MODEL_L:-clip-vit-l14}
 steps_b=${STEPS_B:-450}     # the study's 4-shot schedule: 50 + 100 x 4
 steps_l=${STEPS_L:-200}
 pack=${PACK:-8}
+steps_p=${STEPS_PACKED:-$steps_b}
 shots_l=${SHOTS_L:-8}       # 8 shots x 4 classes = batch 32
 batch=${BATCH:-32}
 size=${SIZE:-}
+skip=${SKIP_BASELINE:+--skip-baseline}   # lora case without the (slow) reference-style baseline
+only=${ONLY:-vit_b16,vit_b16_packed,vit_l14,vit_b16_precision,vit_l14_compile}
 peak=${PEAK_TFLOPS:+--peak-tflops $PEAK_TFLOPS}
 mkdir -p "$out"
 log="$out/bench_gpu.log"
@@ -31,10 +34,11 @@ failed=()
 
 bench() {  # bench NAME ARGS...: one `cytotune bench` process, its figures in $out/NAME.json
     local name=$1; shift
+    [[ ",$only," == *",$name,"* ]] || return 0
     echo "== $name: cytotune bench $*" | tee -a "$log"
     local start=$SECONDS
     PYTHONUNBUFFERED=1 timeout "$limit" "$py" -m cytotune.cli bench --data "$data" --layout mlcc \
-        --device "$device" --batch-size "$batch" $size $peak "$@" --json "$out/$name.json" 2>&1 \
+        --device "$device" --batch-size "$batch" $size $peak $skip "$@" --json "$out/$name.json" 2>&1 \
         | tee -a "$log"
     local rc=${PIPESTATUS[0]}
     echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$log"
@@ -43,7 +47,7 @@ bench() {  # bench NAME ARGS...: one `cytotune bench` process, its figures in $o
 
 # ViT-B/16: features, linear grid, one 4-shot LoRA run; then 8 LoRA runs packed against one by one
 bench vit_b16 --model "$model_b" --cases features,linear,lora --lora-steps "$steps_b"
-bench vit_b16_packed --model "$model_b" --cases packed --pack "$pack" --lora-steps "$steps_b"
+bench vit_b16_packed --model "$model_b" --cases packed --pack "$pack" --lora-steps "$steps_p"
 # ViT-L/14, LoRA r=16 on q,k,v,o at batch 32: throughput, MFU, data wait; peak memory
 bench vit_l14 --model "$model_l" --cases lora,memory --shots "$shots_l" --lora-steps "$steps_l" \
     --rank 16 --targets q,k,v,o

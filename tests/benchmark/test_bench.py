@@ -157,3 +157,13 @@ def test_bench_keeps_the_cases_it_finished_when_a_later_one_fails(synthetic_data
                  "--shots", "2", "--lora-steps", "2", "--baseline-workers", "0",
                  "--json", str(out)]) == 0
     assert json.loads(out.read_text())["complete"] is True
+
+
+def test_bench_lora_case_without_the_baseline(synthetic_data, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(synthetic_data), "--model", "uni-tiny", "--cases", "lora",
+                 "--shots", "2", "--lora-steps", "2", "--skip-baseline",
+                 "--json", str(out)]) == 0
+    case = json.loads(out.read_text())["cases"]["lora"]
+    assert case["baseline"] is None and case["speedup_vs_baseline"] is None
+    assert case["cytotune"]["train_images_per_s"] > 0 and case["utilisation"]["flops_per_step"] > 0

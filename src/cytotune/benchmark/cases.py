@@ -65,6 +65,7 @@ class BenchSettings:
     baseline_workers: int = field(default_factory=lambda: min(5, os.cpu_count() or 1))
     batch_size: int = 32
     check_repeats: int = 5  # cache_check: timed runs per verification mode
+    skip_baseline: bool = False  # lora case: cytotune's side only (a short GPU lease, say)
 
 
 @contextmanager
@@ -309,15 +310,19 @@ def case_lora(bench: Bench) -> dict[str, Any]:
                                       steps=s.lora_steps, batch_size=s.batch_size,
                                       seed=config.seed, workers=s.baseline_workers)
 
-    base, base_s, base_mem = _timed(baseline, bench.device)
     flops = training_step_flops(bench, config, images // s.lora_steps)
-    return {"shots": s.shots, "steps": s.lora_steps,
-            "utilisation": _utilisation(flops, s.lora_steps, t.get("step_s", 0.0), s.peak_tflops),
-            "cytotune": {"wall_s": ours_s, "memory": ours_mem,
-                         "train_images_per_s": images / max(t.get("step_s", 0.0), 1e-9),
-                         "test_accuracy": result.metrics["test"]["accuracy"],
-                         "data_wait_fraction": t.get("data_s", 0.0) / max(t.get("step_s", 0.0), 1e-9),
-                         "validation_s": t.get("validation_s"), "step_s": t.get("step_s")},
+    ours = {"wall_s": ours_s, "memory": ours_mem,
+            "train_images_per_s": images / max(t.get("step_s", 0.0), 1e-9),
+            "test_accuracy": result.metrics["test"]["accuracy"],
+            "data_wait_fraction": t.get("data_s", 0.0) / max(t.get("step_s", 0.0), 1e-9),
+            "validation_s": t.get("validation_s"), "step_s": t.get("step_s")}
+    utilisation = _utilisation(flops, s.lora_steps, t.get("step_s", 0.0), s.peak_tflops)
+    if s.skip_baseline:
+        return {"shots": s.shots, "steps": s.lora_steps, "utilisation": utilisation,
+                "cytotune": ours, "baseline": None, "speedup_vs_baseline": None}
+    base, base_s, base_mem = _timed(baseline, bench.device)
+    return {"shots": s.shots, "steps": s.lora_steps, "utilisation": utilisation,
+            "cytotune": ours,
             "baseline": {"wall_s": base_s, "memory": base_mem,
                          "train_images_per_s": images / max(base["train_step_s"], 1e-9),
                          "test_accuracy": base["test_accuracy"],
