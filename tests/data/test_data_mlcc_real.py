@@ -1,4 +1,4 @@
-"""The real MLCC copy (found by tests/conftest.py: $CYTOTUNE_MLCC or the shared data folder), read
+"""The real MLCC copy (found by tests/conftest.py: $CYTOTUNE_MLCC or its default place), read
 with the mlcc layout (skipped when absent)."""
 from __future__ import annotations
 
