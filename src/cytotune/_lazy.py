@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from typing import Any, Callable, Mapping
 
 
@@ -30,4 +31,20 @@ def lazy_exports(package: str, names: Mapping[str, str]
     def __dir__() -> list[str]:
         return sorted(set(vars(sys.modules[package])) | set(names))
 
+    sys.modules[package].__class__ = _module_class(package, names)
     return __getattr__, __dir__
+
+
+def _module_class(package: str, names: Mapping[str, str]) -> type:
+    """A module type for ``package`` that keeps an exported function when the import system
+    binds the same-named submodule over it (``cytotune.inference.predict``: the function, as
+    with eager imports, not the module that defines it)."""
+
+    class LazyPackage(types.ModuleType):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if (isinstance(value, types.ModuleType) and value.__name__ == f"{package}.{name}"
+                    and names.get(name) == value.__name__ and hasattr(value, name)):
+                value = getattr(value, name)
+            super().__setattr__(name, value)
+
+    return LazyPackage
