@@ -207,7 +207,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Modules that add sub-commands: each has ``register(subparsers) -> {name: handler}``, is cheap to
 # import (argparse, rich, yaml; no torch) and imports its implementation inside the handler, so
-# `cytotune --help`, `models` and `sweep --list` start in well under a second
+# `cytotune --help`, `models`, `sweep --list` and `sweep NAME --dry-run` start in well under a
+# second (the model families and the method names import no torch either)
 # (tests/cli/test_cli_startup.py keeps it so).
 SUBCOMMAND_MODULES = ("cytotune.inference.cli", "cytotune.experiments.cli",
                       "cytotune.benchmark.cli", "cytotune.training.cache_verify")

@@ -37,6 +37,26 @@ def test_commands_without_a_model_do_not_import_torch(argv):
     assert not {"cytotune.training.runner", "cytotune.benchmark.cases"} & modules
 
 
+def test_listing_and_checking_models_do_not_import_torch():
+    """The cards, their families and the weights check are plain data and file look-ups."""
+    code, modules = _modules_after("models")
+    assert code == 0
+    assert "cytotune.models.families.open_clip_family" in modules  # the families were asked
+    assert not {"torch", "timm", "open_clip", "transformers"} & modules
+    code, modules = _modules_after("models", "--check", "uni")  # a hub card: 1 when not here
+    assert code in (0, 1)
+    assert "cytotune.models.availability" in modules and "torch" not in modules
+
+
+def test_a_sweep_dry_run_does_not_import_torch(tmp_path):
+    """Planning a sweep checks method names in the torch-free name registry."""
+    code, modules = _modules_after("sweep", "demo_sweep", "--store", str(tmp_path / "s.sqlite"),
+                                   "--dry-run")
+    assert code == 0
+    assert "cytotune.training.method_registry" in modules
+    assert not {"torch", "cytotune.training.methods", "cytotune.training.runner"} & modules
+
+
 def test_on_off_options_take_both_spellings(capsys):
     parse = build_parser().parse_args
     base = ["train", "--data", "x"]

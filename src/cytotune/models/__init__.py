@@ -8,7 +8,8 @@
     backbone = build_backbone(tiny_card("clip-vit-b16"), pretrained=False)
     feats = backbone(pixels)                                   # (B, backbone.feature_dim)
 
-Libraries (timm, open_clip, transformers) are imported only when a model is built.
+torch and the libraries (timm, open_clip, transformers) are imported only when a model is built
+or run: listing the cards, and looking for a hub card's weights, import none of them.
 """
 from typing import TYPE_CHECKING
 
