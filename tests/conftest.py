@@ -4,21 +4,34 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 # The real data sets live in shared/ beside the repository (not inside it), so a fresh clone
-# placed next to shared/ finds them too.
+# placed next to shared/ finds them too; CYTOTUNE_MLCC points elsewhere, as for `cytotune bench`.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MLCC_ENV = "CYTOTUNE_MLCC"
+
+
+def real_data_root() -> tuple[Optional[Path], str]:
+    """The real MLCC folder ($CYTOTUNE_MLCC, else shared/data/mlcc beside the repository) or
+    None, and a sentence naming both places (the skip reason when it is None)."""
+    places = f"${MLCC_ENV}" + (f" ({os.environ[MLCC_ENV]})" if os.environ.get(MLCC_ENV) else
+                               " (not set)")
+    where = f"looked in {places} and {SHARED_DATA / 'mlcc'}"
+    for candidate in (os.environ.get(MLCC_ENV), SHARED_DATA / "mlcc"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate), where
+    return None, f"real MLCC data not found: {where}"
 
 
 @pytest.fixture(scope="session")
 def mlcc_root() -> Path:
     """The real MLCC folder (950 JPEGs in HSIL/LSIL/NL/SCC), or skip when it is not there."""
-    root = SHARED_DATA / "mlcc"
-    if not root.is_dir():
-        pytest.skip(f"real MLCC data not found at {root} (expected shared/data/mlcc beside the "
-                    f"repository)")
+    root, reason = real_data_root()
+    if root is None:
+        pytest.skip(reason)
     return root
 
 

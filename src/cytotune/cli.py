@@ -11,7 +11,10 @@ from typing import Any, Optional, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from cytotune._flags import OnOffParser, add_on_off
+
 console = Console()
+ON_OFF = bool  # TRAIN_FLAGS type of an on/off option
 
 
 def _make_console() -> Console:
@@ -32,21 +35,13 @@ def _shots(value: str) -> Optional[int]:
     return shots
 
 
-def _bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
-
-
-# flag, type, help; dest equals the cytotune.api flat option name
+# flag, type (ON_OFF: --flag / --no-flag), help; dest equals the cytotune.api flat option name
 TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--data", str, "data set: folder of class folders, CSV manifest, or a named layout's root"),
     ("--layout", str, "named layout: bcfc, mlcc, sipakmed, hicervix, folder, csv"),
     ("--model", str, "model card name (see `cytotune models`), timm:<name> or open_clip:<arch>[:<tag>]"),
     ("--weights", str, "local checkpoint file or directory instead of the hub"),
-    ("--pretrained", _bool, "false: random initialisation (baselines)"),
+    ("--pretrained", ON_OFF, "--no-pretrained: random initialisation (baselines)"),
     ("--image-size", int, "override the card's input size"),
     ("--method", str, "linear | lora | zero-shot | full (every backbone parameter; with a CNN "
                       "such as timm:resnet50 the conventionally trained baseline)"),
@@ -69,15 +64,15 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--val-every", int, "validate every N steps (and at the end)"),
     ("--linear-epochs", int, "linear probe epochs over cached features (default 200; "
                              "--steps, when given, sets the length instead)"),
-    ("--augment", _bool, "flips and right-angle rotations while training"),
-    ("--compile", _bool, "methods lora and full: torch.compile the model"),
-    ("--skip-bad-images", _bool, "skip unreadable images (reported in the log) instead of failing"),
+    ("--augment", ON_OFF, "flips and right-angle rotations while training"),
+    ("--compile", ON_OFF, "methods lora and full: torch.compile the model"),
+    ("--skip-bad-images", ON_OFF, "skip unreadable images (reported in the log) instead of failing"),
     ("--device", str, "auto | cpu | cuda | cuda:N"),
     ("--precision", str, "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast; fast on "
                          "CPUs with native bf16)"),
     ("--out", str, "run directory to write"),
     ("--cache-dir", str, "where decoded images and features are cached"),
-    ("--overwrite", _bool, "replace a finished run directory at --out (never another "
+    ("--overwrite", ON_OFF, "replace a finished run directory at --out (never another "
                            "folder or file)"),
     ("--head-init", str, "random | text: start the head from the class prompts' text embeddings"),
     ("--encoder", str, "LoRA on the vision | text | both towers (text, both: CLIP classifier)"),
@@ -85,12 +80,12 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--backbone-lr", float, "method full: the backbone's learning rate (default: --lr, the head's)"),
     ("--layer-decay", float, "method full: layer-wise lr decay in (0, 1]; 1 = none"),
     ("--train-blocks", int, "method full: train only the last N blocks, freeze the rest"),
-    ("--grad-checkpointing", _bool, "methods full and lora: recompute activations to save memory"),
+    ("--grad-checkpointing", ON_OFF, "methods full and lora: recompute activations to save memory"),
     ("--train-domains", str, "domains to train on, comma-separated (CSV 'domain' column); "
                              "default: all not in --test-domains"),
     ("--test-domains", str, "domains only tested on (out of domain), comma-separated"),
     ("--label-columns", str, "multi-label CSV: one 0/1 column per label, comma-separated"),
-    ("--multi-label", _bool, "multi-label CSV: label names joined by '|' in the label column"),
+    ("--multi-label", ON_OFF, "multi-label CSV: label names joined by '|' in the label column"),
     ("--label-names", str, "multi-label CSV: the allowed label names, comma-separated"),
 ]
 
@@ -100,7 +95,10 @@ def _add_train(sub) -> None:
                        description="Train a linear probe or LoRA on a backbone and evaluate it.")
     p.add_argument("--config", type=Path, help="YAML file with a TrainConfig; flags override it")
     for flag, kind, help_text in TRAIN_FLAGS:
-        p.add_argument(flag, type=kind, help=help_text, default=argparse.SUPPRESS)
+        if kind is ON_OFF:
+            add_on_off(p, flag, help_text, default=argparse.SUPPRESS)
+        else:
+            p.add_argument(flag, type=kind, help=help_text, default=argparse.SUPPRESS)
     p.add_argument("--leave-one-domain-out", action="store_true",
                    help="one run per domain (CSV 'domain' column), trained on the others and "
                         "tested on it; --out gets heldout_<domain>/ and leave_one_domain_out.csv")
@@ -207,8 +205,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules that add sub-commands: each has ``register(subparsers) -> {name: handler}``, is cheap to
+# import (argparse, rich, yaml; no torch) and imports its implementation inside the handler, so
+# `cytotune --help`, `models`, `sweep --list` and `sweep NAME --dry-run` start in well under a
+# second (the model families and the method names import no torch either)
+# (tests/cli/test_cli_startup.py keeps it so).
+SUBCOMMAND_MODULES = ("cytotune.inference.cli", "cytotune.experiments.cli",
+                      "cytotune.benchmark.cli", "cytotune.training.cache_verify")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cytotune", description=__doc__)
+    """The whole command line; building it imports no torch."""
+    import importlib
+
+    parser = OnOffParser(prog="cytotune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every validation step")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
@@ -225,15 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the built-in default: offline, on CPU, generated data")
     demo.add_argument("--out", default="demo_runs", help="output folder")
     demo.add_argument("--shots", default=None, help="comma-separated shot counts (default 1,4,16)")
-    from cytotune.benchmark.cli import register as register_benchmark
-    from cytotune.experiments.cli import register as register_experiments
-    from cytotune.inference.cli import register as register_inference
-    from cytotune.training.cache_verify import register as register_cache
-
-    COMMANDS.update(register_inference(sub))
-    COMMANDS.update(register_experiments(sub))
-    COMMANDS.update(register_benchmark(sub))
-    COMMANDS.update(register_cache(sub))
+    for module in SUBCOMMAND_MODULES:
+        COMMANDS.update(importlib.import_module(module).register(sub))
     return parser
 
 
@@ -267,8 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for handler in logging.getLogger().handlers:  # the console; run logs get INFO regardless
         handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
     logging.getLogger("cytotune").setLevel(logging.INFO)
-    from cytotune.data import DataError
-    from cytotune.models import ModelError
+    from cytotune.data.dataset import DataError
+    from cytotune.models.errors import ModelError
     from cytotune.training.config import ConfigError
     from cytotune.training.rundir import (Terminated, handle_sigterm, os_error_message,
                                            restore_sigterm)

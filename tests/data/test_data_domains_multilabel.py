@@ -79,7 +79,7 @@ def test_few_shot_multilabel_gives_every_label_k_positives():
         assert (targets[chosen].sum(0) >= k).all()
         assert targets[chosen].sum(1).min() >= 1  # only images carrying a label are picked
         assert np.array_equal(chosen, few_shot_multilabel(targets, pool, k, 1, list("abcd")))
-    with pytest.raises(DataError, match="label 'd' has only"):
+    with pytest.raises(DataError, match=r"training split has fewer for \d label\(s\): .*'d' has"):
         few_shot_multilabel(targets, pool, 10, seed=1, label_names=list("abcd"))
 
 

@@ -1,4 +1,5 @@
-"""The real MLCC copy in shared/data/mlcc, read with the mlcc layout (skipped when absent)."""
+"""The real MLCC copy (found by tests/conftest.py: $CYTOTUNE_MLCC or its default place), read
+with the mlcc layout (skipped when absent)."""
 from __future__ import annotations
 
 from cytotune.data import load_dataset, load_rgb

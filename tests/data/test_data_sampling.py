@@ -30,11 +30,17 @@ def test_few_shot_samples_are_nested_in_k():
     assert all(small <= large for small, large in zip(shots, shots[1:]))
 
 
-def test_few_shot_names_the_class_that_is_too_small():
-    with pytest.raises(DataError, match=r"class 'c' has only 10 image.*k=16"):
-        few_shot(LABELS, POOL, 16, 0, CLASSES)
+def test_few_shot_names_every_class_that_is_too_small_with_its_count():
+    with pytest.raises(DataError) as err:
+        few_shot(LABELS, POOL, 25, 0, CLASSES)
+    message = str(err.value)
+    assert "--shots 25" in message and "training split" in message and "pool" not in message
+    assert "2 class(es): 'b' has 20, 'c' has 10" in message  # not only the first short one
+    assert "'a'" not in message  # 30 images: enough
     with pytest.raises(DataError, match="k=0"):
         few_shot(LABELS, POOL, 0, 0, CLASSES)
+    with pytest.raises(DataError, match=r"fewer for 1 class\(es\): 'c' has 10$"):
+        few_shot(LABELS, POOL, 16, 0, CLASSES)
 
 
 def test_few_shot_validation_caps_at_four_and_tolerates_small_classes():

@@ -151,3 +151,24 @@ def test_broken_links_and_link_loops_in_the_input_are_listed_and_reported(traine
     assert gone["status"].startswith("unreadable: broken symbolic link")
     assert loop["status"].startswith("unreadable: symbolic link loop")
     assert gone["predicted"] == loop["predicted"] == ""
+
+
+def test_each_unreadable_file_is_named_once(trained_run, new_images, tmp_path):
+    """The summary lists every bad file; the decoder's log warning used to name it a second time
+    (the whole command, in a process of its own, so the log goes where a user sees it)."""
+    import os
+    import subprocess
+    import sys
+
+    (new_images / "slide1" / "empty.png").write_bytes(b"")
+    run = trained_run("uni")
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "cytotune.cli", "predict", str(run),
+                           str(new_images), "--out", str(tmp_path / "p.csv"), "--device", "cpu",
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "2 unreadable image(s) skipped" in output
+    for name in ("broken.png", "empty.png"):
+        assert output.count(name) == 1, output

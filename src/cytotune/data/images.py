@@ -228,11 +228,13 @@ def _ordered_map(function: Callable[[_T], _R], items: Sequence[_T],
 
 def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.ndarray,
                  resize_size: int, crop_size: int, interpolation: str, skip_bad: bool,
-                 num_workers: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+                 num_workers: int, warn_bad: bool = True
+                 ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode every path into consecutive rows of ``out``; return kept indices and (index, reason).
 
     ``read(i)`` supplies the bytes of ``paths[i]``, so callers that already read a file (to hash
-    it) do not read it twice. With ``skip_bad=False`` the first bad file raises.
+    it) do not read it twice. With ``skip_bad=False`` the first bad file raises; with it, each
+    skipped file is a log warning unless ``warn_bad=False`` (a caller that reports them itself).
     """
 
     def decode(index: int) -> np.ndarray | ImageDecodeError:
@@ -248,7 +250,8 @@ def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.nd
         if isinstance(result, ImageDecodeError):
             if not skip_bad:
                 raise ImageDecodeError(result.path, result.reason, SKIP_BAD_HINT) from result
-            logger.warning("skipping %s: %s", result.path, result.reason)
+            if warn_bad:
+                logger.warning("skipping %s: %s", result.path, result.reason)
             bad.append((index, result.reason))
             continue
         out[len(kept)] = result.transpose(2, 0, 1)
@@ -258,25 +261,27 @@ def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.nd
 
 def decode_images(paths: Sequence[Path | str], resize_size: int, crop_size: int,
                   interpolation: str, skip_bad: bool = False,
-                  num_workers: int = 0) -> DecodedImages:
+                  num_workers: int = 0, warn_bad: bool = True) -> DecodedImages:
     """Decode, resize and center-crop ``paths`` into one uint8 tensor (N, 3, crop, crop).
 
     With ``skip_bad=False`` the first unreadable file raises :class:`ImageDecodeError`; with
     ``skip_bad=True`` such files are left out and listed in ``bad``. ``num_workers > 0`` decodes
-    on that many threads (PIL releases the GIL while decoding and resizing).
+    on that many threads (PIL releases the GIL while decoding and resizing). ``warn_bad=False``
+    leaves the skipped files out of the log, for callers that report ``bad`` themselves (predict
+    lists them once, in its summary).
     """
     paths = [Path(p) for p in paths]
     _check_settings(resize_size, crop_size, interpolation)
     return _decode_in_memory(paths, lambda i: _read_bytes(paths[i]), resize_size, crop_size,
-                             interpolation, skip_bad, num_workers)
+                             interpolation, skip_bad, num_workers, warn_bad)
 
 
 def _decode_in_memory(paths: list[Path], read: Callable[[int], bytes], resize_size: int,
                       crop_size: int, interpolation: str, skip_bad: bool,
-                      num_workers: int) -> DecodedImages:
+                      num_workers: int, warn_bad: bool = True) -> DecodedImages:
     out = np.empty((len(paths), 3, crop_size, crop_size), dtype=np.uint8)
     kept, bad = _decode_into(paths, read, out, resize_size, crop_size, interpolation, skip_bad,
-                             num_workers)
+                             num_workers, warn_bad)
     return DecodedImages(pixels=torch.from_numpy(out[: len(kept)]), kept=kept,
                          bad=[(paths[i], reason) for i, reason in bad])
 

@@ -43,20 +43,21 @@ def few_shot(labels: Sequence[int] | np.ndarray, pool_indices: Sequence[int] | n
              k: int, seed: int, class_names: Sequence[str]) -> np.ndarray:
     """``k`` images of every class from ``pool_indices``; sorted int64 indices.
 
-    Nested in ``k`` for a fixed seed. A class with fewer than ``k`` pool images is an error
-    (a "k-shot" result with fewer shots would be mislabelled).
+    Nested in ``k`` for a fixed seed. Classes with fewer than ``k`` pool images (the training
+    split's) are an error naming each of them with its count (a "k-shot" result with fewer shots
+    would be mislabelled).
     """
     if k < 1:
         raise DataError(f"k={k} must be >= 1 images per class")
     _check_seed(seed)
     labels, pool = _as_pool(labels, pool_indices)
-    chosen = []
-    for class_index, class_name in enumerate(class_names):
-        order = _class_order(labels, pool, class_index, seed)
-        if len(order) < k:
-            raise DataError(f"class {class_name!r} has only {len(order)} image(s) in the pool, "
-                            f"fewer than k={k}")
-        chosen.append(order[:k])
+    orders = [_class_order(labels, pool, i, seed) for i in range(len(class_names))]
+    short = [f"{name!r} has {len(order)}" for name, order in zip(class_names, orders)
+             if len(order) < k]
+    if short:  # every short class at once, so one fix (smaller k, more data) settles it
+        raise DataError(f"--shots {k} needs {k} training images per class; the training split "
+                        f"has fewer for {len(short)} class(es): {', '.join(short)}")
+    chosen = [order[:k] for order in orders]
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
@@ -116,12 +117,16 @@ def few_shot_multilabel(targets: np.ndarray, pool_indices: Sequence[int] | np.nd
     _check_seed(seed)
     targets = np.asarray(targets)
     pool = np.unique(np.asarray(pool_indices, dtype=np.int64))
+    if strict:
+        counts = [int((targets[pool, j] > 0).sum()) for j in range(len(label_names))]
+        short = [f"{name!r} has {n}" for name, n in zip(label_names, counts) if n < k]
+        if short:
+            raise DataError(f"--shots {k} needs {k} positive training images per label; the "
+                            f"training split has fewer for {len(short)} label(s): "
+                            f"{', '.join(short)}")
     chosen: set[int] = set()
-    for j, name in enumerate(label_names):
+    for j in range(len(label_names)):
         positives = np.sort(pool[targets[pool, j] > 0])
-        if strict and len(positives) < k:
-            raise DataError(f"label {name!r} has only {len(positives)} positive image(s) in the "
-                            f"pool, fewer than k={k}")
         have = sum(1 for i in chosen if targets[i, j] > 0)
         order = positives[np.random.default_rng([int(seed), int(j)]).permutation(len(positives))]
         for index in order:

@@ -9,15 +9,53 @@ that skips what is done, and a report with the reference study's tables and figu
 Layout: ``sweep`` (config, expansion, run ids) -> ``executors`` (where runs execute) ->
 ``runner`` (resume, store writes, progress) -> ``store`` (SQLite) -> ``report``.
 """
-from cytotune.experiments.catalog import experiment_path, list_experiments
-from cytotune.experiments.executors import (EXECUTORS, Executor, LocalExecutor, RunOutcome,
-                                            RunStarted, RunTask, execute_task, get_executor,
-                                            register_executor)
-from cytotune.experiments.report import Report, make_report, select_best, summarize, table1
-from cytotune.experiments.runner import SweepSummary, chunk_runs, run_sweep
-from cytotune.experiments.store import ResultStore, make_record
-from cytotune.experiments.sweep import (DatasetSpec, GenerateSpec, PlannedRun, SweepConfig,
-                                        compute_run_id, expand_env, load_sweep)
+from typing import TYPE_CHECKING
+
+from cytotune._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the real imports, for type checkers; at run time each name is
+    # imported on first use, so a light part does not pull in torch through the rest
+    from cytotune.experiments.catalog import experiment_path, list_experiments
+    from cytotune.experiments.executors import (EXECUTORS, Executor, LocalExecutor, RunOutcome,
+                                                RunStarted, RunTask, execute_task, get_executor,
+                                                register_executor)
+    from cytotune.experiments.report import Report, make_report, select_best, summarize, table1
+    from cytotune.experiments.runner import SweepSummary, chunk_runs, run_sweep
+    from cytotune.experiments.store import ResultStore, make_record
+    from cytotune.experiments.sweep import (DatasetSpec, GenerateSpec, PlannedRun, SweepConfig,
+                                            compute_run_id, expand_env, load_sweep)
+
+_EXPORTS = {
+    "experiment_path": "cytotune.experiments.catalog",
+    "list_experiments": "cytotune.experiments.catalog",
+    "EXECUTORS": "cytotune.experiments.executors",
+    "Executor": "cytotune.experiments.executors",
+    "LocalExecutor": "cytotune.experiments.executors",
+    "RunOutcome": "cytotune.experiments.executors",
+    "RunStarted": "cytotune.experiments.executors",
+    "RunTask": "cytotune.experiments.executors",
+    "execute_task": "cytotune.experiments.executors",
+    "get_executor": "cytotune.experiments.executors",
+    "register_executor": "cytotune.experiments.executors",
+    "Report": "cytotune.experiments.report",
+    "make_report": "cytotune.experiments.report",
+    "select_best": "cytotune.experiments.report",
+    "summarize": "cytotune.experiments.report",
+    "table1": "cytotune.experiments.report",
+    "SweepSummary": "cytotune.experiments.runner",
+    "chunk_runs": "cytotune.experiments.runner",
+    "run_sweep": "cytotune.experiments.runner",
+    "ResultStore": "cytotune.experiments.store",
+    "make_record": "cytotune.experiments.store",
+    "DatasetSpec": "cytotune.experiments.sweep",
+    "GenerateSpec": "cytotune.experiments.sweep",
+    "PlannedRun": "cytotune.experiments.sweep",
+    "SweepConfig": "cytotune.experiments.sweep",
+    "compute_run_id": "cytotune.experiments.sweep",
+    "expand_env": "cytotune.experiments.sweep",
+    "load_sweep": "cytotune.experiments.sweep",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "EXECUTORS", "DatasetSpec", "Executor", "GenerateSpec", "LocalExecutor", "PlannedRun",

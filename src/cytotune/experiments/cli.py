@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import yaml
 
+from cytotune._flags import add_on_off
+
 DEFAULT_STORE = "cytotune_results.sqlite"
 
 
@@ -79,8 +81,8 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                         "run_retries=0 for ray")
     p.add_argument("--worker-setup", metavar="MODULE:FUNCTION",
                    help="called once in each worker before its first run")
-    p.add_argument("--no-retry-failed", action="store_true",
-                   help="skip runs that failed before instead of retrying them")
+    add_on_off(p, "--retry-failed", default=True,
+               help="retry runs that failed before (--no-retry-failed: skip them)")
     p.add_argument("--pack", dest="pack_size", type=int, default=None, metavar="K",
                    help="train up to K image-tower LoRA runs of a data set and backbone packed on "
                         "one backbone (default: the sweep's pack_size, else 1); same results")
@@ -114,8 +116,6 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from cytotune.experiments.catalog import experiment_path, list_experiments
-    from cytotune.experiments.runner import run_sweep
-    from cytotune.experiments.sweep import load_sweep
     from cytotune.training.config import ConfigError
 
     console = _console()
@@ -125,6 +125,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for name in list_experiments():
             console.print(f"{name}  [dim]{experiment_path(name)}[/dim]")
         return 0
+    # the runner (pandas, rich progress; torch once a run starts) only when something runs
+    from cytotune.experiments.runner import run_sweep
+    from cytotune.experiments.sweep import load_sweep
+
     executor_options = dict(getattr(args, "executor_options", None) or [])
     address = getattr(args, "address", None)
     if address is not None:
@@ -134,7 +138,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, overrides=dict(args.overrides))
     summary = run_sweep(sweep, args.store, executor=args.executor,
                         devices=_split_list(args.devices), dry_run=args.dry_run,
-                        progress=not args.quiet, retry_failed=not args.no_retry_failed,
+                        progress=not args.quiet, retry_failed=args.retry_failed,
                         worker_setup=args.worker_setup, console=console,
                         executor_options=executor_options,
                         pack_size=getattr(args, "pack_size", None))

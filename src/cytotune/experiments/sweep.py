@@ -261,7 +261,7 @@ class SweepConfig:
         learns nothing from the training split, so neither the sample size, the seed nor the
         learning rate changes its test result: it runs once, on the whole split with the first
         seed and learning rate (the report draws it as the 0-shot point)."""
-        from cytotune.training.methods import TRAINING_FREE
+        from cytotune.training.method_registry import TRAINING_FREE
 
         if method in TRAINING_FREE:
             return [(None, None)], list(self.seeds[:1]), self.lrs_for(method)[:1]
@@ -535,12 +535,12 @@ def _expand_domains(name: str, spec: DatasetSpec, option: str) -> dict[str, Data
 
 
 def _parse_methods(value: Any) -> list[str]:
-    from cytotune.training.methods import METHODS
+    from cytotune.training.method_registry import is_known_method, method_names
 
     methods = _string_list(value, "method")
     for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"method: unknown method {m!r}; known: {', '.join(METHODS)}")
+        if not is_known_method(m):
+            raise ConfigError(f"method: unknown method {m!r}; known: {', '.join(method_names())}")
     return methods
 
 
@@ -597,7 +597,7 @@ def _parse_lrs(value: Any, methods: list[str]) -> Optional[Union[list[float], di
         if unknown:
             raise ConfigError(f"lrs: grid for method(s) {', '.join(map(str, unknown))} that the "
                               f"sweep does not run ({', '.join(methods)})")
-        from cytotune.training.methods import TRAINING_FREE
+        from cytotune.training.method_registry import TRAINING_FREE
 
         missing = [m for m in methods if m not in value and m not in TRAINING_FREE]
         if missing:

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cytotune._flags import add_on_off
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -58,7 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         frame = predict(args.run_dir, args.input, out=args.out, device=args.device,
                         batch_size=args.batch_size, num_workers=args.num_workers,
-                        progress=not args.no_progress, precision=args.precision)
+                        progress=args.progress, precision=args.precision)
     except _user_errors() as err:
         console.print(f"[red]error:[/red] {escape(str(err))}")
         return 2
@@ -132,7 +134,7 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="autocast precision (default: the run's own setting, whose 'auto' is "
                         "bf16 on CUDA and fp32 on a CPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_on_off(p, "--progress", default=True, help="show a progress bar")
 
     e = subparsers.add_parser(
         "export", help="export a trained run as one standalone model",
@@ -144,6 +146,6 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
                    help="the run to export, then optionally other seeds for the model card")
     e.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
     e.add_argument("--out", required=True, help="output folder")
-    e.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_on_off(e, "--overwrite", default=False, help="replace a non-empty output folder")
     e.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     return {"predict": cmd_predict, "export": cmd_export}

@@ -89,7 +89,7 @@ def predict_files(model, paths: Sequence[Union[str, Path]], batch_size: int = 64
         chunk = paths[start:start + batch_size]
         decoded = decode_images(chunk, resize_size=pre.effective_resize, crop_size=pre.image_size,
                                 interpolation=pre.interpolation, skip_bad=True,
-                                num_workers=num_workers)
+                                num_workers=num_workers, warn_bad=False)  # the status says it
         bad = {str(p): link_problem(Path(p)) or reason for p, reason in decoded.bad}
         for offset, p in enumerate(chunk):
             if str(p) in bad:

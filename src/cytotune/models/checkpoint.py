@@ -10,21 +10,24 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 from cytotune.models.errors import CheckpointError, CheckpointMismatchError
+
+if TYPE_CHECKING:  # torch is imported when weights are read, not with this module
+    import torch
+    from torch import nn
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, "torch.Tensor"]
 
 
 def _is_tensor_dict(obj) -> bool:
+    import torch
+
     return isinstance(obj, Mapping) and len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
@@ -47,6 +50,8 @@ def read_state_dict_file(path: Path) -> StateDict:
     if path.suffix == ".npz":
         raise CheckpointError(f"{path}: numpy (.npz) checkpoints are not supported here; convert "
                               f"it to .safetensors with the model's own library first")
+    import torch
+
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -70,6 +75,8 @@ def unwrap_state_dict(obj, source: str = "checkpoint") -> StateDict:
                     inner = obj[key]
                     break
             if inner is None:  # a checkpoint with a few non-tensor entries next to the weights
+                import torch
+
                 tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
                 if tensors and len(tensors) >= len(obj) - 3:
                     inner = tensors

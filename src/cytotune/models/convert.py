@@ -7,12 +7,13 @@ layout (here: lukemelas ``efficientnet_pytorch``) loads into the timm architectu
 from __future__ import annotations
 
 import re
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # only in annotations: importing the converters imports no torch
+    import torch
+    from torch import nn
 
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, "torch.Tensor"]
 
 
 class Converter(NamedTuple):

@@ -6,13 +6,14 @@ register / distillation tokens; patch tokens follow. A card's ``pooling`` names 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # torch is imported when a pooling runs: the names are plain data
+    import torch
 
 MODEL_POOLING = "model"
 
-PoolFn = Callable[[torch.Tensor, int], torch.Tensor]
+PoolFn = Callable[["torch.Tensor", int], "torch.Tensor"]
 
 
 def _check(tokens: torch.Tensor, num_prefix_tokens: int, need_cls: bool, need_patches: bool) -> None:
@@ -38,6 +39,8 @@ def pool_mean_patch(tokens: torch.Tensor, num_prefix_tokens: int) -> torch.Tenso
 
 def pool_cls_mean_patch(tokens: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     """Class token concatenated with the patch-token mean (as Virchow2 does): width 2 * D."""
+    import torch
+
     return torch.cat([pool_cls(tokens, num_prefix_tokens),
                       pool_mean_patch(tokens, num_prefix_tokens)], dim=-1)
 

@@ -6,11 +6,12 @@ cards can be checked (every pattern must hit a layer) and listed without touchin
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Mapping
-
-from torch import nn
+from typing import TYPE_CHECKING, Mapping
 
 from cytotune.models.card import LoraTarget
+
+if TYPE_CHECKING:  # only in annotations: the target maps are plain data
+    from torch import nn
 
 
 def resolve_target(model: nn.Module, target: LoraTarget) -> list[str]:

@@ -12,10 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from cytotune.data import cachefiles
-from cytotune.data.dataset import DataError
-from cytotune.data.images import check_image_entry
-from cytotune.training.features import check_features_file
 
 DEFAULT_CACHE = ".cytotune_cache"  # TrainConfig.cache_dir's default
 
@@ -54,6 +50,10 @@ class CacheReport:
 
 def verify_cache(root: Path | str, remove_bad: bool = False) -> CacheReport:
     """Hash every image and feature entry under ``root`` (a ``cache_dir``) in full."""
+    from cytotune.data import cachefiles
+    from cytotune.data.dataset import DataError
+    from cytotune.training.features import check_features_file  # torch: only when verifying
+
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"no cache folder at {root}: pass --cache DIR (the --cache-dir of your "
@@ -94,6 +94,8 @@ def verify_cache(root: Path | str, remove_bad: bool = False) -> CacheReport:
 
 
 def _image_problem(pixels: Path, sidecar: Path) -> Optional[str]:
+    from cytotune.data.images import check_image_entry  # torch: only when verifying
+
     try:
         meta = json.loads(sidecar.read_text())
         if not isinstance(meta, dict):

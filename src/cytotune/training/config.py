@@ -227,7 +227,7 @@ class TrainConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: str = "linear"  # a key of cytotune.training.methods.METHODS
+    method: str = "linear"  # a name of cytotune.training.method_registry
     lora: LoRASettings = field(default_factory=LoRASettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     shots: Optional[int] = None  # k images per class from train; None: all (or fraction)

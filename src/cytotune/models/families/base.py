@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Optional, Union
 
 from cytotune.models.card import ModelCard
 from cytotune.models.errors import UnknownModelError
 from cytotune.models.hub import WeightsSource
+
+if TYPE_CHECKING:  # torch is imported where a model is built or run, not here
+    import torch
+    from torch import nn
 
 PathLike = Union[str, Path]
 

@@ -17,16 +17,17 @@ from __future__ import annotations
 import importlib.util
 import warnings
 from pathlib import Path
-from typing import Optional
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Optional
 
 from cytotune.models import hub
 from cytotune.models.card import ModelCard
 from cytotune.models.checkpoint import load_strict, read_state_dict_file, read_weights
 from cytotune.models.errors import MissingDependencyError
 from cytotune.models.families.base import Family
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 VISUAL_PREFIX = "visual."
 INSTALL_HINT = 'pip install "cytotune[conch]"'

@@ -17,16 +17,17 @@ from __future__ import annotations
 import contextlib
 import inspect
 from pathlib import Path
-from typing import Iterator, Optional
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from cytotune.models import hub
 from cytotune.models.card import ModelCard
 from cytotune.models.checkpoint import config_file, read_state_dict_file, read_weights
 from cytotune.models.errors import CheckpointError, CheckpointMismatchError
 from cytotune.models.families.base import Family
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CONFIG_NAME = "config.json"
 DEFAULT_ARCHITECTURE = "ViTModel"
@@ -88,6 +89,8 @@ class HFViTFamily(Family):
         return cls(config if config is not None else self.config(card), **self._init_kwargs(cls))
 
     def _load(self, card: ModelCard, state_dict: dict, source: str, config) -> nn.Module:
+        import torch
+
         cls = self.model_class(card)
         with _quiet_transformers():
             model, info = cls.from_pretrained(

@@ -21,13 +21,9 @@ import difflib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Optional
 
 from cytotune.models import hub
-from cytotune.models.attention import convert_multihead_attention
 from cytotune.models.card import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ModelCard, Preprocessing
 from cytotune.models.checkpoint import (config_file, load_strict, read_json, read_state_dict_file,
                                         read_weights)
@@ -35,6 +31,9 @@ from cytotune.models.errors import CheckpointError, UnknownModelError, WeightsUn
 from cytotune.models.families.base import Family
 from cytotune.models.targets import (OPEN_CLIP_VIT_TARGETS, matching_targets, merge_targets,
                                      pick_default_targets, timm_vit_targets)
+
+if TYPE_CHECKING:  # torch is imported where a model is built, not here
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +118,8 @@ class OpenClipFamily(Family):
         return _build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=cfg["quick_gelu"])
 
     def prepare(self, card: ModelCard, model: nn.Module) -> nn.Module:
+        from cytotune.models.attention import convert_multihead_attention
+
         convert_multihead_attention(model)
         return model
 
@@ -316,6 +317,7 @@ class OpenClipFamily(Family):
 
     def build_text_tower(self, card: ModelCard, *, pretrained: bool = True,
                          weights: Optional[Path] = None, tokenizer: Optional[str] = None):
+        from cytotune.models.attention import convert_multihead_attention
         from cytotune.models.text import TextTower
 
         state_dict, source, model_cfg = None, "", None
@@ -366,6 +368,7 @@ class OpenClipFamily(Family):
     # -- cards on the fly -----------------------------------------------------------------------
     def card_from_name(self, spec: str) -> ModelCard:
         import open_clip
+        import torch
         from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
         name = f"open_clip:{spec}"

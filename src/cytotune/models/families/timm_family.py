@@ -12,10 +12,7 @@ import importlib
 import math
 import sys
 from pathlib import Path
-from typing import Optional
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Optional
 
 from cytotune.models import hub
 from cytotune.models.card import ModelCard, Preprocessing, resolve_kwargs
@@ -24,6 +21,10 @@ from cytotune.models.convert import EFFICIENTNET_PYTORCH, Converter
 from cytotune.models.errors import CheckpointError, UnknownModelError, WeightsUnavailableError
 from cytotune.models.families.base import Family
 from cytotune.models.targets import TIMM_TARGETS, matching_targets, pick_default_targets
+
+if TYPE_CHECKING:  # torch is imported where a model is built or run, not here
+    import torch
+    from torch import nn
 
 HF_HUB_PREFIX = "hf-hub:"
 
@@ -158,6 +159,9 @@ class TimmFamily(Family):
         return x, int(getattr(model, "num_prefix_tokens", 0))
 
     def tiny_card(self, card: ModelCard) -> ModelCard:
+        import torch
+        from torch import nn
+
         with torch.device("meta"):
             model = self.create(card)
         if hasattr(model, "patch_embed") and hasattr(model, "blocks"):  # ViT-style: shrink
@@ -176,6 +180,8 @@ class TimmFamily(Family):
 
     # -- cards on the fly -----------------------------------------------------------------------
     def card_from_name(self, name: str) -> ModelCard:
+        import torch
+
         timm = _timm()
         base = name.split(".", 1)[0]
         if not timm.is_model(base):
@@ -216,6 +222,8 @@ class TimmFamily(Family):
 
 
 def _meta_output_dim(model: nn.Module, size: int) -> int:
+    import torch
+
     try:
         with torch.no_grad():
             out = model(torch.empty(1, 3, size, size, device="meta"))

@@ -1,11 +1,13 @@
 """Training methods as registry entries: each turns prepared data and a backbone into a trained
 classifier and its evaluations. A new method (full fine-tuning, zero-shot ...) is one module here
-registered with :func:`register_method`; the runner, sweeps and the CLI read the registry.
+registered with :func:`register_method`; the runner reads the registry. The names alone live in
+:mod:`cytotune.training.method_registry` (no torch), which sweeps and the CLI check.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+from cytotune.training.method_registry import TRAINING_FREE, declare_method
 from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
                                             new_head)
 from cytotune.training.methods.full import run_full_finetune
@@ -16,9 +18,6 @@ from cytotune.training.methods.zero_shot import run_zero_shot
 MethodFn = Callable[[MethodContext], MethodResult]
 
 METHODS: dict[str, MethodFn] = {}
-# methods that train nothing (zero-shot): no learning rate, seed or sample size changes their
-# test result, so sweeps run them once per (data set, backbone)
-TRAINING_FREE: set[str] = set()
 
 
 def register_method(name: str, fn: MethodFn, *, replace: bool = False,
@@ -28,10 +27,7 @@ def register_method(name: str, fn: MethodFn, *, replace: bool = False,
     if name in METHODS and not replace:
         raise ValueError(f"method {name!r} is already registered")
     METHODS[name] = fn
-    if trains:
-        TRAINING_FREE.discard(name)
-    else:
-        TRAINING_FREE.add(name)
+    declare_method(name, trains=trains)  # TRAINING_FREE is the name registry's set
     return fn
 
 

@@ -1,0 +1,39 @@
+"""Training-method names without their implementations.
+
+Configs, sweeps and the CLI check a method name here, which imports nothing heavy; the
+functions themselves are registered in :mod:`cytotune.training.methods` (``METHODS``), imported
+only when a run happens. :func:`cytotune.training.methods.register_method` adds a name to both.
+"""
+from __future__ import annotations
+
+# name -> whether the method trains; in registration order (the order error messages list them)
+_TRAINS: dict[str, bool] = {}
+# methods that train nothing (zero-shot): no learning rate, seed or sample size changes their
+# test result, so sweeps run them once per (data set, backbone); the same set object is
+# cytotune.training.methods.TRAINING_FREE
+TRAINING_FREE: set[str] = set()
+
+
+def declare_method(name: str, *, trains: bool = True) -> None:
+    """Make ``name`` a known method (``trains=False``: it learns nothing from the training
+    split); declaring a known name again updates it."""
+    _TRAINS[name] = trains
+    if trains:
+        TRAINING_FREE.discard(name)
+    else:
+        TRAINING_FREE.add(name)
+
+
+def method_names() -> list[str]:
+    """The known methods, in registration order."""
+    return list(_TRAINS)
+
+
+def is_known_method(name: str) -> bool:
+    return name in _TRAINS
+
+
+for _name, _trains in (("linear", True), ("lora", True), ("zero-shot", False), ("full", True)):
+    declare_method(_name, trains=_trains)  # the built-ins of cytotune.training.methods
+
+__all__ = ["TRAINING_FREE", "declare_method", "method_names", "is_known_method"]
