@@ -259,7 +259,7 @@ def _interrupted_message(args: argparse.Namespace) -> str:
                     + "; run the same command again to train the others")
         if out:
             return (f"the run was not written ({out} was left as it was, the partial run "
-                    f"removed); a single run does not resume: run the command again to train "
+                    f"removed); a single run starts over: run the command again to train "
                     f"it from the start ({cached})")
         return f"the run stopped; no run was written ({cached} by the next run)"
     if args.command == "sweep":

@@ -59,6 +59,7 @@ class _Tracker(TrainingObserver):
         raise NotImplementedError
 
     def planned(self, steps: int, detail: str = "") -> None:
+        self.estimated = False  # a new run (leave-one-domain-out trains several)
         if steps:
             self.say(f"planned: {steps} optimizer steps" + (f" ({detail})" if detail else ""))
 

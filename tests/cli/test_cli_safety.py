@@ -199,6 +199,6 @@ def test_ctrl_c_on_a_single_run_removes_it_and_says_it_starts_over(synthetic_dat
             proc.kill()
     assert proc.returncode == 130, output
     assert "interrupted: the run was not written" in output and "Traceback" not in output
-    assert "does not resume" in output and "from the start" in output
+    assert "starts over" in output and "from the start" in output
     assert "cached are reused" in output and "run the same command again to resume" not in output
     assert list(runs.iterdir()) == []
