@@ -115,19 +115,23 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cytotune.api import build_config
+    from cytotune.progress_display import progress_display
+    from cytotune.training.progress import observing
     from cytotune.training.runner import run_training
 
     config = build_config(args.config, **train_options(args))
     if args.leave_one_domain_out:
         from cytotune.training.leave_one_domain_out import run_leave_one_domain_out
 
-        results = run_leave_one_domain_out(config)  # finished domains are kept, not retrained
+        with observing(progress_display()):  # finished domains are kept, not retrained
+            results = run_leave_one_domain_out(config)
         if results:
             _print_results(results)
         if config.out:
             console.print(f"runs and leave_one_domain_out.csv in [bold]{config.out}[/bold]")
         return 0
-    result = run_training(config)
+    with observing(progress_display()):  # phases, steps, ETA on stderr
+        result = run_training(config)
     _print_results([result])
     if result.out_dir:
         console.print(f"run written to [bold]{result.out_dir}[/bold]")
@@ -247,16 +251,20 @@ DEBUG_ENV = "CYTOTUNE_DEBUG"
 
 
 def _interrupted_message(args: argparse.Namespace) -> str:
-    """What an interrupted command leaves behind, per command (a single run is not resumed)."""
+    """What an interrupted command leaves behind, per command. A single run is not resumed: its
+    staging folder is removed (checked with a real SIGINT in tests/cli/test_cli_safety.py);
+    only the cache (decoded images, frozen features) keeps what was computed."""
     if args.command == "train":
         out = getattr(args, "out", None)
+        cached = "decoded images and features already cached are reused"
         if getattr(args, "leave_one_domain_out", False):
             return ("finished domains' runs are kept" + (f" in {out}" if out else "")
                     + "; run the same command again to train the others")
         if out:
             return (f"the run was not written ({out} was left as it was, the partial run "
-                    f"removed); run the command again to train it from the start")
-        return "the run stopped; nothing was written"
+                    f"removed); a single run starts over: run the command again to train "
+                    f"it from the start ({cached})")
+        return f"the run stopped; no run was written ({cached} by the next run)"
     if args.command == "sweep":
         return "finished runs are kept in the store; run the same command again to resume"
     return "stopped"

@@ -56,3 +56,16 @@ def test_group_pattern_flag_reaches_the_data_options():
     assert build_config(**train_options(args)).data.options["group_pattern"] == r"^(.+)_\d+\.png$"
     args = build_parser().parse_args(["train", "--data", "x", "--layout", "mlcc", "--group-pattern", ""])
     assert build_config(**train_options(args)).data.options["group_pattern"] == ""
+
+
+def test_train_prints_the_planned_steps_and_progress_lines(synthetic_data, tiny_model_names,
+                                                           tmp_path, capsys):
+    """Off a terminal (as here), progress is plain lines on stderr; the table stays on stdout."""
+    code = main(["train", "--data", str(synthetic_data), "--model", tiny_model_names["uni"],
+                 "--pretrained", "false", "--method", "lora", "--rank", "2", "--shots", "2",
+                 "--steps", "6", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "planned: 6 optimizer steps (set by --steps)" in captured.err
+    assert "training 6/6 (100 %)" in captured.err and "estimated training time" in captured.err
+    assert "planned:" not in captured.out and "test metrics" in captured.out

@@ -167,3 +167,38 @@ def test_sigterm_stops_a_training_run_and_leaves_no_partial_folder(synthetic_dat
     assert proc.returncode == 143, output
     assert "terminated" in output and "Traceback" not in output
     assert list(runs.iterdir()) == []  # neither a partial folder nor a run
+
+
+def test_ctrl_c_on_a_single_run_removes_it_and_says_it_starts_over(synthetic_data,
+                                                                   tiny_model_names, tmp_path):
+    """A real SIGINT (what Ctrl-C sends) mid-training: exit 130, no partial folder left, and a
+    message for a single run (it restarts from scratch; only the cache is kept), not the
+    sweep's "resume"."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    cmd = [sys.executable, "-m", "cytotune.cli", "train", "--data", str(synthetic_data),
+           "--model", tiny_model_names["uni"], "--pretrained", "false", "--method", "lora",
+           "--rank", "2", "--shots", "2", "--steps", "1000000", "--val-every", "1000000",
+           "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--out", str(runs / "r")]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            staged = [p for p in runs.iterdir() if ".partial-" in p.name]
+            log = staged[0] / "train.log" if staged else None
+            if log is not None and log.exists() and "data " in log.read_text():
+                break
+            time.sleep(0.2)
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "interrupted: the run was not written" in output and "Traceback" not in output
+    assert "starts over" in output and "from the start" in output
+    assert "cached are reused" in output and "run the same command again to resume" not in output
+    assert list(runs.iterdir()) == []

@@ -64,7 +64,12 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                    help="sweep YAML file, or a shipped experiment (see --list)")
     p.add_argument("--list", action="store_true", help="list the shipped experiments and exit")
     p.add_argument("--store", default=DEFAULT_STORE, help=f"result store (default {DEFAULT_STORE})")
-    p.add_argument("--dry-run", action="store_true", help="print the runs and what is done; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the runs, what is done and which backbones have no weights here; "
+                        "run nothing, write nothing")
+    p.add_argument("--datasets", action="append", metavar="NAME[,NAME...]",
+                   help="run only these data sets of the sweep (default: every data set whose "
+                        "environment variables are set; the others are skipped with a line)")
     p.add_argument("--devices", nargs="+", metavar="DEVICE",
                    help="e.g. cuda:0 cuda:1 (one worker process per device); default: in process")
     p.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[],
@@ -135,7 +140,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.executor != "ray":
             raise ValueError("--address is an option of --executor ray")
         executor_options["address"] = address
-    sweep = load_sweep(args.sweep, overrides=dict(args.overrides))
+    sweep = load_sweep(args.sweep, overrides=dict(args.overrides),
+                       datasets=_split_list(getattr(args, "datasets", None)),
+                       skip_unset_datasets=True)
     summary = run_sweep(sweep, args.store, executor=args.executor,
                         devices=_split_list(args.devices), dry_run=args.dry_run,
                         progress=not args.quiet, retry_failed=args.retry_failed,

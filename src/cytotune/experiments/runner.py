@@ -32,7 +32,6 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
-from rich.table import Table
 
 from cytotune.experiments.executors import (ChunkQueue, Executor, RunOutcome, RunStarted,
                                             RunTask, WorkerSetup, get_executor)
@@ -288,21 +287,29 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
     if not ttl > 0:
         raise ValueError(f"lease_ttl must be a positive number of seconds, got {lease_ttl}")
     sweep = load_sweep(sweep)
+    console = console or Console(stderr=True)
+    if sweep.skipped_datasets:
+        from cytotune.experiments.dataset_selection import skipped_line
+        line = skipped_line(sweep.skipped_datasets, list(sweep.datasets))
+        if progress:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            log.warning(line)
+    if dry_run:
+        return _dry_run(sweep, store, progress, retry_failed, console)
     if not isinstance(store, ResultStore):
         try:
             store = ResultStore(store)
         except (sqlite3.Error, OSError) as err:
             raise StoreWriteError(f"cannot open the result store {store}: {err}") from None
-    console = console or Console(stderr=True)
     runs = sweep.runs()
-    if not dry_run:
-        try:
-            kept = load_pending(store)
-        except (sqlite3.Error, OSError) as err:
-            raise StoreWriteError(f"cannot write to the result store {store.path}: {err}") from None
-        if kept:
-            log.info("%d finished runs kept while %s could not be written were recorded now",
-                     kept, store.path)
+    try:
+        kept = load_pending(store)
+    except (sqlite3.Error, OSError) as err:
+        raise StoreWriteError(f"cannot write to the result store {store.path}: {err}") from None
+    if kept:
+        log.info("%d finished runs kept while %s could not be written were recorded now",
+                 kept, store.path)
     done = store.done_ids()
     failed_before = store.failed_ids() if not retry_failed else set()
     todo = [r for r in runs if r.run_id not in done and r.run_id not in failed_before]
@@ -310,12 +317,7 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
                            already_done=sum(r.run_id in done for r in runs),
                            skipped_failed=sum(r.run_id in failed_before and r.run_id not in done
                                               for r in runs),
-                           runs=runs, dry_run=dry_run)
-    if dry_run:
-        if progress:
-            _print_plan(console, sweep, runs, done, failed_before)
-            console.print(summary.line())
-        return summary
+                           runs=runs)
     if not todo:
         if progress:
             console.print(summary.line())
@@ -339,9 +341,10 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[left]} left, [red]{task.fields[failed]} failed[/red]"),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   TextColumn("{task.fields[current]}"), console=console, disable=not progress,
-                   transient=False)
-    task_id = bar.add_task(sweep.name, total=len(todo), left=len(todo), failed=0, current="")
+                   TextColumn("{task.fields[current]}"), TextColumn("[cyan]{task.fields[run]}"),
+                   console=console, disable=not progress, transient=False)
+    task_id = bar.add_task(sweep.name, total=len(todo), left=len(todo), failed=0, current="",
+                           run="")
     in_flight: dict[str, str] = {}
 
     def store_failed(err: BaseException) -> None:
@@ -411,8 +414,13 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
                       f"{summary.already_done} already in {store.path}, {len(todo)} to run on "
                       f"{runner.describe()}")
     keeper = _LeaseKeeper(store, owner, ttl)
+    from cytotune.experiments.run_progress import SweepRunProgress
+    from cytotune.training.progress import TrainingObserver, observing
+
+    run_progress = (SweepRunProgress(lambda text: bar.update(task_id, run=text)) if progress
+                    else TrainingObserver())
     try:
-        with bar:
+        with bar, observing(run_progress):  # phase and step of an in-process run
             runner.execute(queue, report)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -465,21 +473,19 @@ def _current(in_flight: Mapping[str, str]) -> str:
     return labels[0] if len(labels) == 1 else f"{labels[0]} (+{len(labels) - 1} more)"
 
 
-def _print_plan(console: Console, sweep: SweepConfig, runs: Sequence[PlannedRun],
-                done: set[str], failed: set[str]) -> None:
-    table = Table(title=f"sweep {sweep.name}: {len(runs)} runs")
-    for col in ("#", "run id", "dataset", "backbone", "method", "sample", "seed", "lr", "status"):
-        table.add_column(col, justify="right" if col in ("#", "seed", "lr") else "left")
-    indices = list(range(len(runs)))
-    if len(runs) > 200:
-        indices = indices[:100] + [-1] + indices[-20:]
-    for i in indices:
-        if i < 0:
-            table.add_row("...", "", "", "", "", "", "", "", "")
-            continue
-        run = runs[i]
-        status = "done" if run.run_id in done else ("failed (skipped)" if run.run_id in failed
-                                                    else "to run")
-        table.add_row(str(i + 1), run.run_id, run.dataset, run.backbone, run.method, run.sample,
-                      str(run.seed), f"{run.lr:g}", status)
-    console.print(table)
+def _dry_run(sweep: SweepConfig, store: Union[ResultStore, str, Path], progress: bool,
+             retry_failed: bool, console: Console) -> SweepSummary:
+    """The plan, what the store holds and the backbones without weights here; writes nothing."""
+    from cytotune.experiments.plan import print_plan, print_weights, stored_ids
+
+    runs = sweep.runs()
+    done, failed, path = stored_ids(store, retry_failed)
+    summary = SweepSummary(sweep=sweep.name, store=path, planned=len(runs),
+                           already_done=sum(r.run_id in done for r in runs),
+                           skipped_failed=sum(r.run_id in failed and r.run_id not in done
+                                              for r in runs), runs=runs, dry_run=True)
+    if progress:
+        print_plan(console, sweep, runs, done, failed, path)
+        print_weights(console, sweep)
+        console.print(summary.line())
+    return summary

@@ -49,7 +49,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from cytotune.training.config import (DEFAULT_LINEAR_EPOCHS, ConfigError, TrainConfig,
                                       check_number, coerce_value, dataclass_from_dict,
@@ -186,6 +186,8 @@ class SweepConfig:
     # image-tower LoRA runs trained together on one backbone (cytotune.training.group): 1 runs
     # them one by one; results are the same either way, only the speed differs
     pack_size: int = 1
+    # data sets left out because their environment variables are unset: name -> why
+    skipped_datasets: dict[str, str] = field(default_factory=dict, compare=False)
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -652,18 +654,22 @@ def _check_models(backbones: list[str]) -> None:
 def load_sweep(sweep: "SweepConfig | Mapping[str, Any] | str | Path", *,
                overrides: Optional[Mapping[str, Any]] = None,
                environ: Optional[Mapping[str, str]] = None,
-               check_models: bool = True) -> SweepConfig:
+               check_models: bool = True, datasets: Optional[Sequence[str]] = None,
+               skip_unset_datasets: bool = False) -> SweepConfig:
     """A sweep from a SweepConfig, a dict, a YAML path, or the name of a shipped experiment
     (see :func:`cytotune.experiments.list_experiments`).
 
     ``overrides`` maps dotted option paths to values applied before validation, e.g.
-    ``{"base.optim.steps": 10, "seeds": [1]}``.
+    ``{"base.optim.steps": 10, "seeds": [1]}``. ``datasets``: run only these data sets;
+    ``skip_unset_datasets``: leave out the data sets whose environment variables are unset
+    (listed in ``skipped_datasets``) instead of failing, unless none is left.
     """
     from cytotune.experiments.catalog import experiment_path, list_experiments
 
     source_path = None
+    narrowed = bool(datasets) or skip_unset_datasets
     if isinstance(sweep, SweepConfig):
-        if not overrides:
+        if not overrides and not narrowed:
             return sweep
         values: Any = sweep.to_dict()
         source_path = sweep.source_path
@@ -676,7 +682,7 @@ def load_sweep(sweep: "SweepConfig | Mapping[str, Any] | str | Path", *,
         if not path.exists():
             raise ConfigError(f"sweep {str(sweep)!r} is neither a file nor a shipped experiment "
                               f"({', '.join(list_experiments())})")
-        if not overrides:
+        if not overrides and not narrowed:
             return SweepConfig.from_yaml(path, environ=environ, check_models=check_models)
         values = load_yaml_file(path) or {}
         source_path = str(path)
@@ -685,11 +691,17 @@ def load_sweep(sweep: "SweepConfig | Mapping[str, Any] | str | Path", *,
                           f"{type(sweep).__name__}")
     for key, value in (overrides or {}).items():
         apply_override(values, key, value)
+    skipped: dict[str, str] = {}
     try:
+        if narrowed and isinstance(values, dict):
+            from cytotune.experiments.dataset_selection import select_datasets
+            skipped = select_datasets(values, datasets, os.environ if environ is None else environ,
+                                      skip_unset_datasets)
         result = SweepConfig.from_dict(values, environ=environ, check_models=check_models)
     except ConfigError as err:
         raise ConfigError(f"{source_path}: {err}" if source_path else str(err)) from None
     result.source_path = source_path
+    result.skipped_datasets = skipped
     return result
 
 

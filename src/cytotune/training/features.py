@@ -26,6 +26,7 @@ from safetensors.torch import save as save_safetensors
 from cytotune.data import cachefiles
 from cytotune.training.augment import normalise
 from cytotune.training.config import PRECISIONS
+from cytotune.training.progress import observer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def extract_features(backbone: torch.nn.Module, pixels: torch.Tensor, mean, std,
             with autocast_for(device, precision):
                 feats = backbone(normalise(batch, mean, std))
             out.append(feats.float().cpu())
+            observer().advance(len(batch))
     finally:
         backbone.train(was_training)
     if not out:

@@ -40,6 +40,7 @@ from cytotune.training.loop import RunLogFilter, run_scope, set_current_run
 from cytotune.training.methods import MethodContext, SplitTensors
 from cytotune.training.methods.base import needs_text_encoder
 from cytotune.training.methods.linear import freeze, linear_problem, linear_result
+from cytotune.training.progress import observer
 from cytotune.training.rundir import RunWriter
 from cytotune.training.runner import (RunData, RunResult, _decode, _write_run, assemble_result,
                                       build_run_backbone, build_run_text_encoder,
@@ -210,7 +211,9 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
     t0 = time.perf_counter()
     rows = np.unique(np.concatenate([idx for m in live for idx in
                                      wanted_splits(m.config, m.prepared.indices).values()]))
+    observer().phase("decoding", len(rows))
     union = _decode(store, data, rows, pre, first.data.skip_bad_images, "union")
+    observer().advance(len(rows))
     position = {int(r): i for i, r in enumerate(union.rows)}
     decode_s = time.perf_counter() - t0
     keep_pixels = first.method != "linear"  # linear probes need only their features
@@ -327,6 +330,7 @@ def _linear_group(members: list[_Member], backbone, union: SplitTensors,
     """Every member's head trained at once on one extraction of the union's features."""
     ctx0 = members[0].ctx
     freeze(backbone, device)
+    observer().phase("features", len(union.labels))
     feats, seconds, hit = ctx0.feature_cache.features(
         backbone, backbone.weights_fingerprint(), union.pixels, union.images_key, device,
         ctx0.config.precision, union.image_keys)

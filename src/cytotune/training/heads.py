@@ -23,6 +23,7 @@ from torch import nn
 
 from cytotune.training.loop import (BestState, EvalResult, FitHistory, batch_order,
                                     record_evaluation)
+from cytotune.training.progress import observer
 from cytotune.training.schedule import warmup_cosine_factor
 from cytotune.training.task import SINGLE_LABEL, Task
 
@@ -123,6 +124,8 @@ def fit_linear_heads(problems: list[HeadProblem], device: torch.device,
         problems[k].head.bias.copy_(bias[k])
 
     start = time.perf_counter()
+    progress = observer()
+    progress.phase("training", total)
     for step in range(1, total + 1):
         active = [k for k, p in enumerate(problems) if step <= p.steps]
         batches = [next(orders[k]) for k in active]
@@ -157,6 +160,8 @@ def fit_linear_heads(problems: list[HeadProblem], device: torch.device,
                     result = p.validate(p.head)
                 record_evaluation(history, step, p.steps, float(losses[row].detach()), result)
                 bests[k].offer(history, step, result)
+        progress.step(step, total)
+    progress.phase("evaluation")
     elapsed = time.perf_counter() - start
     for k, (p, history, best) in enumerate(zip(problems, histories, bests)):
         write_back(k)

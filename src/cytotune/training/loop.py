@@ -18,6 +18,7 @@ from typing import Any, Callable, Hashable, Iterator, Optional
 
 import torch
 
+from cytotune.training.progress import observer
 from cytotune.training.schedule import warmup_cosine
 from cytotune.training.task import SINGLE_LABEL, Task
 
@@ -143,6 +144,8 @@ def record_evaluation(history: FitHistory, step: int, steps: int, train_loss: fl
                                 **({} if result.score is None else {"val_score": result.score})})
     log.info("step %d/%d  train loss %.4f  val loss %.4f  val acc %.4f", step, steps, train_loss,
              result.loss, result.accuracy)
+    observer().evaluation(step, {"val_accuracy": result.accuracy, "val_loss": result.loss,
+                                 **({} if result.score is None else {"val_score": result.score})})
 
 
 def batch_order(num_items: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -201,6 +204,8 @@ def fit(module: torch.nn.Module, train_step_loss: Callable[[Any], torch.Tensor],
     trainable_names = [n for n, p in module.named_parameters() if p.requires_grad]
     best = BestState(lambda: _snapshot(module, trainable_names))
     start = time.perf_counter()
+    progress = observer()
+    progress.phase("training", steps)
 
     module.train()
     for step in range(1, steps + 1):
@@ -226,6 +231,8 @@ def fit(module: torch.nn.Module, train_step_loss: Callable[[Any], torch.Tensor],
             record_evaluation(history, step, steps, float(loss.detach()), result)
             best.offer(history, step, result)
             history.validation_seconds += time.perf_counter() - t1
+        progress.step(step, steps)
+    progress.phase("evaluation")
     module.eval()
     best.restore(history, {**dict(module.named_parameters()), **dict(module.named_buffers())})
     history.seconds = time.perf_counter() - start

@@ -28,6 +28,7 @@ from cytotune.training.loop import (BestState, EvalResult, FitHistory, batch_ord
                                     evaluate_logits, record_evaluation, run_scope)
 from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
                                             image_batch_fetcher, initial_head)
+from cytotune.training.progress import observer
 from cytotune.training.schedule import per_group_warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,11 @@ def _fit_packed(model: PackedClassifier, routing, ctxs: list[MethodContext],
     histories = [FitHistory() for _ in ctxs]
     bests = [BestState(lambda p=p: p) for p in run_params]
     start = time.perf_counter()
+    total = max(c.steps for c in ctxs)
+    progress = observer()
+    progress.phase("training", total)
     model.train()
-    for step in range(1, max(c.steps for c in ctxs) + 1):
+    for step in range(1, total + 1):
         t0 = time.perf_counter()
         active = [k for k, c in enumerate(ctxs) if step <= c.steps]
         batches = [fetches[k](next(orders[k])) for k in active]
@@ -198,6 +202,8 @@ def _fit_packed(model: PackedClassifier, routing, ctxs: list[MethodContext],
                 model.train()
                 bests[k].offer(history, step, result)
                 history.validation_seconds += time.perf_counter() - t1
+        progress.step(step, total)
+    progress.phase("evaluation")
     model.eval()
     elapsed = time.perf_counter() - start
     for params, history, best in zip(run_params, histories, bests):

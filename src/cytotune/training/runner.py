@@ -33,6 +33,7 @@ from cytotune.training.features import FeatureCache, resolve_precision
 from cytotune.training.methods import METHODS, TRAINING_FREE, MethodContext, SplitTensors
 from cytotune.training.methods.base import needs_text_encoder
 from cytotune.training.metrics import coarse_class_map, coarse_level_metrics
+from cytotune.training.progress import observer, step_plan
 from cytotune.training.rundir import RunWriter
 from cytotune.training.task import Task, task_for
 
@@ -277,6 +278,8 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     device = resolve_device(config.device)
     reset_peak_memory(device)
     prepared = prepare_run_data(config)
+    progress = observer()
+    progress.planned(*step_plan(config, len(prepared.indices.train)))
     backbone = build_run_backbone(config)
     weights_fingerprint = starting_weights_fingerprint(config, backbone)
     text_encoder = build_run_text_encoder(config) if needs_text_encoder(config) else None
@@ -284,8 +287,12 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=config.num_workers)
     t0 = time.perf_counter()
     pre = backbone.preprocessing
-    splits = {name: _decode(store, prepared.data, idx, pre, config.data.skip_bad_images, name)
-              for name, idx in wanted_splits(config, prepared.indices).items()}
+    wanted = wanted_splits(config, prepared.indices)
+    progress.phase("decoding", sum(len(idx) for idx in wanted.values()))
+    splits = {}
+    for name, idx in wanted.items():
+        splits[name] = _decode(store, prepared.data, idx, pre, config.data.skip_bad_images, name)
+        progress.advance(len(idx))
     splits.setdefault("train", _no_images(pre.image_size))
     decode_s = time.perf_counter() - t0
 
@@ -295,6 +302,8 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
                         device=device, feature_cache=FeatureCache(cache_dir),
                         steps=run_steps(config, splits), prompts=prepared.prompts,
                         text_encoder=text_encoder, task=prepared.task)
+    if config.method in TRAINING_FREE:
+        progress.phase("evaluation")
     outcome = METHODS[config.method](ctx)
     result = assemble_result(config, prepared, splits["test"], outcome,
                              {"decode_s": decode_s}, started, device,

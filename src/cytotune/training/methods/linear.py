@@ -15,6 +15,7 @@ from cytotune.training.heads import HeadProblem, fit_linear_heads
 from cytotune.training.loop import EvalResult, FitHistory, evaluate_logits
 from cytotune.training.methods.base import (MethodContext, MethodResult, SplitTensors,
                                             initial_head)
+from cytotune.training.progress import observer
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ def frozen_features(ctx: MethodContext, split: SplitTensors,
                                                      ctx.config.precision, split.image_keys)
     log.info("features for %d images: %s", len(split.labels),
              "cache hit" if hit else f"extracted in {seconds:.1f}s")
+    if hit:  # extraction reports its own batches
+        observer().advance(len(split.labels))
     return feats, seconds
 
 
@@ -100,6 +103,7 @@ def run_linear_probe(ctx: MethodContext) -> MethodResult:
     """Frozen backbone: cached clean features, then a linear head trained with AdamW."""
     freeze(ctx.backbone, ctx.device)
     fingerprint = ctx.backbone.weights_fingerprint()
+    observer().phase("features", sum(len(s.labels) for s in (ctx.train, ctx.val, ctx.test)))
     (f_train, t1), (f_val, t2), (f_test, t3) = (frozen_features(ctx, s, fingerprint)
                                                 for s in (ctx.train, ctx.val, ctx.test))
     f_train, f_val, f_test = (f.to(ctx.device) for f in (f_train, f_val, f_test))
