@@ -9,7 +9,6 @@ import errno
 import logging
 import os
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence

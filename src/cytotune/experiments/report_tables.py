@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from cytotune.experiments.report_variants import CELL, SETTING, VARIANT, add_variants
+from cytotune.experiments.report_variants import CELL, VARIANT, add_variants
 
 REPORT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "average_precision")
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
