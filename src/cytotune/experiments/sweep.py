@@ -262,11 +262,14 @@ class SweepConfig:
         """(samples, seeds, learning rates) of one method. A training-free method (zero-shot)
         learns nothing from the training split, so neither the sample size, the seed nor the
         learning rate changes its test result: it runs once, on the whole split with the first
-        seed and learning rate (the report draws it as the 0-shot point)."""
-        from cytotune.training.method_registry import TRAINING_FREE
+        seed and learning rate (the report draws it as the 0-shot point). A feature probe
+        (prototype, knn, logreg) takes no learning rate: one run per sample and seed."""
+        from cytotune.training.method_registry import FEATURE_PROBES, TRAINING_FREE
 
         if method in TRAINING_FREE:
             return [(None, None)], list(self.seeds[:1]), self.lrs_for(method)[:1]
+        if method in FEATURE_PROBES:
+            return self.samples(), list(self.seeds), self.lrs_for(method)[:1]
         return self.samples(), list(self.seeds), self.lrs_for(method)
 
     def runs(self) -> list[PlannedRun]:
@@ -599,9 +602,10 @@ def _parse_lrs(value: Any, methods: list[str]) -> Optional[Union[list[float], di
         if unknown:
             raise ConfigError(f"lrs: grid for method(s) {', '.join(map(str, unknown))} that the "
                               f"sweep does not run ({', '.join(methods)})")
-        from cytotune.training.method_registry import TRAINING_FREE
+        from cytotune.training.method_registry import FEATURE_PROBES, TRAINING_FREE
 
-        missing = [m for m in methods if m not in value and m not in TRAINING_FREE]
+        missing = [m for m in methods
+                   if m not in value and m not in TRAINING_FREE and m not in FEATURE_PROBES]
         if missing:
             raise ConfigError(f"lrs: no learning rates for method(s) {', '.join(missing)}")
         return {m: grid(value[m], f"lrs.{m}") for m in methods if m in value}

@@ -39,6 +39,7 @@ from cytotune.inference.model import CytotuneModel, load
 from cytotune.inference.modelcard import licence_notice, model_card_markdown
 from cytotune.inference.run import RunFiles, read_run
 from cytotune.training.methods.base import head_takes_normalised_features
+from cytotune.training.methods.probe_heads import PROBE_HEAD_KEYS
 from cytotune.models import FusedSelfAttention
 
 log = logging.getLogger(__name__)
@@ -564,6 +565,12 @@ def export(run_dirs: Union[PathLike, Sequence[PathLike]], out: PathLike,
         raise ExportError("no run directory given")
     runs = [read_run(r) for r in run_dirs]
     _check_same_setting(runs)
+    if runs[0].config.method in PROBE_HEAD_KEYS:
+        raise ExportError(
+            f"run {runs[0].path} is a {runs[0].config.method!r} run, whose head (a "
+            f"{'centred cosine nearest-mean' if runs[0].config.method == 'prototype' else 'k-nearest-neighbour'} "
+            f"classifier) no export format rebuilds; use cytotune.load or cytotune predict on the "
+            f"run directory (a 'logreg' or 'linear' run exports)")
     out = Path(out).expanduser()
     if model is None:
         model = load(runs[0].path, device="cpu")

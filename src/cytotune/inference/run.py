@@ -17,6 +17,7 @@ from torch import nn
 
 from cytotune.training.config import ConfigError, TrainConfig
 from cytotune.training.methods.base import NormalisedLinear, head_takes_normalised_features
+from cytotune.training.methods.probe_heads import PROBE_HEAD_KEYS, head_from_tensors
 
 PathLike = Union[str, Path]
 
@@ -124,12 +125,14 @@ def _safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise RunDirError(f"{path} is not a readable safetensors file: {err}") from err
 
 
-def load_head(run: RunFiles, feature_dim: int) -> nn.Linear:
+def load_head(run: RunFiles, feature_dim: int) -> nn.Module:
     """The run's linear head, checked against the class names and the backbone's feature width
     (a :class:`NormalisedLinear` for runs whose classifier is CLIP's, see
-    ``head_takes_normalised_features``)."""
+    ``head_takes_normalised_features``; a prototype or kNN head for those methods)."""
     tensors, meta = _safetensors(run.head)
     where = str(run.head)
+    if run.config.method in PROBE_HEAD_KEYS:
+        return _load_probe_head(run, feature_dim, tensors, meta)
     if set(tensors) != set(HEAD_KEYS):
         raise RunDirError(f"{where}: expected the tensors {list(HEAD_KEYS)} of a linear head, "
                           f"found {sorted(tensors)}")
@@ -165,6 +168,38 @@ def load_head(run: RunFiles, feature_dim: int) -> nn.Linear:
         head.weight.copy_(weight.float())
         head.bias.copy_(bias.float())
     return head.eval()
+
+
+def _load_probe_head(run: RunFiles, feature_dim: int, tensors: dict[str, torch.Tensor],
+                     meta: dict[str, str]) -> nn.Module:
+    """A ``prototype`` or ``knn`` run's head, checked like a linear one."""
+    method, where = run.config.method, str(run.head)
+    expected = PROBE_HEAD_KEYS[method]
+    if set(tensors) != set(expected):
+        raise RunDirError(f"{where}: expected the tensors {list(expected)} of a {method} head, "
+                          f"found {sorted(tensors)}")
+    n_classes = len(run.class_names)
+    matrix = tensors["weight" if method == "prototype" else "keys"]
+    classes = matrix.shape[0] if method == "prototype" else int(tensors["num_classes"])
+    problems = []
+    if matrix.dim() != 2 or matrix.shape[1] != feature_dim:
+        problems.append(f"it takes features of shape {tuple(matrix.shape[1:])} but the backbone "
+                        f"'{run.model_name}' gives {feature_dim}-d features")
+    if classes != n_classes:
+        problems.append(f"it has {classes} classes but {METRICS_FILE} lists {n_classes}")
+    if "model" in meta and meta["model"] != run.model_name:
+        problems.append(f"it was trained on model '{meta['model']}' but config.yaml names "
+                        f"'{run.model_name}'")
+    if "classes" in meta and meta["classes"].split("\n") != run.class_names:
+        problems.append(f"its classes differ from {METRICS_FILE}'s {run.class_names}")
+    if not problems and not all(torch.isfinite(t.float()).all() for t in tensors.values()):
+        problems.append("it holds NaN or infinite values")
+    if problems:
+        raise RunDirError(f"head {where} does not fit this run: " + "; ".join(problems))
+    try:
+        return head_from_tensors(method, tensors)
+    except (ValueError, RuntimeError) as err:
+        raise RunDirError(f"head {where} does not fit this run: {err}") from err
 
 
 def build_merged_backbone(run: RunFiles):

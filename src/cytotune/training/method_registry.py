@@ -33,7 +33,12 @@ def is_known_method(name: str) -> bool:
     return name in _TRAINS
 
 
-for _name, _trains in (("linear", True), ("lora", True), ("zero-shot", False), ("full", True)):
+# methods fitted in closed form or over a small validation grid on the cached features: they
+# take no optimiser steps, so no step plan or learning rate applies
+FEATURE_PROBES: frozenset[str] = frozenset({"prototype", "knn", "logreg"})
+
+for _name, _trains in (("linear", True), ("lora", True), ("zero-shot", False), ("full", True),
+                       ("prototype", True), ("knn", True), ("logreg", True)):
     declare_method(_name, trains=_trains)  # the built-ins of cytotune.training.methods
 
-__all__ = ["TRAINING_FREE", "declare_method", "method_names", "is_known_method"]
+__all__ = ["TRAINING_FREE", "FEATURE_PROBES", "declare_method", "method_names", "is_known_method"]

@@ -30,6 +30,7 @@ from cytotune.models import build_backbone, get_card
 from cytotune.models.text import build_text_encoder
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache, resolve_precision
+from cytotune.training.method_registry import FEATURE_PROBES
 from cytotune.training.methods import METHODS, TRAINING_FREE, MethodContext, SplitTensors
 from cytotune.training.methods.base import needs_text_encoder
 from cytotune.training.metrics import coarse_class_map, coarse_level_metrics
@@ -267,7 +268,7 @@ def wanted_splits(config: TrainConfig, indices: RunIndices) -> dict[str, np.ndar
 
 
 def run_steps(config: TrainConfig, splits: dict[str, SplitTensors]) -> int:
-    if config.method in TRAINING_FREE:
+    if config.method in TRAINING_FREE or config.method in FEATURE_PROBES:
         return 0
     return config.optim.resolve_steps(len(splits["train"].labels), config.shots)
 
@@ -358,6 +359,8 @@ def assemble_result(config: TrainConfig, prepared: RunData, test_split: SplitTen
                "environment": run_environment(config, device),
                "fingerprints": {"test_data": test_data_fingerprint(data, test_split),
                                 **({"weights": weights_fingerprint} if weights_fingerprint else {})}}
+    if outcome.hyperparameters:
+        metrics["hyperparameters"] = dict(outcome.hyperparameters)
     if len(indices.test_ood):
         metrics.update(domain_metrics(data, config, task, test_rows, in_domain, targets, probs))
     for level, (level_labels, level_names) in data.label_levels.items():

@@ -10,6 +10,7 @@ from typing import Callable
 from cytotune.training.method_registry import TRAINING_FREE, declare_method
 from cytotune.training.methods.base import (Classifier, MethodContext, MethodResult, SplitTensors,
                                             new_head)
+from cytotune.training.methods.feature_probes import run_knn, run_logreg, run_prototype
 from cytotune.training.methods.full import run_full_finetune
 from cytotune.training.methods.linear import run_linear_probe
 from cytotune.training.methods.lora import run_lora
@@ -35,7 +36,10 @@ register_method("linear", run_linear_probe)
 register_method("lora", run_lora)
 register_method("zero-shot", run_zero_shot, trains=False)
 register_method("full", run_full_finetune)
+register_method("prototype", run_prototype)
+register_method("knn", run_knn)
+register_method("logreg", run_logreg)
 
 __all__ = ["METHODS", "TRAINING_FREE", "register_method", "MethodContext", "MethodResult",
            "SplitTensors", "Classifier", "new_head", "run_linear_probe", "run_lora",
-           "run_zero_shot", "run_full_finetune"]
+           "run_zero_shot", "run_full_finetune", "run_prototype", "run_knn", "run_logreg"]

@@ -57,6 +57,8 @@ class MethodResult:
     trainable_parameters: dict[str, int]
     tensors_to_save: dict[str, dict[str, torch.Tensor]]  # file stem -> tensors
     timings: dict[str, float] = field(default_factory=dict)
+    # what a method chose on validation (knn's k, logreg's C), kept in metrics.json
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 def new_head(feature_dim: int, num_classes: int, seed: int, device: torch.device) -> nn.Linear:

@@ -1,0 +1,160 @@
+"""Cheap few-shot probes on the cached frozen features (the linear probe's feature bank).
+
+- ``prototype``: SimpleShot CL2N (centre on the training mean, L2-normalise, nearest class mean by
+  cosine); no hyper-parameter.
+- ``knn``: cosine k-nearest neighbours with distance-weighted votes; k from a small grid.
+- ``logreg``: multinomial L2 logistic regression (scikit-learn, lbfgs) on standardised
+  features; C from a log grid. The standardisation is folded into the weights, so the run keeps a
+  plain linear head that ``predict`` and ``export`` use unchanged.
+
+Grid values are chosen like the linear probe's best step: the task's validation score (accuracy),
+ties broken by the lower validation loss, then by the first grid value (smaller k, smaller C).
+No optimiser steps are taken: ``--lr``, ``--steps`` and the like do not apply.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cytotune.training.loop import EvalResult, FitHistory
+from cytotune.training.methods.base import MethodContext, MethodResult
+from cytotune.training.methods.linear import evaluate_head, freeze, frozen_features
+from cytotune.training.methods.probe_heads import (PROTOTYPE_TEMPERATURE, CosineKNNHead,
+                                                    prototype_head)
+from cytotune.training.progress import observer
+
+log = logging.getLogger(__name__)
+
+K_GRID: tuple[int, ...] = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50)  # only k <= training images
+C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 4, 9))
+LOGREG_MAX_ITER = 1000
+
+
+def _features(ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Train, val and test features of the run (from the feature cache), on the device."""
+    if ctx.task.multi_label:
+        raise ValueError(f"method {ctx.config.method!r} classifies one label per image; "
+                         f"multi-label data needs method 'linear' or 'lora'")
+    if ctx.config.head_init != "random":
+        raise ValueError(f"method {ctx.config.method!r} builds its head from the training "
+                         f"features; head_init={ctx.config.head_init!r} does not apply")
+    freeze(ctx.backbone, ctx.device)
+    fingerprint = ctx.backbone.weights_fingerprint()
+    observer().phase("features", sum(len(s.labels) for s in (ctx.train, ctx.val, ctx.test)))
+    out, seconds = [], 0.0
+    for split in (ctx.train, ctx.val, ctx.test):
+        feats, t = frozen_features(ctx, split, fingerprint)
+        out.append(feats.to(ctx.device).float())
+        seconds += t
+    return out[0], out[1], out[2], seconds
+
+
+def select_on_validation(ctx: MethodContext, name: str, grid: Sequence,
+                         build: Callable[[object], nn.Module], f_val: torch.Tensor
+                         ) -> tuple[object, nn.Module, EvalResult, FitHistory]:
+    """The grid value whose head scores best on validation (ties: lower loss, then first)."""
+    history = FitHistory()
+    best = None
+    observer().phase("training", len(grid))
+    for i, value in enumerate(grid, start=1):
+        head = build(value)
+        val = evaluate_head(ctx, head, f_val, ctx.val)
+        history.evaluations.append({"step": i, name: value, "val_loss": val.loss,
+                                    "val_accuracy": val.accuracy})
+        log.info("%s=%g  val loss %.4f  val acc %.4f", name, value, val.loss, val.accuracy)
+        if best is None or (val.selection_score, -val.loss) > (best[2].selection_score,
+                                                               -best[2].loss):
+            best = (value, head, val)
+            history.best_val_accuracy, history.best_val_loss = val.selection_score, val.loss
+        observer().step(i, len(grid))
+    observer().phase("evaluation")
+    assert best is not None
+    return best[0], best[1], best[2], history
+
+
+def _result(ctx: MethodContext, head: nn.Module, val: EvalResult, f_test: torch.Tensor,
+            history: FitHistory, hyperparameters: dict, trained: int, tensors: dict,
+            timings: dict[str, float]) -> MethodResult:
+    return MethodResult(
+        head=head, val=val, test=evaluate_head(ctx, head, f_test, ctx.test), history=history,
+        trainable_parameters={"backbone": 0, "head": trained, "total": trained},
+        tensors_to_save={"head": {k: v.detach().cpu().contiguous() for k, v in tensors.items()}},
+        timings=timings, hyperparameters=hyperparameters)
+
+
+def run_prototype(ctx: MethodContext) -> MethodResult:
+    """SimpleShot CL2N nearest class mean; nothing to choose on validation."""
+    f_train, f_val, f_test, t_feat = _features(ctx)
+    start = time.perf_counter()
+    head = prototype_head(f_train, ctx.train.labels.to(ctx.device), len(ctx.class_names))
+    fitted = time.perf_counter() - start
+    val = evaluate_head(ctx, head, f_val, ctx.val)
+    history = FitHistory(best_val_accuracy=val.selection_score, best_val_loss=val.loss)
+    return _result(ctx, head, val, f_test, history, {"temperature": PROTOTYPE_TEMPERATURE},
+                   0, head.state_dict(), {"feature_extraction_s": t_feat, "training_s": fitted})
+
+
+def run_knn(ctx: MethodContext) -> MethodResult:
+    """Cosine kNN with distance-weighted votes; k chosen on validation from :data:`K_GRID`."""
+    f_train, f_val, f_test, t_feat = _features(ctx)
+    y_train = ctx.train.labels.to(ctx.device)
+    grid = [k for k in K_GRID if k <= len(y_train)]
+    start = time.perf_counter()
+    k, head, val, history = select_on_validation(
+        ctx, "k", grid, lambda k: CosineKNNHead(f_train, y_train, len(ctx.class_names), int(k)),
+        f_val)
+    log.info("knn: k=%d chosen on validation (grid %s)", k, grid)
+    return _result(ctx, head, val, f_test, history, {"k": int(k), "k_grid": grid}, 0,
+                   head.state_dict(), {"feature_extraction_s": t_feat,
+                                       "training_s": time.perf_counter() - start})
+
+
+def logistic_head(features: np.ndarray, labels: np.ndarray, num_classes: int, c: float,
+                  seed: int) -> nn.Linear:
+    """scikit-learn's L2 multinomial logistic regression on standardised features, as one
+    ``nn.Linear`` on the raw features (scaling folded into weight and bias)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(features)
+    model = LogisticRegression(C=c, solver="lbfgs", max_iter=LOGREG_MAX_ITER, random_state=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(scaler.transform(features), labels)
+    for w in caught:
+        log.info("logreg C=%g: %s", c, w.message)
+    coef, intercept = model.coef_, model.intercept_
+    if coef.shape[0] == 1:  # two classes: one logit difference, split as -a/2, +a/2
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2,
+                                                                      intercept[0] / 2])
+    weight = np.zeros((num_classes, features.shape[1]))
+    bias = np.full(num_classes, -1e4)  # a class without training images is never predicted
+    weight[model.classes_] = coef / scaler.scale_
+    bias[model.classes_] = intercept - (coef / scaler.scale_) @ scaler.mean_
+    head = nn.Linear(features.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    return head.eval()
+
+
+def run_logreg(ctx: MethodContext) -> MethodResult:
+    """Logistic regression; C chosen on validation from :data:`C_GRID`."""
+    f_train, f_val, f_test, t_feat = _features(ctx)
+    x = f_train.cpu().double().numpy()
+    y = ctx.train.labels.numpy()
+    start = time.perf_counter()
+    c, head, val, history = select_on_validation(
+        ctx, "C", C_GRID, lambda c: logistic_head(x, y, len(ctx.class_names), float(c),
+                                                  ctx.config.seed).to(ctx.device), f_val)
+    log.info("logreg: C=%g chosen on validation", c)
+    params = sum(p.numel() for p in head.parameters())
+    return _result(ctx, head, val, f_test, history, {"C": float(c), "C_grid": list(C_GRID)},
+                   params, head.state_dict(), {"feature_extraction_s": t_feat,
+                                               "training_s": time.perf_counter() - start})

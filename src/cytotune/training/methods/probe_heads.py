@@ -1,0 +1,99 @@
+"""Heads of the few-shot probes on frozen features (``prototype``, ``knn``).
+
+They are ordinary modules from features to logits, so evaluation, ``predict`` and ``cytotune.load``
+use them like a linear head; their state is plain tensors (head.safetensors), never a pickle.
+``logreg`` needs none of these: its classifier is a plain linear head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Prototype logits are this times a cosine similarity. Cosines lie in [-1, 1], so at 1 every
+# softmax would be nearly uniform; 10 gives graded probabilities (for AUROC, ECE) and changes no
+# prediction. Fixed, never tuned: the method has no hyper-parameter.
+PROTOTYPE_TEMPERATURE = 10.0
+# kNN logits are log vote shares; a class without a vote gets this share (not log 0 = -inf, which
+# would make the cross-entropy infinite)
+KNN_FLOOR = 1e-12
+
+
+class CenteredCosineHead(nn.Linear):
+    """SimpleShot CL2N as a head: ``weight @ normalize(x - center)``, where ``center`` is the mean
+    training feature and ``weight`` the unit class means of the centred, normalised training
+    features times :data:`PROTOTYPE_TEMPERATURE` (bias 0). Saved tensors: weight, bias, center."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features)
+        self.register_buffer("center", torch.zeros(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.normalize(x - self.center, dim=-1))
+
+
+def prototype_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                   temperature: float = PROTOTYPE_TEMPERATURE) -> CenteredCosineHead:
+    """The CL2N nearest-class-mean classifier of training ``features`` (N, D) with ``labels``."""
+    missing = sorted(set(range(num_classes)) - set(labels.tolist()))
+    if missing:
+        raise ValueError(f"prototype: classes {missing} have no training image, so no class mean")
+    feats = features.float()
+    center = feats.mean(0)
+    z = F.normalize(feats - center, dim=-1)
+    means = torch.zeros(num_classes, feats.shape[1], device=feats.device).index_add_(0, labels, z)
+    head = CenteredCosineHead(feats.shape[1], num_classes).to(feats.device)
+    with torch.no_grad():
+        head.weight.copy_(F.normalize(means, dim=-1) * temperature)
+        head.bias.zero_()
+        head.center.copy_(center)
+    return head.eval()
+
+
+class CosineKNNHead(nn.Module):
+    """Cosine k-nearest neighbours as a head: the k training features most similar to ``x`` vote
+    for their labels with weight 1 / cosine distance (exact matches alone win, as in
+    scikit-learn's ``weights='distance'``); logits are the log vote shares, so the softmax gives
+    the shares back. Saved tensors: keys (unit training features), labels, k, num_classes."""
+
+    def __init__(self, keys: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int):
+        super().__init__()
+        if not 1 <= k <= len(keys):
+            raise ValueError(f"knn: k={k} must be between 1 and the {len(keys)} training images")
+        self.register_buffer("keys", F.normalize(keys.float(), dim=-1))
+        self.register_buffer("labels", labels.long())
+        self.register_buffer("k", torch.tensor(int(k)))
+        self.register_buffer("num_classes", torch.tensor(int(num_classes)))
+
+    def vote_shares(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C) distance-weighted vote shares of the k nearest training images."""
+        distance = (1.0 - F.normalize(x.float(), dim=-1) @ self.keys.T).clamp_min(0.0)
+        nearest, index = distance.topk(int(self.k), dim=-1, largest=False)
+        exact = nearest == 0
+        weights = torch.where(exact.any(-1, keepdim=True), exact.float(), 1.0 / nearest)
+        votes = torch.zeros(len(x), int(self.num_classes), device=x.device)
+        votes.scatter_add_(1, self.labels[index], weights)
+        return votes / votes.sum(-1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vote_shares(x).clamp_min(KNN_FLOOR).log()
+
+
+def head_from_tensors(method: str, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild a ``prototype`` or ``knn`` head from its saved tensors (``load_head`` checks them)."""
+    if method == "prototype":
+        weight = tensors["weight"]
+        head = CenteredCosineHead(weight.shape[1], weight.shape[0])
+        head.load_state_dict({k: v.float() for k, v in tensors.items()})
+        return head.eval()
+    if method == "knn":
+        return CosineKNNHead(tensors["keys"], tensors["labels"], int(tensors["num_classes"]),
+                             int(tensors["k"])).eval()
+    raise ValueError(f"method {method!r} has no probe head")
+
+
+# the tensors head.safetensors holds for each method whose head is not a plain linear one
+PROBE_HEAD_KEYS: dict[str, tuple[str, ...]] = {
+    "prototype": ("weight", "bias", "center"),
+    "knn": ("keys", "labels", "k", "num_classes"),
+}
