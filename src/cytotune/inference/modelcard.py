@@ -98,6 +98,10 @@ def _method(run: RunFiles, card: ModelCard) -> str:
     if cfg.method == "linear":
         return (f"linear probe: a linear head trained with AdamW on features of the frozen "
                 f"backbone ({cfg.optim.lr:g} learning rate)")
+    if cfg.method == "logreg":
+        c = run.metrics.get("hyperparameters", {}).get("C")
+        return ("logistic regression (scikit-learn, L2, lbfgs) on standardised features of the "
+                "frozen backbone" + (f", C={c:g} chosen on validation" if c is not None else ""))
     return cfg.method
 
 
