@@ -174,4 +174,4 @@ def test_shipped_fewshot_probes_sweep_runs_each_probe_once_per_shots_and_seed(mo
     runs = load_sweep("fewshot_probes").runs()
     per_method = {m: sum(r.config.method == m for r in runs)
                   for m in ("linear", "lora", *PROBES)}
-    assert per_method == {"linear": 30, "lora": 30, "prototype": 15, "knn": 15, "logreg": 15}
+    assert per_method == {"linear": 50, "lora": 50, "prototype": 25, "knn": 25, "logreg": 25}
