@@ -137,17 +137,21 @@ def test_interrupted_single_run_says_what_is_true(synthetic_data, tmp_path, caps
     assert "not written" in out and "from the start" in out and "resume" not in out
 
 
-def test_sigterm_stops_a_training_run_and_leaves_no_partial_folder(synthetic_data,
-                                                                   tiny_model_names, tmp_path):
+def _signal_a_training_run(synthetic_data, tiny_model_names, tmp_path, sig: int
+                           ) -> tuple[Path, int, str]:
+    """Start a long LoRA run in a subprocess, wait until it has read its data set (it then
+    decodes and trains: a million steps), send ``sig``; return the runs folder, exit status and
+    output."""
     runs = tmp_path / "runs"
     runs.mkdir()
-    out = runs / "run"
     cmd = [sys.executable, "-m", "cytotune.cli", "train", "--data", str(synthetic_data),
            "--model", tiny_model_names["uni"], "--pretrained", "false", "--method", "lora",
            "--rank", "2", "--shots", "2", "--steps", "1000000", "--val-every", "1000000",
-           "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+           "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--out", str(runs / "run")]
+    # a child started from a test may inherit SIGINT ignored; Ctrl-C's default must apply
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         staged = []
@@ -155,16 +159,23 @@ def test_sigterm_stops_a_training_run_and_leaves_no_partial_folder(synthetic_dat
             staged = [p for p in runs.iterdir() if ".partial-" in p.name]
             log = staged[0] / "train.log" if staged else None
             if log is not None and log.exists() and "data " in log.read_text():
-                break  # the run has read its data set and goes on to decode and train
+                break
             time.sleep(0.2)
         assert staged and proc.poll() is None, "the run did not start"
-        time.sleep(2.0)  # decoding or inside the training loop (a million steps)
-        proc.send_signal(signal.SIGTERM)
+        time.sleep(2.0)  # decoding or inside the training loop
+        proc.send_signal(sig)
         output, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, output
+    return runs, proc.returncode, output
+
+
+def test_sigterm_stops_a_training_run_and_leaves_no_partial_folder(synthetic_data,
+                                                                   tiny_model_names, tmp_path):
+    runs, code, output = _signal_a_training_run(synthetic_data, tiny_model_names, tmp_path,
+                                                signal.SIGTERM)
+    assert code == 143, output
     assert "terminated" in output and "Traceback" not in output
     assert list(runs.iterdir()) == []  # neither a partial folder nor a run
 
@@ -174,30 +185,9 @@ def test_ctrl_c_on_a_single_run_removes_it_and_says_it_starts_over(synthetic_dat
     """A real SIGINT (what Ctrl-C sends) mid-training: exit 130, no partial folder left, and a
     message for a single run (it restarts from scratch; only the cache is kept), not the
     sweep's "resume"."""
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    cmd = [sys.executable, "-m", "cytotune.cli", "train", "--data", str(synthetic_data),
-           "--model", tiny_model_names["uni"], "--pretrained", "false", "--method", "lora",
-           "--rank", "2", "--shots", "2", "--steps", "1000000", "--val-every", "1000000",
-           "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--out", str(runs / "r")]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            staged = [p for p in runs.iterdir() if ".partial-" in p.name]
-            log = staged[0] / "train.log" if staged else None
-            if log is not None and log.exists() and "data " in log.read_text():
-                break
-            time.sleep(0.2)
-        time.sleep(2.0)
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, output
+    runs, code, output = _signal_a_training_run(synthetic_data, tiny_model_names, tmp_path,
+                                                signal.SIGINT)
+    assert code == 130, output
     assert "interrupted: the run was not written" in output and "Traceback" not in output
     assert "starts over" in output and "from the start" in output
     assert "cached are reused" in output and "run the same command again to resume" not in output
