@@ -36,9 +36,12 @@ def is_known_method(name: str) -> bool:
 # methods fitted in closed form or over a small validation grid on the cached features: they
 # take no optimiser steps, so no step plan or learning rate applies
 FEATURE_PROBES: frozenset[str] = frozenset({"prototype", "knn", "logreg"})
+# methods that can choose their hyper-parameter by cross-validation on the training images
+# (config select_on: train-cv); the other feature probes and training-free methods choose nothing
+CV_SELECTION: frozenset[str] = frozenset({"knn", "logreg"})
 
 for _name, _trains in (("linear", True), ("lora", True), ("zero-shot", False), ("full", True),
                        ("prototype", True), ("knn", True), ("logreg", True)):
     declare_method(_name, trains=_trains)  # the built-ins of cytotune.training.methods
 
-__all__ = ["TRAINING_FREE", "FEATURE_PROBES", "declare_method", "method_names", "is_known_method"]
+__all__ = ["TRAINING_FREE", "FEATURE_PROBES", "CV_SELECTION", "declare_method", "method_names", "is_known_method"]
