@@ -45,7 +45,8 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--image-size", int, "override the card's input size"),
     ("--method", str, "linear | lora | zero-shot | full (every backbone parameter; with a CNN "
                       "such as timm:resnet50 the conventionally trained baseline) | prototype | knn | "
-                      "logreg (few-shot probes on cached features)"),
+                      "logreg (few-shot probes on cached features) | tip-adapter (vision-language "
+                      "cards: zero-shot plus a cache of the training features)"),
     ("--rank", int, "LoRA rank"),
     ("--alpha", float, "LoRA alpha (scaling = alpha / rank)"),
     ("--targets", str, "LoRA targets, comma-separated: q,k,v,o,fc1,fc2 or layer-name patterns"),

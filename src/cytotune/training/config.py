@@ -301,14 +301,14 @@ class TrainConfig:
     def _validate_select_on(self) -> None:
         """``train-cv`` only for methods that implement it or choose nothing (prototype,
         zero-shot: a sweep's shared ``base`` may set it for them too)."""
-        from cytotune.training.method_registry import (CV_SELECTION, FEATURE_PROBES,
+        from cytotune.training.method_registry import (CHOOSES_NOTHING, CV_SELECTION,
                                                        TRAINING_FREE)
 
         if self.select_on not in SELECT_ON:
             raise ConfigError(f"select_on must be one of {', '.join(SELECT_ON)}, got "
                               f"{self.select_on!r}")
         if self.select_on == "train-cv" and self.method not in (
-                CV_SELECTION | FEATURE_PROBES | TRAINING_FREE):
+                CV_SELECTION | CHOOSES_NOTHING | TRAINING_FREE):
             raise ConfigError(
                 f"select_on='train-cv' (cross-validation on the training images) is implemented "
                 f"for methods {', '.join(sorted(CV_SELECTION))}; method {self.method!r} chooses "

@@ -41,7 +41,7 @@ C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 4, 9))
 LOGREG_MAX_ITER = 1000
 
 
-def _features(ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def probe_features(ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Train, val and test features of the run (from the feature cache), on the device."""
     if ctx.task.multi_label:
         raise ValueError(f"method {ctx.config.method!r} classifies one label per image; "
@@ -116,9 +116,10 @@ def _rows(indices: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(indices).to(device)
 
 
-def _result(ctx: MethodContext, head: nn.Module, val: EvalResult, f_test: torch.Tensor,
-            history: FitHistory, hyperparameters: dict, trained: int, tensors: dict,
-            timings: dict[str, float]) -> MethodResult:
+def probe_result(ctx: MethodContext, head: nn.Module, val: EvalResult, f_test: torch.Tensor,
+                 history: FitHistory, hyperparameters: dict, trained: int, tensors: dict,
+                 timings: dict[str, float]) -> MethodResult:
+    """A probe's MethodResult: its test evaluation, no backbone training, its head tensors."""
     return MethodResult(
         head=head, val=val, test=evaluate_head(ctx, head, f_test, ctx.test), history=history,
         trainable_parameters={"backbone": 0, "head": trained, "total": trained},
@@ -128,20 +129,20 @@ def _result(ctx: MethodContext, head: nn.Module, val: EvalResult, f_test: torch.
 
 def run_prototype(ctx: MethodContext) -> MethodResult:
     """SimpleShot CL2N nearest class mean; nothing to choose on validation."""
-    f_train, f_val, f_test, t_feat = _features(ctx)
+    f_train, f_val, f_test, t_feat = probe_features(ctx)
     start = time.perf_counter()
     head = prototype_head(f_train, ctx.train.labels.to(ctx.device), len(ctx.class_names))
     fitted = time.perf_counter() - start
     val = evaluate_head(ctx, head, f_val, ctx.val)
     history = FitHistory(best_val_accuracy=val.selection_score, best_val_loss=val.loss)
-    return _result(ctx, head, val, f_test, history, {"temperature": PROTOTYPE_TEMPERATURE},
+    return probe_result(ctx, head, val, f_test, history, {"temperature": PROTOTYPE_TEMPERATURE},
                    0, head.state_dict(), {"feature_extraction_s": t_feat, "training_s": fitted})
 
 
 def run_knn(ctx: MethodContext) -> MethodResult:
     """Cosine kNN with distance-weighted votes; k chosen from :data:`K_GRID` on validation or by
     cross-validation on the training images (``select_on``)."""
-    f_train, f_val, f_test, t_feat = _features(ctx)
+    f_train, f_val, f_test, t_feat = probe_features(ctx)
     y_train = ctx.train.labels.to(ctx.device)
     classes = len(ctx.class_names)
     start = time.perf_counter()
@@ -153,7 +154,7 @@ def run_knn(ctx: MethodContext) -> MethodResult:
         f_train, f_val, allow_singletons=True,
         cv_grid=lambda plan: [k for k in K_GRID if k <= fold_train_size(plan)])
     log.info("knn: k=%d chosen on %s (grid %s)", k, record["select_on"], record["k_grid"])
-    return _result(ctx, head, val, f_test, history, {"k": int(k), **record}, 0,
+    return probe_result(ctx, head, val, f_test, history, {"k": int(k), **record}, 0,
                    head.state_dict(), {"feature_extraction_s": t_feat,
                                        "training_s": time.perf_counter() - start})
 
@@ -190,7 +191,7 @@ def logistic_head(features: np.ndarray, labels: np.ndarray, num_classes: int, c:
 def run_logreg(ctx: MethodContext) -> MethodResult:
     """Logistic regression; C chosen from :data:`C_GRID` on validation or by cross-validation on
     the training images (``select_on``)."""
-    f_train, f_val, f_test, t_feat = _features(ctx)
+    f_train, f_val, f_test, t_feat = probe_features(ctx)
     x = f_train.cpu().double().numpy()
     y = ctx.train.labels.numpy()
     classes, seed = len(ctx.class_names), ctx.config.seed
@@ -202,6 +203,6 @@ def run_logreg(ctx: MethodContext) -> MethodResult:
         f_train, f_val, allow_singletons=False)
     log.info("logreg: C=%g chosen on %s", c, record["select_on"])
     params = sum(p.numel() for p in head.parameters())
-    return _result(ctx, head, val, f_test, history, {"C": float(c), **record},
+    return probe_result(ctx, head, val, f_test, history, {"C": float(c), **record},
                    params, head.state_dict(), {"feature_extraction_s": t_feat,
                                                "training_s": time.perf_counter() - start})
