@@ -45,7 +45,8 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--image-size", int, "override the card's input size"),
     ("--method", str, "linear | lora | zero-shot | full (every backbone parameter; with a CNN "
                       "such as timm:resnet50 the conventionally trained baseline) | prototype | knn | "
-                      "logreg (few-shot probes on cached features)"),
+                      "logreg (few-shot probes on cached features) | tip-adapter (vision-language "
+                      "cards: zero-shot plus a cache of the training features)"),
     ("--rank", int, "LoRA rank"),
     ("--alpha", float, "LoRA alpha (scaling = alpha / rank)"),
     ("--targets", str, "LoRA targets, comma-separated: q,k,v,o,fc1,fc2 or layer-name patterns"),
@@ -75,6 +76,8 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--cache-dir", str, "where decoded images and features are cached"),
     ("--overwrite", ON_OFF, "replace a finished run directory at --out (never another "
                            "folder or file)"),
+    ("--select-on", str, "val | train-cv: choose knn's k / logreg's C on the validation split "
+                         "(the study's protocol) or by cross-validation on the training images"),
     ("--head-init", str, "random | text: start the head from the class prompts' text embeddings"),
     ("--encoder", str, "LoRA on the vision | text | both towers (text, both: CLIP classifier)"),
     ("--tokenizer", str, "Hugging Face tokenizer (hub id or local directory) for HF text towers"),

@@ -284,3 +284,14 @@ def test_recorded_weights_and_test_data_fingerprints_split_cells(tmp_path):
     assert sorted(cells.values()) == [["a", "b"], ["c"], ["d"]]
     assert any("weights fingerprint=w2" in v for v in cells)
     assert any("test_data fingerprint=d2" in v for v in cells)
+
+
+def test_runs_selecting_on_validation_and_by_cross_validation_are_not_pooled(tmp_path):
+    """Issue 19: select_on val (the study's protocol) and train-cv are two settings."""
+    records = [run(f"val{seed}", method="knn", shots=1, seed=seed, test=0.5) for seed in (1, 2)]
+    records += [run(f"cv{seed}", method="knn", shots=1, seed=seed, test=0.9,
+                    config={"select_on": "train-cv"}) for seed in (1, 2)]
+    summary = summarize(select_best(store_of(tmp_path, records).records(full=True)),
+                        ["accuracy"]).set_index("variant")
+    assert summary.loc["select_on=train-cv", "mean"] == pytest.approx(90.0)
+    assert summary.loc["select_on=val", "mean"] == pytest.approx(50.0)

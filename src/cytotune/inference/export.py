@@ -40,6 +40,10 @@ from cytotune.inference.modelcard import licence_notice, model_card_markdown
 from cytotune.inference.run import RunFiles, read_run
 from cytotune.training.methods.base import head_takes_normalised_features
 from cytotune.training.methods.probe_heads import PROBE_HEAD_KEYS
+
+# what the heads that no export format rebuilds are, for the refusal message
+_PROBE_HEAD_WORDS = {"prototype": "centred cosine nearest-mean", "knn": "k-nearest-neighbour",
+                     "tip-adapter": "zero-shot plus training-feature cache (Tip-Adapter)"}
 from cytotune.models import FusedSelfAttention
 
 log = logging.getLogger(__name__)
@@ -568,7 +572,7 @@ def export(run_dirs: Union[PathLike, Sequence[PathLike]], out: PathLike,
     if runs[0].config.method in PROBE_HEAD_KEYS:
         raise ExportError(
             f"run {runs[0].path} is a {runs[0].config.method!r} run, whose head (a "
-            f"{'centred cosine nearest-mean' if runs[0].config.method == 'prototype' else 'k-nearest-neighbour'} "
+            f"{_PROBE_HEAD_WORDS.get(runs[0].config.method, 'probe')} "
             f"classifier) no export format rebuilds; use cytotune.load or cytotune predict on the "
             f"run directory (a 'logreg' or 'linear' run exports)")
     out = Path(out).expanduser()

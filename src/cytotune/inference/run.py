@@ -172,7 +172,7 @@ def load_head(run: RunFiles, feature_dim: int) -> nn.Module:
 
 def _load_probe_head(run: RunFiles, feature_dim: int, tensors: dict[str, torch.Tensor],
                      meta: dict[str, str]) -> nn.Module:
-    """A ``prototype`` or ``knn`` run's head, checked like a linear one."""
+    """A ``prototype``, ``knn`` or ``tip-adapter`` run's head, checked like a linear one."""
     method, where = run.config.method, str(run.head)
     expected = PROBE_HEAD_KEYS[method]
     if set(tensors) != set(expected):
@@ -180,7 +180,8 @@ def _load_probe_head(run: RunFiles, feature_dim: int, tensors: dict[str, torch.T
                           f"found {sorted(tensors)}")
     n_classes = len(run.class_names)
     matrix = tensors["weight" if method == "prototype" else "keys"]
-    classes = matrix.shape[0] if method == "prototype" else int(tensors["num_classes"])
+    classes = (matrix.shape[0] if method == "prototype" else tensors["values"].shape[-1]
+               if method == "tip-adapter" else int(tensors["num_classes"]))
     problems = []
     if matrix.dim() != 2 or matrix.shape[1] != feature_dim:
         problems.append(f"it takes features of shape {tuple(matrix.shape[1:])} but the backbone "

@@ -130,7 +130,8 @@ def build_text_encoder(card_or_name: Union[ModelCard, str],
     if not card.text_tower:
         raise NoTextTowerError(
             f"model card '{card.name}' is an image-only model (no text tower), so it cannot do "
-            f"zero-shot, text-initialised heads or text-encoder LoRA; vision-language cards: "
+            f"zero-shot, Tip-Adapter, text-initialised heads or text-encoder LoRA; "
+            f"vision-language cards: "
             f"{', '.join(text_cards()) or 'none'}")
     family = get_family(card.family)
     tower = family.build_text_tower(card, pretrained=pretrained,

@@ -21,6 +21,11 @@ from cytotune.adapters import LoRAConfig
 # autocast precision of a run (see cytotune.training.features.resolve_precision)
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+# where a method chooses its hyper-parameter (knn's k, logreg's C): on the validation split (the
+# study's protocol) or by cross-validation on the training images (issue 19: at 1-2 shots a
+# validation split of 1-2 images per class makes the choice close to a coin toss)
+SelectOn = Literal["val", "train-cv"]
+SELECT_ON: tuple[str, ...] = typing.get_args(SelectOn)
 
 
 class ConfigError(ValueError):
@@ -246,6 +251,9 @@ class TrainConfig:
     head_init: Literal["random", "text"] = "random"
     encoder: Literal["vision", "text", "both"] = "vision"
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)  # method "full"
+    # knn / logreg: choose k / C on "val" or by cross-validation on the training images
+    # ("train-cv", a departure from the study's protocol; see feature_probes)
+    select_on: SelectOn = "val"
 
     def validate(self) -> None:
         """Check every option before any work: numbers within range (message naming the option
@@ -277,6 +285,7 @@ class TrainConfig:
             # other methods train an image-feature head, which the text tower would not feed
             raise ConfigError(f"encoder={self.encoder!r} chooses where LoRA goes; method "
                               f"{self.method!r} adapts no text encoder (use method 'lora')")
+        self._validate_select_on()
         self.finetune.validate()
         try:
             self.lora.resolve(("q",))
@@ -288,6 +297,22 @@ class TrainConfig:
                 check_out_vs_data(self.out, self.data.source)
             except RunDirError as err:
                 raise ConfigError(str(err)) from None
+
+    def _validate_select_on(self) -> None:
+        """``train-cv`` only for methods that implement it or choose nothing (prototype,
+        zero-shot: a sweep's shared ``base`` may set it for them too)."""
+        from cytotune.training.method_registry import (CHOOSES_NOTHING, CV_SELECTION,
+                                                       TRAINING_FREE)
+
+        if self.select_on not in SELECT_ON:
+            raise ConfigError(f"select_on must be one of {', '.join(SELECT_ON)}, got "
+                              f"{self.select_on!r}")
+        if self.select_on == "train-cv" and self.method not in (
+                CV_SELECTION | CHOOSES_NOTHING | TRAINING_FREE):
+            raise ConfigError(
+                f"select_on='train-cv' (cross-validation on the training images) is implemented "
+                f"for methods {', '.join(sorted(CV_SELECTION))}; method {self.method!r} chooses "
+                f"its best step on the validation split only (use select_on='val')")
 
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

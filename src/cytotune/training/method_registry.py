@@ -35,10 +35,17 @@ def is_known_method(name: str) -> bool:
 
 # methods fitted in closed form or over a small validation grid on the cached features: they
 # take no optimiser steps, so no step plan or learning rate applies
-FEATURE_PROBES: frozenset[str] = frozenset({"prototype", "knn", "logreg"})
+FEATURE_PROBES: frozenset[str] = frozenset({"prototype", "knn", "logreg", "tip-adapter"})
+# methods that can choose their hyper-parameter by cross-validation on the training images
+# (config select_on: train-cv); the others choose on validation, or choose nothing (below)
+CV_SELECTION: frozenset[str] = frozenset({"knn", "logreg"})
+# feature probes with no hyper-parameter to choose (select_on does not apply to them)
+CHOOSES_NOTHING: frozenset[str] = frozenset({"prototype"})
 
 for _name, _trains in (("linear", True), ("lora", True), ("zero-shot", False), ("full", True),
-                       ("prototype", True), ("knn", True), ("logreg", True)):
+                       ("prototype", True), ("knn", True), ("logreg", True),
+                       ("tip-adapter", True)):  # Tip-Adapter's cache is the training split
     declare_method(_name, trains=_trains)  # the built-ins of cytotune.training.methods
 
-__all__ = ["TRAINING_FREE", "FEATURE_PROBES", "declare_method", "method_names", "is_known_method"]
+__all__ = ["TRAINING_FREE", "FEATURE_PROBES", "CV_SELECTION", "CHOOSES_NOTHING", "declare_method",
+           "method_names", "is_known_method"]

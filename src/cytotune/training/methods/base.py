@@ -71,8 +71,10 @@ def new_head(feature_dim: int, num_classes: int, seed: int, device: torch.device
 
 
 def needs_text_encoder(config: TrainConfig) -> bool:
-    """Whether a run uses the card's text tower (zero-shot, text-initialised head, text LoRA)."""
-    return config.method == "zero-shot" or config.head_init == "text" or config.encoder != "vision"
+    """Whether a run uses the card's text tower (zero-shot, Tip-Adapter, text-initialised head,
+    text LoRA)."""
+    return (config.method in ("zero-shot", "tip-adapter") or config.head_init == "text"
+            or config.encoder != "vision")
 
 
 def head_takes_normalised_features(config: TrainConfig) -> bool:

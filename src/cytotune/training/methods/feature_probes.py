@@ -9,6 +9,9 @@
 
 Grid values are chosen like the linear probe's best step: the task's validation score (accuracy),
 ties broken by the lower validation loss, then by the first grid value (smaller k, smaller C).
+With ``select_on: train-cv`` they are chosen by cross-validation on the training images instead
+(:mod:`cytotune.training.methods.cv_selection`), falling back to validation where no fold plan
+fits (1 shot per class); ``metrics.json`` records which (``hyperparameters.select_on``).
 No optimiser steps are taken: ``--lr``, ``--steps`` and the like do not apply.
 """
 from __future__ import annotations
@@ -24,6 +27,8 @@ import torch.nn as nn
 
 from cytotune.training.loop import EvalResult, FitHistory
 from cytotune.training.methods.base import MethodContext, MethodResult
+from cytotune.training.methods.cv_selection import (FoldPlan, fold_train_size, plan_folds,
+                                                    select_by_cv)
 from cytotune.training.methods.linear import evaluate_head, freeze, frozen_features
 from cytotune.training.methods.probe_heads import (PROTOTYPE_TEMPERATURE, CosineKNNHead,
                                                     prototype_head)
@@ -36,7 +41,7 @@ C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 4, 9))
 LOGREG_MAX_ITER = 1000
 
 
-def _features(ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def probe_features(ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Train, val and test features of the run (from the feature cache), on the device."""
     if ctx.task.multi_label:
         raise ValueError(f"method {ctx.config.method!r} classifies one label per image; "
@@ -78,9 +83,43 @@ def select_on_validation(ctx: MethodContext, name: str, grid: Sequence,
     return best[0], best[1], best[2], history
 
 
-def _result(ctx: MethodContext, head: nn.Module, val: EvalResult, f_test: torch.Tensor,
-            history: FitHistory, hyperparameters: dict, trained: int, tensors: dict,
-            timings: dict[str, float]) -> MethodResult:
+def choose(ctx: MethodContext, name: str, grid: Sequence, build: Callable[[object], nn.Module],
+           fit_fold: Callable[[object, np.ndarray], nn.Module], f_train: torch.Tensor,
+           f_val: torch.Tensor, *, allow_singletons: bool,
+           cv_grid: Callable[[FoldPlan], list] = lambda plan: [],
+           ) -> tuple[object, nn.Module, EvalResult, FitHistory, dict]:
+    """A grid value chosen as ``config.select_on`` says, its head on all training images, the
+    head's validation result, the history and what to record: ``select_on`` (what was used), the
+    folds, and on a fallback ``select_on_requested`` and ``select_on_fallback`` (the reason)."""
+    record: dict = {"select_on": "val", f"{name}_grid": list(grid)}
+    if ctx.config.select_on == "train-cv":
+        plan = plan_folds(ctx.train.labels.numpy(), ctx.config.seed,
+                          allow_singletons=allow_singletons)
+        if plan.folds:
+            values = cv_grid(plan) or list(grid)
+            value, history = select_by_cv(name, values, fit_fold, f_train, ctx.train.labels,
+                                          plan, ctx.task)
+            head = build(value)
+            val = evaluate_head(ctx, head, f_val, ctx.val)
+            history.best_val_accuracy, history.best_val_loss = val.selection_score, val.loss
+            return value, head, val, history, {"select_on": "train-cv", "cv_scheme": plan.scheme,
+                                               "cv_folds": len(plan.folds),
+                                               f"{name}_grid": values}
+        log.warning("%s: cross-validation on the training images is not possible (%s); %s is "
+                    "chosen on validation instead", ctx.config.method, plan.reason, name)
+        record.update(select_on_requested="train-cv", select_on_fallback=plan.reason)
+    value, head, val, history = select_on_validation(ctx, name, grid, build, f_val)
+    return value, head, val, history, record
+
+
+def _rows(indices: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(indices).to(device)
+
+
+def probe_result(ctx: MethodContext, head: nn.Module, val: EvalResult, f_test: torch.Tensor,
+                 history: FitHistory, hyperparameters: dict, trained: int, tensors: dict,
+                 timings: dict[str, float]) -> MethodResult:
+    """A probe's MethodResult: its test evaluation, no backbone training, its head tensors."""
     return MethodResult(
         head=head, val=val, test=evaluate_head(ctx, head, f_test, ctx.test), history=history,
         trainable_parameters={"backbone": 0, "head": trained, "total": trained},
@@ -90,27 +129,32 @@ def _result(ctx: MethodContext, head: nn.Module, val: EvalResult, f_test: torch.
 
 def run_prototype(ctx: MethodContext) -> MethodResult:
     """SimpleShot CL2N nearest class mean; nothing to choose on validation."""
-    f_train, f_val, f_test, t_feat = _features(ctx)
+    f_train, f_val, f_test, t_feat = probe_features(ctx)
     start = time.perf_counter()
     head = prototype_head(f_train, ctx.train.labels.to(ctx.device), len(ctx.class_names))
     fitted = time.perf_counter() - start
     val = evaluate_head(ctx, head, f_val, ctx.val)
     history = FitHistory(best_val_accuracy=val.selection_score, best_val_loss=val.loss)
-    return _result(ctx, head, val, f_test, history, {"temperature": PROTOTYPE_TEMPERATURE},
+    return probe_result(ctx, head, val, f_test, history, {"temperature": PROTOTYPE_TEMPERATURE},
                    0, head.state_dict(), {"feature_extraction_s": t_feat, "training_s": fitted})
 
 
 def run_knn(ctx: MethodContext) -> MethodResult:
-    """Cosine kNN with distance-weighted votes; k chosen on validation from :data:`K_GRID`."""
-    f_train, f_val, f_test, t_feat = _features(ctx)
+    """Cosine kNN with distance-weighted votes; k chosen from :data:`K_GRID` on validation or by
+    cross-validation on the training images (``select_on``)."""
+    f_train, f_val, f_test, t_feat = probe_features(ctx)
     y_train = ctx.train.labels.to(ctx.device)
-    grid = [k for k in K_GRID if k <= len(y_train)]
+    classes = len(ctx.class_names)
     start = time.perf_counter()
-    k, head, val, history = select_on_validation(
-        ctx, "k", grid, lambda k: CosineKNNHead(f_train, y_train, len(ctx.class_names), int(k)),
-        f_val)
-    log.info("knn: k=%d chosen on validation (grid %s)", k, grid)
-    return _result(ctx, head, val, f_test, history, {"k": int(k), "k_grid": grid}, 0,
+    k, head, val, history, record = choose(
+        ctx, "k", [k for k in K_GRID if k <= len(y_train)],
+        lambda k: CosineKNNHead(f_train, y_train, classes, int(k)),
+        lambda k, tr: CosineKNNHead(f_train[_rows(tr, ctx.device)], y_train[_rows(tr, ctx.device)],
+                                    classes, int(k)),
+        f_train, f_val, allow_singletons=True,
+        cv_grid=lambda plan: [k for k in K_GRID if k <= fold_train_size(plan)])
+    log.info("knn: k=%d chosen on %s (grid %s)", k, record["select_on"], record["k_grid"])
+    return probe_result(ctx, head, val, f_test, history, {"k": int(k), **record}, 0,
                    head.state_dict(), {"feature_extraction_s": t_feat,
                                        "training_s": time.perf_counter() - start})
 
@@ -145,16 +189,20 @@ def logistic_head(features: np.ndarray, labels: np.ndarray, num_classes: int, c:
 
 
 def run_logreg(ctx: MethodContext) -> MethodResult:
-    """Logistic regression; C chosen on validation from :data:`C_GRID`."""
-    f_train, f_val, f_test, t_feat = _features(ctx)
+    """Logistic regression; C chosen from :data:`C_GRID` on validation or by cross-validation on
+    the training images (``select_on``)."""
+    f_train, f_val, f_test, t_feat = probe_features(ctx)
     x = f_train.cpu().double().numpy()
     y = ctx.train.labels.numpy()
+    classes, seed = len(ctx.class_names), ctx.config.seed
     start = time.perf_counter()
-    c, head, val, history = select_on_validation(
-        ctx, "C", C_GRID, lambda c: logistic_head(x, y, len(ctx.class_names), float(c),
-                                                  ctx.config.seed).to(ctx.device), f_val)
-    log.info("logreg: C=%g chosen on validation", c)
+    c, head, val, history, record = choose(
+        ctx, "C", C_GRID,
+        lambda c: logistic_head(x, y, classes, float(c), seed).to(ctx.device),
+        lambda c, tr: logistic_head(x[tr], y[tr], classes, float(c), seed).to(ctx.device),
+        f_train, f_val, allow_singletons=False)
+    log.info("logreg: C=%g chosen on %s", c, record["select_on"])
     params = sum(p.numel() for p in head.parameters())
-    return _result(ctx, head, val, f_test, history, {"C": float(c), "C_grid": list(C_GRID)},
+    return probe_result(ctx, head, val, f_test, history, {"C": float(c), **record},
                    params, head.state_dict(), {"feature_extraction_s": t_feat,
                                                "training_s": time.perf_counter() - start})

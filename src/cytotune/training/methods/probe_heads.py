@@ -1,4 +1,4 @@
-"""Heads of the few-shot probes on frozen features (``prototype``, ``knn``).
+"""Heads of the few-shot probes on frozen features (``prototype``, ``knn``, ``tip-adapter``).
 
 They are ordinary modules from features to logits, so evaluation, ``predict`` and ``cytotune.load``
 use them like a linear head; their state is plain tensors (head.safetensors), never a pickle.
@@ -79,8 +79,39 @@ class CosineKNNHead(nn.Module):
         return self.vote_shares(x).clamp_min(KNN_FLOOR).log()
 
 
+class TipAdapterHead(nn.Module):
+    """Tip-Adapter (Zhang et al., ECCV 2022) as a head on raw image features ``x``:
+    ``scale * f @ class_weights.T + alpha * exp(-beta * (1 - f @ keys.T)) @ values`` with
+    ``f = normalize(x)``: CLIP's zero-shot logits plus a cache of the unit training features
+    (``keys``) and their one-hot labels (``values``). Saved tensors: keys, values, class_weights,
+    logit_scale, alpha, beta (all plain tensors)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, class_weights: torch.Tensor,
+                 logit_scale: float, alpha: float, beta: float):
+        super().__init__()
+        self.register_buffer("keys", F.normalize(keys.float(), dim=-1))
+        self.register_buffer("values", values.float())
+        self.register_buffer("class_weights", F.normalize(class_weights.float(), dim=-1))
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.register_buffer("beta", torch.tensor(float(beta)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(x.float(), dim=-1)
+        affinity = torch.exp(-self.beta * (1.0 - f @ self.keys.T))
+        return self.logit_scale * f @ self.class_weights.T + self.alpha * affinity @ self.values
+
+
+def tip_adapter_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                     class_weights: torch.Tensor, logit_scale: float, alpha: float = 1.0,
+                     beta: float = 1.0) -> TipAdapterHead:
+    """The Tip-Adapter head whose cache is the training ``features`` (N, D) with ``labels``."""
+    values = F.one_hot(labels.long(), num_classes).float()
+    return TipAdapterHead(features, values, class_weights, logit_scale, alpha, beta).eval()
+
+
 def head_from_tensors(method: str, tensors: dict[str, torch.Tensor]) -> nn.Module:
-    """Rebuild a ``prototype`` or ``knn`` head from its saved tensors (``load_head`` checks them)."""
+    """Rebuild a probe head from its saved tensors (``load_head`` checks them)."""
     if method == "prototype":
         weight = tensors["weight"]
         head = CenteredCosineHead(weight.shape[1], weight.shape[0])
@@ -89,6 +120,10 @@ def head_from_tensors(method: str, tensors: dict[str, torch.Tensor]) -> nn.Modul
     if method == "knn":
         return CosineKNNHead(tensors["keys"], tensors["labels"], int(tensors["num_classes"]),
                              int(tensors["k"])).eval()
+    if method == "tip-adapter":
+        return TipAdapterHead(tensors["keys"], tensors["values"], tensors["class_weights"],
+                              float(tensors["logit_scale"]), float(tensors["alpha"]),
+                              float(tensors["beta"])).eval()
     raise ValueError(f"method {method!r} has no probe head")
 
 
@@ -96,4 +131,5 @@ def head_from_tensors(method: str, tensors: dict[str, torch.Tensor]) -> nn.Modul
 PROBE_HEAD_KEYS: dict[str, tuple[str, ...]] = {
     "prototype": ("weight", "bias", "center"),
     "knn": ("keys", "labels", "k", "num_classes"),
+    "tip-adapter": ("keys", "values", "class_weights", "logit_scale", "alpha", "beta"),
 }
