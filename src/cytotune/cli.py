@@ -76,8 +76,9 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--cache-dir", str, "where decoded images and features are cached"),
     ("--overwrite", ON_OFF, "replace a finished run directory at --out (never another "
                            "folder or file)"),
-    ("--select-on", str, "val | train-cv: choose knn's k / logreg's C on the validation split "
-                         "(the study's protocol) or by cross-validation on the training images"),
+    ("--select-on", str, "val | train-cv: choose knn's k / logreg's C / linear's lr (and best "
+                         "step) on the validation split (the study's protocol) or by "
+                         "cross-validation on the training images"),
     ("--head-init", str, "random | text: start the head from the class prompts' text embeddings"),
     ("--encoder", str, "LoRA on the vision | text | both towers (text, both: CLIP classifier)"),
     ("--tokenizer", str, "Hugging Face tokenizer (hub id or local directory) for HF text towers"),

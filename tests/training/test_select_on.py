@@ -117,9 +117,9 @@ def test_config_flag_and_sweep_accept_select_on(tmp_path):
     assert build_config(data="d", method="knn").select_on == "val"  # the study's protocol
     with pytest.raises(ConfigError, match="select_on.*'every-way'.*not one of"):
         build_config(data="d", select_on="every-way")
-    with pytest.raises(ConfigError, match="implemented for methods knn, logreg.*'linear'"):
-        build_config(data="d", method="linear", select_on="train-cv").validate()
-    for method in ("prototype", "zero-shot", "knn", "logreg"):  # nothing to choose, or CV
+    with pytest.raises(ConfigError, match="implemented for methods knn, linear, logreg.*'lora'"):
+        build_config(data="d", method="lora", select_on="train-cv").validate()
+    for method in ("prototype", "zero-shot", "knn", "logreg", "linear"):  # nothing, or CV
         build_config(data="d", method=method, select_on="train-cv").validate()
     sweep = {"name": "t", "datasets": {"a": {"source": "/data/a"}}, "backbones": ["uni"],
              "method": ["knn", "logreg", "prototype"], "seeds": [1], "shots": [1, 2]}

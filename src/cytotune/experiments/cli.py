@@ -115,7 +115,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ddof", type=int, default=0, help="std over seeds: 0 population (default), 1 sample")
     p.add_argument("--select-by", default="accuracy",
                    help="validation metric the learning rate is chosen on (default accuracy; "
-                        "auroc for multi-label sweeps)")
+                        "auroc for multi-label sweeps); linear runs with select_on train-cv "
+                        "are chosen on their cross-validated training accuracy instead")
     return p
 
 

@@ -3,7 +3,10 @@
 Selection (study, section 4): for every (sweep, data set, backbone, method, shots or fraction)
 and every seed, the learning rate with the best **validation** accuracy is chosen (ties: lower
 validation loss where recorded, then the smaller learning rate), and the **test** metric of that
-run is reported. Then mean ± standard deviation over the seeds (population std, ``ddof=0``, by
+run is reported. Linear runs trained with ``select_on: train-cv`` (a departure from the study)
+are chosen on their cross-validated accuracy on the training images instead, automatically
+(their config says so, and they are a variant of their own); ``selected.csv`` says which in
+``lr_chosen_on``. Then mean ± standard deviation over the seeds (population std, ``ddof=0``, by
 default; one seed gives ±0). Values are percentages.
 
 A cell pools only runs that differ in seed and learning rate. Runs of the same setting whose
@@ -27,7 +30,9 @@ Outputs, in ``out_dir``:
   rows, backbones as columns, "mean±std" cells and an "Average" row (mean over data sets);
   ``tables.md`` gathers them;
 - ``summary.csv`` (long form: mean, std, seeds, chosen lrs per setting, variant and metric),
-  ``selected.csv`` (the chosen run of each seed), ``runs.csv`` (every run, ``selected`` marked),
+  ``selected.csv`` (the chosen run of each seed), ``runs.csv`` (every run, ``selected`` marked,
+  with what a probe chose: ``hp_k``, ``hp_C``, ``hp_alpha``, ``hp_beta``, ``hp_select_on``,
+  ``hp_select_on_fallback`` ..., and a train-cv run's ``train_cv_accuracy``),
   ``timings.csv`` (feature extraction, training and total seconds, sums and means),
   ``failures.csv`` (failed attempts); each run's ``variant`` is a column of these files;
 - ``figures/shots__<sweep>__<method>__<metric>.png``: metric vs shots per class, one subplot per
@@ -65,7 +70,8 @@ from cytotune.experiments.report_figures import (DEFAULT_SOTA_LABEL, _linear_bas
                                                  shots_points, shots_ylims, zero_shot_points)
 from cytotune.experiments.report_html import html_page
 from cytotune.experiments.report_tables import (METRIC_LABELS, REPORT_METRICS, SETTING_LEVEL,
-                                                ZERO_SHOT, best_table, chance_level,
+                                                ZERO_SHOT, add_run_choices, best_table,
+                                                chance_level,
                                                 class_counts, comparison_table, first_seen,
                                                 has_variants, markdown_table,
                                                 out_of_domain_summary, same_value, sample_label,
@@ -139,7 +145,8 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
     """Write tables, figures, CSV files and one self-contained HTML page for a result store.
 
     ``metrics``: test metrics to report (accuracy, balanced_accuracy, macro_f1, auroc, ece);
-    the learning rate is always chosen on validation ``select_by`` (accuracy, as in the study).
+    the learning rate is chosen on validation ``select_by`` (accuracy, as in the study), or for
+    ``select_on: train-cv`` linear runs on their CV score (:func:`select_best`).
     ``sweeps``: restrict to these sweeps. ``sota``: data set -> state-of-the-art accuracy in %,
     drawn as a horizontal line on the fraction figures (no default; see the module docstring).
     Cells whose runs differ in more than seed and learning rate are split (module docstring);
@@ -159,7 +166,7 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
     if sweeps:
         full = full[full["sweep"].isin(list(sweeps))].reset_index(drop=True)
         failures = failures[failures["sweep"].isin(list(sweeps))].reset_index(drop=True)
-    full = add_variants(full)
+    full = add_run_choices(add_variants(full))
     notes = split_notes(full)
     for note in notes:
         log.warning(note)

@@ -9,7 +9,8 @@ from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
-from cytotune.experiments.report_tables import LOWER_IS_BETTER, METRIC_LABELS
+from cytotune.experiments.report_tables import (CHOSEN_ON, CV_SCORE, HYPERPARAMETER_PREFIX,
+                                                LOWER_IS_BETTER, METRIC_LABELS)
 from cytotune.experiments.report_variants import VARIANT
 
 _CSS = """
@@ -57,6 +58,17 @@ def _table_html(frame: pd.DataFrame, name: str) -> str:
     """A table of the page, marked ``data-table='name'``."""
     text = frame.to_html(index=False, border=0, escape=True, na_rep="")
     return text.replace("<table", f"<table data-table='{html.escape(name)}'", 1)
+
+
+def choice_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of what runs chose and how (:func:`~.report_tables.add_run_choices`), for the
+    per-run tables; the selection-mode columns only where some run left the study's protocol."""
+    hp = [c for c in frame.columns if c.startswith(HYPERPARAMETER_PREFIX)]
+    if HYPERPARAMETER_PREFIX + "select_on" in frame and \
+            (frame[HYPERPARAMETER_PREFIX + "select_on"].fillna("val") == "val").all() and \
+            HYPERPARAMETER_PREFIX + "select_on_requested" not in frame:
+        hp = [c for c in hp if c != HYPERPARAMETER_PREFIX + "select_on"]
+    return [*hp, *[c for c in (CV_SCORE, CHOSEN_ON) if c in frame]]
 
 
 def _with_variant(columns: Sequence[str], frame: pd.DataFrame) -> list[str]:
@@ -144,8 +156,8 @@ def html_page(title: str, store, records: pd.DataFrame, failures: pd.DataFrame,
     parts.append(_frame_html(timings))
     parts.append("<h2>Chosen runs (one per setting and seed)</h2>")
     keep = _with_variant(["sweep", "dataset", "backbone", "method", "shots", "fraction", "seed",
-                          "lr", "val_accuracy", "val_loss", *[f"test_{m}" for m in metrics],
-                          "run_id"], selected)
+                          "lr", "val_accuracy", "val_loss", *choice_columns(selected),
+                          *[f"test_{m}" for m in metrics], "run_id"], selected)
     parts.append(_frame_html(selected[keep] if not selected.empty else selected,
                              float_format="{:.4g}"))
     parts.append("<h2>Failed runs</h2>")
@@ -158,8 +170,8 @@ def html_page(title: str, store, records: pd.DataFrame, failures: pd.DataFrame,
         parts.append("<p class='note'>none</p>")
     parts.append("<h2 id='runs'>All runs</h2>")
     cols = _with_variant(["sweep", "dataset", "backbone", "method", "shots", "fraction", "seed",
-                          "lr", "val_accuracy", "test_accuracy", "trainable_params", "total_s",
-                          "run_id"], records)
+                          "lr", "val_accuracy", *choice_columns(records), "test_accuracy",
+                          "trainable_params", "total_s", "run_id"], records)
     parts.append(_frame_html(records[cols] if not records.empty else records,
                              float_format="{:.4g}"))
     parts.append("</body></html>")

@@ -29,11 +29,45 @@ SETTING_LEVEL = "setting"  # the table index level / column naming a variant
 
 
 # ---- selection ------------------------------------------------------------------------------
+HYPERPARAMETER_PREFIX = "hp_"  # runs.csv columns of what a run chose (metrics' hyperparameters)
+CV_SCORE, CV_LOSS = "train_cv_accuracy", "train_cv_loss"  # a train-cv linear run's CV score
+CHOSEN_ON = "lr_chosen_on"  # selected.csv: "val" or "train-cv", what chose the learning rate
+
+
+def add_run_choices(records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` (with ``metrics_json``) plus what each run chose and how: ``hp_<name>`` for
+    every scalar entry of its ``hyperparameters`` (knn's ``k``, logreg's ``C``, Tip-Adapter's
+    ``alpha``/``beta``, ``select_on`` used, ``select_on_fallback`` ...; the grids are left out)
+    and a train-cv linear run's CV score (``train_cv_accuracy``, ``train_cv_loss``). Columns
+    appear only where some run has them; records without ``metrics_json`` are returned as they
+    are."""
+    if "metrics_json" not in records or records.empty:
+        return records
+    frame = records.copy()
+    metrics = [json.loads(m) if isinstance(m, str) else {} for m in frame["metrics_json"]]
+    chosen = [m.get("hyperparameters") or {} for m in metrics]
+    names = list(dict.fromkeys(k for h in chosen for k, v in h.items()
+                               if not isinstance(v, (list, dict))))
+    for name in names:
+        frame[HYPERPARAMETER_PREFIX + name] = [h.get(name) for h in chosen]
+    cv = [m.get("train_cv") or {} for m in metrics]
+    if any(cv):
+        frame[CV_SCORE] = pd.Series([c.get("accuracy") for c in cv], dtype=object).astype(float)
+        frame[CV_LOSS] = pd.Series([c.get("loss") for c in cv], dtype=object).astype(float)
+    return frame
+
+
 def select_best(records: pd.DataFrame, select_by: str = "accuracy") -> pd.DataFrame:
     """The chosen run of every (setting, variant, seed): best validation ``select_by`` (higher is
     better), ties broken by lower validation loss (when recorded), then by the smaller learning
     rate. ``records`` need ``config_json`` (``ResultStore.records(full=True)``) or a ``variant``
-    column, so runs of different configurations are never chosen among."""
+    column, so runs of different configurations are never chosen among.
+
+    Runs trained with ``select_on: train-cv`` (linear) carry a CV score on their training images
+    (``train_cv_accuracy``, :func:`add_run_choices`): where every run of a (setting, variant,
+    seed) has one, that score and its loss choose instead, whatever ``select_by`` says (the CV
+    score is accuracy); a seed whose runs fell back to validation (1 shot per class) is chosen on
+    validation. ``lr_chosen_on`` says which."""
     if records.empty:
         out = records.copy()
         if VARIANT not in out:
@@ -42,9 +76,16 @@ def select_best(records: pd.DataFrame, select_by: str = "accuracy") -> pd.DataFr
     column = f"val_{select_by}"
     if column not in records:
         raise ValueError(f"records have no {column} column")
-    frame = add_variants(records).copy()
+    frame = add_run_choices(add_variants(records)).copy()
     frame["_score"] = frame[column].astype(float)
     frame["_loss"] = frame["val_loss"].astype(float) if "val_loss" in frame else np.nan
+    frame[CHOSEN_ON] = "val"
+    if CV_SCORE in frame:
+        on_cv = (frame.assign(_cv=frame[CV_SCORE].notna())
+                 .groupby(CELL + ["seed"], dropna=False, sort=False)["_cv"].transform("all"))
+        frame.loc[on_cv, "_score"] = frame.loc[on_cv, CV_SCORE].astype(float)
+        frame.loc[on_cv, "_loss"] = frame.loc[on_cv, CV_LOSS].astype(float)
+        frame.loc[on_cv, CHOSEN_ON] = "train-cv"
     ordered = frame.sort_values(["_score", "_loss", "lr"], ascending=[False, True, True],
                                 na_position="last", kind="mergesort")
     best = ordered.groupby(CELL + ["seed"], dropna=False, sort=False).head(1)

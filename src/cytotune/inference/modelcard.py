@@ -95,13 +95,18 @@ def _method(run: RunFiles, card: ModelCard) -> str:
     if cfg.method == "zero-shot":
         return ("zero-shot: no training; image-text similarity to the class prompts with the "
                 "model's own text tower and logit scale (prompt ensembling over templates)")
+    chosen_on = ("by cross-validation on the training images"
+                 if run.metrics.get("hyperparameters", {}).get("select_on") == "train-cv"
+                 else "on validation")
     if cfg.method == "linear":
         return (f"linear probe: a linear head trained with AdamW on features of the frozen "
-                f"backbone ({cfg.optim.lr:g} learning rate)")
+                f"backbone ({cfg.optim.lr:g} learning rate"
+                + ("; the last step of a fixed schedule, the run scored by cross-validation on "
+                   "the training images)" if "train_cv" in run.metrics else ")"))
     if cfg.method == "logreg":
         c = run.metrics.get("hyperparameters", {}).get("C")
         return ("logistic regression (scikit-learn, L2, lbfgs) on standardised features of the "
-                "frozen backbone" + (f", C={c:g} chosen on validation" if c is not None else ""))
+                "frozen backbone" + (f", C={c:g} chosen {chosen_on}" if c is not None else ""))
     if cfg.method == "tip-adapter":
         chosen = run.metrics.get("hyperparameters", {})
         return ("Tip-Adapter: zero-shot image-text similarity plus a cache of the training "

@@ -251,8 +251,9 @@ class TrainConfig:
     head_init: Literal["random", "text"] = "random"
     encoder: Literal["vision", "text", "both"] = "vision"
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)  # method "full"
-    # knn / logreg: choose k / C on "val" or by cross-validation on the training images
-    # ("train-cv", a departure from the study's protocol; see feature_probes)
+    # knn / logreg / linear: choose k / C / the learning rate on "val" or by cross-validation on
+    # the training images ("train-cv", a departure from the study's protocol; see feature_probes
+    # and methods.linear_cv)
     select_on: SelectOn = "val"
 
     def validate(self) -> None:

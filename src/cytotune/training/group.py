@@ -40,6 +40,7 @@ from cytotune.training.loop import RunLogFilter, run_scope, set_current_run
 from cytotune.training.methods import MethodContext, SplitTensors
 from cytotune.training.methods.base import needs_text_encoder
 from cytotune.training.methods.linear import freeze, linear_problem, linear_result
+from cytotune.training.methods.linear_cv import linear_cv
 from cytotune.training.progress import observer
 from cytotune.training.rundir import RunWriter
 from cytotune.training.runner import (RunData, RunResult, _decode, _write_run, assemble_result,
@@ -341,22 +342,28 @@ def _linear_group(members: list[_Member], backbone, union: SplitTensors,
     def of(split: SplitTensors) -> torch.Tensor:
         return feats[torch.as_tensor([position[int(r)] for r in split.rows], device=device)]
 
-    problems, views = [], []
+    problems, views, cvs = [], [], []
     for m in members:
         f_train, f_val, f_test = of(m.ctx.train), of(m.ctx.val), of(m.ctx.test)
         problem = linear_problem(m.ctx, f_train, f_val)
+        with run_scope(m.key):
+            cv = linear_cv(m.ctx, problem)  # train-cv: its fold heads join the group's loop
         problem.validate = _attributed(m.key, problem.validate)
         problems.append(problem)
         views.append((f_val, f_test))
+        cvs.append(cv)
+    folds = [fold for cv in cvs for fold in cv.problems]
     try:
-        histories = fit_linear_heads(problems, device, ctx0.task)
+        histories = fit_linear_heads(problems + folds, device, ctx0.task)
     finally:
         set_current_run(None)
+    fold_histories = iter(histories[len(problems):])
     shared = {"feature_extraction_s": seconds / len(members)}
     out = []
-    for m, p, h, (f_val, f_test) in zip(members, problems, histories, views):
+    for m, p, h, (f_val, f_test), cv in zip(members, problems, histories, views, cvs):
+        own_folds = [next(fold_histories) for _ in cv.problems]
         with run_scope(m.key):
-            out.append((linear_result(m.ctx, p, h, f_val, f_test, shared), None))
+            out.append((linear_result(m.ctx, p, h, f_val, f_test, shared, cv, own_folds), None))
     return out
 
 

@@ -37,8 +37,9 @@ def is_known_method(name: str) -> bool:
 # take no optimiser steps, so no step plan or learning rate applies
 FEATURE_PROBES: frozenset[str] = frozenset({"prototype", "knn", "logreg", "tip-adapter"})
 # methods that can choose their hyper-parameter by cross-validation on the training images
-# (config select_on: train-cv); the others choose on validation, or choose nothing (below)
-CV_SELECTION: frozenset[str] = frozenset({"knn", "logreg"})
+# (config select_on: train-cv; linear: its learning rate, chosen by the report on the runs' CV
+# scores); the others choose on validation, or choose nothing (below)
+CV_SELECTION: frozenset[str] = frozenset({"knn", "logreg", "linear"})
 # feature probes with no hyper-parameter to choose (select_on does not apply to them)
 CHOOSES_NOTHING: frozenset[str] = frozenset({"prototype"})
 

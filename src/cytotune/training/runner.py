@@ -361,6 +361,7 @@ def assemble_result(config: TrainConfig, prepared: RunData, test_split: SplitTen
                                 **({"weights": weights_fingerprint} if weights_fingerprint else {})}}
     if outcome.hyperparameters:
         metrics["hyperparameters"] = dict(outcome.hyperparameters)
+    metrics.update(getattr(outcome, "extra_metrics", None) or {})
     if len(indices.test_ood):
         metrics.update(domain_metrics(data, config, task, test_rows, in_domain, targets, probs))
     for level, (level_labels, level_names) in data.label_levels.items():

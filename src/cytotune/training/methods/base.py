@@ -59,6 +59,8 @@ class MethodResult:
     timings: dict[str, float] = field(default_factory=dict)
     # what a method chose on validation (knn's k, logreg's C), kept in metrics.json
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    # further metrics.json entries (a train-cv linear run's ``train_cv`` score)
+    extra_metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def new_head(feature_dim: int, num_classes: int, seed: int, device: torch.device) -> nn.Linear:

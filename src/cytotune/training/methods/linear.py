@@ -3,6 +3,7 @@
 One run is a group of one for :func:`cytotune.training.heads.fit_linear_heads`; a sweep's probes
 on one backbone and data set (seeds x learning rates x sample sizes) are one group
 (:mod:`cytotune.training.group`), sharing one feature extraction and one batched training loop.
+With ``select_on: train-cv`` a run's fold heads join that loop (:mod:`.linear_cv`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from cytotune.training.heads import HeadProblem, fit_linear_heads
 from cytotune.training.loop import EvalResult, FitHistory, evaluate_logits
 from cytotune.training.methods.base import (MethodContext, MethodResult, SplitTensors,
                                             initial_head)
+from cytotune.training.methods.linear_cv import LinearCV, cv_metrics, fold_seconds, linear_cv
 from cytotune.training.progress import observer
 
 log = logging.getLogger(__name__)
@@ -87,16 +89,24 @@ def evaluate_head(ctx: MethodContext, head: torch.nn.Linear, feats: torch.Tensor
 
 
 def linear_result(ctx: MethodContext, problem: HeadProblem, history: FitHistory,
-                  f_val: torch.Tensor, f_test: torch.Tensor,
-                  timings: dict[str, float]) -> MethodResult:
+                  f_val: torch.Tensor, f_test: torch.Tensor, timings: dict[str, float],
+                  cv: LinearCV, fold_histories: list[FitHistory]) -> MethodResult:
+    """The run's result; with train-cv folds (``cv``), their score in ``metrics["train_cv"]``
+    and their training time in the run's."""
     head = problem.head
     head_params = sum(p.numel() for p in head.parameters())
+    val = evaluate_head(ctx, head, f_val, ctx.val)
+    extra = {}
+    if cv.active:
+        extra["train_cv"] = cv_metrics(ctx, cv, problem.features)
+        history.best_val_accuracy, history.best_val_loss = val.selection_score, val.loss
+        history.seconds = fold_seconds([history, *fold_histories])
     return MethodResult(
-        head=head, val=evaluate_head(ctx, head, f_val, ctx.val),
-        test=evaluate_head(ctx, head, f_test, ctx.test), history=history,
+        head=head, val=val, test=evaluate_head(ctx, head, f_test, ctx.test), history=history,
         trainable_parameters={"backbone": 0, "head": head_params, "total": head_params},
         tensors_to_save={"head": {k: v.detach().cpu() for k, v in head.state_dict().items()}},
-        timings={**timings, "training_s": history.seconds})
+        timings={**timings, "training_s": history.seconds},
+        hyperparameters=dict(cv.hyperparameters), extra_metrics=extra)
 
 
 def run_linear_probe(ctx: MethodContext) -> MethodResult:
@@ -108,6 +118,7 @@ def run_linear_probe(ctx: MethodContext) -> MethodResult:
                                                 for s in (ctx.train, ctx.val, ctx.test))
     f_train, f_val, f_test = (f.to(ctx.device) for f in (f_train, f_val, f_test))
     problem = linear_problem(ctx, f_train, f_val)
-    (history,) = fit_linear_heads([problem], ctx.device, ctx.task)
+    cv = linear_cv(ctx, problem)
+    history, *folds = fit_linear_heads([problem, *cv.problems], ctx.device, ctx.task)
     return linear_result(ctx, problem, history, f_val, f_test,
-                         {"feature_extraction_s": t1 + t2 + t3})
+                         {"feature_extraction_s": t1 + t2 + t3}, cv, folds)
