@@ -270,8 +270,6 @@ def run_stage(name: str, ctx: Context) -> dict[str, Any]:
     if name == "linear_10pct":
         return measure(lambda: _grid(ctx, fraction=10.0))
     if name == "lora_fraction":
-        from cytotune.training.runner import run_training
-
         steps = ctx.args.lora_steps
 
         def lora() -> dict[str, Any]:
