@@ -219,7 +219,7 @@ def run_stage(name: str, ctx: Context) -> dict[str, Any]:
             return {"items": len(data)}
         return measure(split)
 
-    from cytotune.training.runner import card_for
+    from cytotune.training.runner import card_for, run_training
 
     ctx.ensure_weights()
     pre = card_for(ctx.config(method="linear")).preprocessing
@@ -258,7 +258,6 @@ def run_stage(name: str, ctx: Context) -> dict[str, Any]:
 
         shutil.rmtree(ctx.cache / "features", ignore_errors=True)  # cold bank
         # one linear run of one step: the run's own path fills the per-image feature bank
-        from cytotune.training.runner import run_training
 
         def extract() -> dict[str, Any]:
             result = run_training(ctx.config(**{"method": "linear", "seed": 1, "optim.steps": 1}))
