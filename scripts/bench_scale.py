@@ -13,6 +13,9 @@ For each N it times, one line per stage, and records the peak resident set (RSS)
 - ``linear_all`` / ``linear_10pct``: a 3 seeds x 5 learning rates linear-probe grid on all
   training images and on a 10 % fraction (features from the bank);
 - ``lora_fraction``: one LoRA run on a 10 % fraction: its data path and data wait share;
+- ``bank_1_chunk`` / ``bank_32_chunks``: reading N features (1280-d, fp32) for a linear probe
+  from a feature bank holding them in one chunk file, and in 32 (the most before a merge): all
+  N, then a 10 % sample; their peak RSS shows whether a lookup's memory follows the chunks;
 - ``plan`` / ``store_write`` / ``report``: planning a 1,440-run sweep, writing N/5 result rows
   (10,000 at N = 50k) through the store's API, and ``cytotune report`` over them.
 
@@ -39,7 +42,9 @@ from typing import Any, Callable, Optional
 IMAGE_STAGES = ("index_folder", "index_csv", "split_sample", "decode_cache", "plain_forward",
                 "features", "linear_all", "linear_10pct", "lora_fraction")
 STORE_STAGES = ("plan", "store_write", "report")
-STAGES = IMAGE_STAGES + STORE_STAGES
+BANK_STAGES = ("bank_1_chunk", "bank_32_chunks")
+BANK_DIM = 1280  # EfficientNet-Lite0's feature size
+STAGES = IMAGE_STAGES + BANK_STAGES + STORE_STAGES
 CLASSES = ("normal", "low_grade", "high_grade", "carcinoma")
 TARGET_RATIO = 1.25
 REPORT_TARGET_S = 30.0
@@ -282,6 +287,36 @@ def run_stage(name: str, ctx: Context) -> dict[str, Any]:
     raise ValueError(f"unknown stage {name}")
 
 
+def run_bank_stage(name: str, ctx: Context) -> dict[str, Any]:
+    """A feature bank of N random features in 1 or 32 chunks (set up untimed, once), then the
+    lookups a linear probe on all images and on a 10 % fraction make."""
+    import numpy as np
+    import torch
+
+    from cytotune.training.feature_bank import FeatureBank
+
+    chunks = 1 if name == "bank_1_chunk" else 32
+    bank = FeatureBank(ctx.out / f"bank-{chunks}")
+    bank.MAX_CHUNKS = chunks  # no merge while it is built
+    keys = [f"image-{i}" for i in range(ctx.n)]
+    if not list(bank.folder.glob("*.safetensors")):
+        gen = torch.Generator().manual_seed(0)
+        for part in np.array_split(np.arange(ctx.n), chunks):
+            feats = torch.randn(len(part), BANK_DIM, generator=gen)
+            bank._write_chunk(feats, [bank.key_bytes(keys[i]) for i in part])
+    sample = [keys[i] for i in np.random.default_rng(1).permutation(ctx.n)[:max(1, ctx.n // 10)]]
+
+    def never(_pixels):
+        raise AssertionError("every image is held")
+
+    def lookups() -> dict[str, Any]:
+        every, _, hit_all = bank.features(keys, torch.empty(ctx.n, 0), never)
+        tenth, _, hit_tenth = bank.features(sample, torch.empty(len(sample), 0), never)
+        assert hit_all and hit_tenth and every.shape == (ctx.n, BANK_DIM)
+        return {"items": ctx.n, "chunks": chunks}
+    return measure(lookups)
+
+
 def run_store_stage(name: str, ctx: Context) -> dict[str, Any]:
     """Planning, store writes and the report: no images needed (rows made from a planned grid)."""
     from cytotune.experiments.store import ResultStore
@@ -348,7 +383,8 @@ def run_store_stage(name: str, ctx: Context) -> dict[str, Any]:
 def child(args: argparse.Namespace) -> dict[str, Any]:
     ctx = Context(args, args.n)
     ctx.out.mkdir(parents=True, exist_ok=True)
-    fn = run_store_stage if args.stage in STORE_STAGES else run_stage
+    fn = run_store_stage if args.stage in STORE_STAGES else \
+        run_bank_stage if args.stage in BANK_STAGES else run_stage
     return fn(args.stage, ctx)
 
 

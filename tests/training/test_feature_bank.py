@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -102,9 +103,9 @@ def test_a_run_on_all_data_reuses_the_few_shot_runs_images(synthetic_data, tiny_
 
 
 def test_many_chunks_are_merged_into_one_and_every_image_stays_held(tmp_path, monkeypatch):
-    from cytotune.training.features import _FeatureBank
+    from cytotune.training.feature_bank import FeatureBank
 
-    monkeypatch.setattr(_FeatureBank, "MAX_CHUNKS", 3)
+    monkeypatch.setattr(FeatureBank, "MAX_CHUNKS", 3)
     cache, backbone = FeatureCache(tmp_path), CountingBackbone()
     pixels = _images(5)
     expected = []
@@ -246,3 +247,105 @@ def test_a_poisoned_pixel_cache_gives_the_clean_runs_numbers(synthetic_data, tin
     _assert_same_test_metrics(again, clean)
     for npy in entries:
         assert str(npy) in caplog.text
+
+
+# --------------------------------------------------------------------------- streamed reads
+
+
+def test_a_merged_chunk_is_a_valid_safetensors_file_that_passes_its_check(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from cytotune.training.feature_bank import FeatureBank, chunk_problem
+
+    monkeypatch.setattr(FeatureBank, "MAX_CHUNKS", 2)
+    cache, backbone = FeatureCache(tmp_path), CountingBackbone()
+    pixels = _images(4)
+    for i in range(3):  # the third write merges: "0" is asked twice, held once
+        cache.features(backbone, "w", pixels[[0, i + 1]], str(i), CPU,
+                       image_keys=["0", str(i + 1)])
+    (bank,) = list((tmp_path / "features").iterdir())
+    (merged,) = list(bank.glob("*.safetensors"))
+    assert chunk_problem(merged) is None
+    tensors = load_file(str(merged))
+    assert tensors["features"].shape == (4, 3) and tensors["keys"].shape == (4, 16)
+    assert len({bytes(k) for k in tensors["keys"].numpy()}) == 4
+    _poison_tensor(merged)
+    assert "does not match the digest" in chunk_problem(merged)
+
+
+def test_rows_are_read_without_loading_the_chunk(tmp_path, monkeypatch):
+    """With checks off, only the blocks holding wanted rows are read; with checks on, the
+    whole file is hashed through one small buffer, and the rows equal safetensors' own load."""
+    from safetensors.torch import load_file
+
+    from cytotune.data import cachefiles
+    from cytotune.training import feature_bank
+    from cytotune.training.feature_bank import ChunkFile, FeatureBank
+
+    monkeypatch.setattr(feature_bank, "BLOCK_BYTES", 4 * 8 * 4)  # 4 rows of 8 floats a block
+    bank = FeatureBank(tmp_path / "bank")
+    feats = torch.randn(40, 8)
+    assert bank._write_chunk(feats, [bank.key_bytes(str(i)) for i in range(40)])
+    (path,) = list(bank.folder.glob("*.safetensors"))
+    read_bytes = []
+
+    class CountingFile:
+        def __init__(self, file):
+            self.file = file
+
+        def readinto(self, view):
+            read_bytes.append(self.file.readinto(view))
+            return read_bytes[-1]
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr(feature_bank, "open", lambda *a, **k: CountingFile(open(*a, **k)),
+                        raising=False)
+    rows = [37, 2, 2, 9]
+    out = torch.zeros(4, 8)
+    with cachefiles.verification("off"):
+        ChunkFile(path).read_rows(rows, lambda i, row: out[i].copy_(row))
+    torch.testing.assert_close(out, load_file(str(path))["features"][rows], rtol=0, atol=0)
+    assert read_bytes == [128, 128, 128]  # the blocks of rows 0-3, 8-11 and 36-39 only
+    read_bytes.clear()
+    got, _, hit = bank.features([str(r) for r in rows], torch.empty(4, 0), None)
+    assert hit and sum(read_bytes) == 40 * 8 * 4  # checked: every block hashed, once
+    torch.testing.assert_close(got, feats[rows], rtol=0, atol=0)
+
+
+def test_a_lookup_holds_its_result_not_the_bank(tmp_path):
+    """Peak memory of reading 1 % of a 100 MB bank (in a fresh process): the old reader loaded
+    whole chunk files (twice while parsing); a streamed one holds the result and one buffer."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc to reset and read the peak resident set")
+    script = f"""
+import numpy as np, torch
+from pathlib import Path
+from cytotune.training.feature_bank import FeatureBank
+bank = FeatureBank(Path({str(tmp_path / 'bank')!r}))
+keys = [str(i) for i in range(25600)]
+bank._write_chunk(torch.randn(25600, 1024), [bank.key_bytes(k) for k in keys])
+import gc; gc.collect()
+open("/proc/self/clear_refs", "w").write("5")
+def rss(field):
+    return [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field)][0]
+before = rss("VmRSS:")
+got, _, hit = bank.features(keys[::100], torch.empty(256, 0), None)
+assert hit and got.shape == (256, 1024)
+print((rss("VmHWM:") - before) // 1024)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    growth_mib = int(proc.stdout.split()[-1])
+    assert growth_mib < 40, f"a 1 % lookup of a 100 MB bank grew the process by {growth_mib} MiB"

@@ -52,7 +52,8 @@ def verify_cache(root: Path | str, remove_bad: bool = False) -> CacheReport:
     """Hash every image and feature entry under ``root`` (a ``cache_dir``) in full."""
     from cytotune.data import cachefiles
     from cytotune.data.dataset import DataError
-    from cytotune.training.features import check_features_file  # torch: only when verifying
+    from cytotune.training.feature_bank import chunk_problem  # torch: only when verifying
+    from cytotune.training.features import check_features_file
 
     root = Path(root)
     if not root.is_dir():
@@ -72,7 +73,10 @@ def verify_cache(root: Path | str, remove_bad: bool = False) -> CacheReport:
                 doomed += [pixels, sidecar]
         for chunk in sorted(features.rglob("*.safetensors")):
             try:
-                _, problem = check_features_file(chunk)
+                if chunk.parent == features:  # one entry per set of images
+                    _, problem = check_features_file(chunk)
+                else:  # a per-image bank's chunk: streamed, whatever its size
+                    problem = chunk_problem(chunk)
             except OSError as err:
                 problem = f"cannot be read ({err.strerror or err})"
             _count(report, chunk, problem)

@@ -12,18 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import struct
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from cytotune.data import cachefiles
+from cytotune.training.feature_bank import DIGEST_FIELD, FeatureBank, save_atomic, tensors_digest
 from cytotune.training.augment import normalise
 from cytotune.training.config import PRECISIONS
 from cytotune.training.progress import observer
@@ -121,7 +120,7 @@ class FeatureCache:
             return self.get_or_compute(key, lambda: extract(pixels))
         bank = self.cache_dir / self.key(backbone.card.name, weights_fingerprint,
                                          pre.fingerprint(), "per-image bank", resolved)
-        return _FeatureBank(bank).features(list(image_keys), pixels, extract)
+        return FeatureBank(bank).features(list(image_keys), pixels, extract)
 
     def get_or_compute(self, key: str, compute) -> tuple[torch.Tensor, float, bool]:
         """(features, seconds spent computing (0 on a hit), whether it was a cache hit)."""
@@ -134,23 +133,8 @@ class FeatureCache:
         feats = compute()
         elapsed = time.perf_counter() - start
         if path is not None:
-            _save_atomic({"features": feats.contiguous()}, path, metadata={"key": key})
+            save_atomic({"features": feats.contiguous()}, path, metadata={"key": key})
         return feats, elapsed, False
-
-
-DIGEST_FIELD = "cytotune_digest"
-
-
-def tensors_digest(tensors: dict[str, torch.Tensor], name: str = cachefiles.DIGEST_NAME) -> str:
-    """``"<algorithm>:<hex>"`` over every tensor's name, dtype, shape and bytes (by name): what a
-    reader gets out of a safetensors file, whatever its header says about where it lies."""
-    digest = hashlib.new(name)
-    for key in sorted(tensors):
-        tensor = tensors[key].detach().contiguous().cpu()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return cachefiles.format_digest(digest)
 
 
 def check_features_file(path: Path) -> tuple[Optional[dict[str, torch.Tensor]], Optional[str]]:
@@ -192,116 +176,3 @@ def read_checked(path: Path, what: str) -> Optional[dict[str, torch.Tensor]]:
         cachefiles.discard([path], what, problem)
         return None
     return tensors
-
-
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path,
-                 metadata: Optional[dict[str, str]] = None) -> bool:
-    """Write a safetensors file with the digest of its tensors through a temporary file in its
-    folder, so a reader (or a killed run) never sees half of it. A folder that cannot be
-    written (full, read-only) is a warning and nothing is stored: returns whether it was."""
-    data = save_safetensors(tensors, metadata={**(metadata or {}),
-                                               DIGEST_FIELD: tensors_digest(tensors)})
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cachefiles.remove_leftover_temp_files(path.parent)
-        cachefiles.write_atomic(path, data)
-    except OSError as err:
-        cachefiles.warn_unwritable(path.parent, err)
-        return False
-    return True
-
-
-class _FeatureBank:
-    """Features image by image in one folder: chunk files ``<id>.safetensors`` holding
-    ``features`` (n, D) and ``keys`` (n, 16) uint8, the images' content keys, and the digest of
-    both in their metadata. A chunk is written atomically under a fresh name, so concurrent runs
-    never clash (an image extracted twice is simply held twice); an unreadable chunk is ignored
-    with a warning, one that fails its content check is also removed, and their images are
-    extracted again."""
-
-    KEY_BYTES = 16
-    MAX_CHUNKS = 32  # beyond this many chunk files, a write merges them into one
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-
-    @classmethod
-    def _key_bytes(cls, key: str) -> bytes:
-        return hashlib.blake2b(key.encode(), digest_size=cls.KEY_BYTES).digest()
-
-    def features(self, keys: list[str], pixels: torch.Tensor,
-                 extract) -> tuple[torch.Tensor, float, bool]:
-        wanted = [self._key_bytes(k) for k in keys]
-        needed = set(wanted)
-        found: dict[bytes, torch.Tensor] = {}
-        for _, feats, chunk_keys in self._chunks():
-            for row, key in enumerate(chunk_keys):
-                if key in needed and key not in found:
-                    found[key] = feats[row]
-            if not needed - found.keys():
-                break
-        held = sum(k in found for k in wanted)
-        first_missing: dict[bytes, int] = {}  # one extraction per distinct image
-        for i, key in enumerate(wanted):
-            if key not in found:
-                first_missing.setdefault(key, i)
-        seconds = 0.0
-        if first_missing:
-            rows = list(first_missing.values())
-            start = time.perf_counter()
-            new = extract(pixels[torch.as_tensor(rows)])
-            seconds = time.perf_counter() - start
-            if self._write_chunk(new, list(first_missing)):
-                self._compact()
-            found.update(zip(first_missing, new))
-            log.info("features: %d of %d images extracted, %d from the cache", len(rows),
-                     len(keys), held)
-        return torch.stack([found[k] for k in wanted]), seconds, not first_missing
-
-    def _chunks(self) -> Iterator[tuple[Path, torch.Tensor, list[bytes]]]:
-        """``(file, features (n, D), the n keys)`` of every readable chunk; an unreadable one is
-        skipped with a warning (its images are then only a cache miss)."""
-        if not self.folder.is_dir():
-            return
-        for chunk in sorted(self.folder.glob("*.safetensors")):
-            tensors = read_checked(chunk, "feature cache chunk")
-            if tensors is None:
-                continue
-            try:
-                feats, keys = tensors["features"], tensors["keys"]
-                if feats.dim() != 2 or keys.shape != (feats.shape[0], self.KEY_BYTES):
-                    raise ValueError(f"features {tuple(feats.shape)}, keys {tuple(keys.shape)}")
-            except Exception as err:  # noqa: BLE001 - any unreadable chunk is only a cache miss
-                log.warning("ignoring unusable feature cache chunk %s (%s)", chunk, err)
-                continue
-            yield chunk, feats, [bytes(k) for k in keys.numpy()]
-
-    def _compact(self) -> None:
-        """Merge the chunk files into one when there are more than ``MAX_CHUNKS``: a sweep adds
-        a small chunk per run, and every lookup reads chunks until it has what it needs. The
-        merged file is written before the merged chunks are removed, so every image stays held;
-        a concurrent reader that misses a removed chunk extracts its images again."""
-        if len(list(self.folder.glob("*.safetensors"))) <= self.MAX_CHUNKS:
-            return
-        merged: dict[bytes, torch.Tensor] = {}
-        files = []
-        for chunk, feats, keys in self._chunks():
-            files.append(chunk)
-            for key, row in zip(keys, feats):
-                merged.setdefault(key, row)
-        if len(files) < 2 or len({f.shape for f in merged.values()}) != 1:
-            return
-        if not self._write_chunk(torch.stack(list(merged.values())), list(merged)):
-            return  # nothing merged was written: keep the chunks
-        for chunk in files:
-            chunk.unlink(missing_ok=True)
-        log.info("feature cache %s: %d chunks merged into one (%d images)", self.folder,
-                 len(files), len(merged))
-
-    def _write_chunk(self, feats: torch.Tensor, keys: list[bytes]) -> bool:
-        """Store a new chunk; whether it was stored (a full or read-only folder: not)."""
-        key_tensor = torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8)
-        name = hashlib.blake2b(b"".join(keys), digest_size=12).hexdigest()
-        return _save_atomic({"features": feats.contiguous(),
-                      "keys": key_tensor.view(len(keys), self.KEY_BYTES).clone()},
-                     self.folder / f"{name}-{os.getpid()}-{time.time_ns()}.safetensors")

@@ -111,9 +111,9 @@ def fit_linear_heads(problems: list[HeadProblem], device: torch.device,
     lrs = lr_table(problems, total, device)
     orders = [batch_order(len(p.targets), min(p.batch_size, len(p.targets)),
                           torch.Generator().manual_seed(p.seed)) for p in problems]
-    # every head's features in one tensor: a step's batches are then one gather
-    offsets = torch.tensor([0] + [len(p.targets) for p in problems]).cumsum(0)[:-1].tolist()
-    all_features = torch.cat([p.features for p in problems])
+    # every distinct features tensor once in one tensor (heads of a grid on one split share
+    # theirs): a step's batches are then one gather, and memory does not grow with the heads
+    all_features, offsets = _concatenated([p.features for p in problems])
     histories = [FitHistory() for _ in problems]
     bests = [BestState(lambda k=k: {"weight": weight[k], "bias": bias[k]})
              for k in range(len(problems))]
@@ -168,6 +168,20 @@ def fit_linear_heads(problems: list[HeadProblem], device: torch.device,
         best.restore(history, dict(p.head.named_parameters()))
         history.seconds = elapsed / len(problems)  # the group's time, shared out
     return histories
+
+
+def _concatenated(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    """One tensor holding each distinct (by identity) tensor of ``tensors`` once, and the row
+    offset of each entry of ``tensors`` in it."""
+    first: dict[int, int] = {}  # id -> offset
+    unique, offsets, rows = [], [], 0
+    for tensor in tensors:
+        if id(tensor) not in first:
+            first[id(tensor)] = rows
+            unique.append(tensor)
+            rows += len(tensor)
+        offsets.append(first[id(tensor)])
+    return (unique[0] if len(unique) == 1 else torch.cat(unique)), offsets
 
 
 def _padded(targets: torch.Tensor, batch: torch.Tensor, width: int) -> torch.Tensor:
