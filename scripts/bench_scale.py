@@ -127,18 +127,22 @@ def _current_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``fn`` (returns at least ``items``); add wall seconds, RSS before and peak RSS."""
+def measure(fn: Callable[[], dict[str, Any]], repeats: int = 1) -> dict[str, Any]:
+    """Run ``fn`` (returns at least ``items``); add wall seconds (the best of ``repeats``: a
+    stage of a few milliseconds at 1k is otherwise timer and cache noise), RSS before and peak
+    RSS."""
     import gc
 
     gc.collect()
     reset = _reset_peak()
     before = _current_rss()
-    start = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - start
-    return {**out, "seconds": seconds, "rss_before_bytes": before, "peak_rss_bytes": _peak_rss(),
-            "peak_is_stage_only": reset}
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return {**out, "seconds": min(times), "repeats": repeats, "rss_before_bytes": before,
+            "peak_rss_bytes": _peak_rss(), "peak_is_stage_only": reset}
 
 
 # ---- stages (run in the child) ---------------------------------------------------------------------
@@ -209,9 +213,9 @@ def run_stage(name: str, ctx: Context) -> dict[str, Any]:
     from cytotune.data import ImageStore, few_shot, fraction, make_splits, read_csv, read_folder
 
     if name == "index_folder":
-        return measure(lambda: {"items": len(read_folder(ctx.root))})
+        return measure(lambda: {"items": len(read_folder(ctx.root))}, repeats=3)
     if name == "index_csv":
-        return measure(lambda: {"items": len(read_csv(ctx.csv))})
+        return measure(lambda: {"items": len(read_csv(ctx.csv))}, repeats=3)
     if name == "split_sample":
         data = read_folder(ctx.root)
 
@@ -222,7 +226,7 @@ def run_stage(name: str, ctx: Context) -> dict[str, Any]:
                 few_shot(labels, idx.train, min(16, ctx.n // 40), seed, data.class_names)
                 fraction(labels, idx.train, 10.0, seed)
             return {"items": len(data)}
-        return measure(split)
+        return measure(split, repeats=3)
 
     from cytotune.training.runner import card_for, run_training
 

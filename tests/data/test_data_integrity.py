@@ -215,3 +215,20 @@ def test_multilabel_strata_views_are_not_refused():
                           targets=np.array([[1, 1]] * 6, dtype=np.uint8))
     split = make_splits(data.stratification_view(), seed=0, val_fraction=0.0, test_fraction=0.34)
     assert len(split.train) + len(split.test) == 6
+
+
+def test_the_memoised_same_file_key_equals_realpath_for_links_and_dot_dots(tmp_path):
+    """duplicate_positions resolves each folder once; the key must stay what realpath gives."""
+    from cytotune.data.readers import duplicate_positions, same_file_key
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.png").write_bytes(b"x")
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "alias.png").symlink_to(tmp_path / "real" / "a.png")
+    paths = [tmp_path / "real" / "a.png", tmp_path / "linked" / "a.png",
+             tmp_path / "real" / "alias.png", tmp_path / "linked" / ".." / "real" / "a.png",
+             tmp_path / "real" / "..", tmp_path / "real" / "b.png", Path("relative.png")]
+    folders: dict[str, str] = {}
+    for path in paths:
+        assert same_file_key(path, folders) == same_file_key(path), path
+    assert duplicate_positions(paths) == [(0, 1), (0, 2), (0, 3)]
