@@ -350,9 +350,11 @@ def test_store_refuses_in_one_line_to_decode_in_memory_what_cannot_fit(tmp_path,
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(cachefiles, "temp_path", read_only)
+    monkeypatch.setattr(cachefiles, "reserve", read_only)  # the resumable build's file
     monkeypatch.setattr(cachefiles, "available_memory", lambda: 1000)
     with pytest.raises(CacheError, match="Read-only file system.*in memory.*Make it writable"):
         ImageStore(tmp_path / "cache").get(images, 36, 32, "bicubic")
+    assert not list((tmp_path / "cache").glob("*.partial*"))  # no lock or file left behind
 
 
 def test_store_removes_temp_files_of_dead_processes_when_it_writes(tmp_path, images):

@@ -28,6 +28,7 @@ from PIL import Image
 from cytotune.data import cachefiles
 from cytotune.data.cachefiles import CacheError
 from cytotune.data.dataset import DataError
+from cytotune.data.pixel_files import NpyFile, ResumableBuild, map_npy
 
 logger = logging.getLogger(__name__)
 
@@ -228,13 +229,17 @@ def _ordered_map(function: Callable[[_T], _R], items: Sequence[_T],
 
 def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.ndarray,
                  resize_size: int, crop_size: int, interpolation: str, skip_bad: bool,
-                 num_workers: int, warn_bad: bool = True
+                 num_workers: int, warn_bad: bool = True, start: int = 0,
+                 kept: Optional[list[int]] = None, bad: Optional[list[tuple[int, str]]] = None,
+                 on_image: Optional[Callable[[int, list[int], list[tuple[int, str]]], None]] = None
                  ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode every path into consecutive rows of ``out``; return kept indices and (index, reason).
 
     ``read(i)`` supplies the bytes of ``paths[i]``, so callers that already read a file (to hash
     it) do not read it twice. With ``skip_bad=False`` the first bad file raises; with it, each
     skipped file is a log warning unless ``warn_bad=False`` (a caller that reports them itself).
+    A resumed build passes ``start`` (inputs already done) with their ``kept`` and ``bad``;
+    ``on_image(inputs done, kept, bad)`` follows every input (progress, checkpoints).
     """
 
     def decode(index: int) -> np.ndarray | ImageDecodeError:
@@ -244,18 +249,21 @@ def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.nd
         except ImageDecodeError as err:
             return err
 
-    kept: list[int] = []
-    bad: list[tuple[int, str]] = []
-    for index, result in enumerate(_ordered_map(decode, range(len(paths)), num_workers)):
+    kept = list(kept or [])
+    bad = list(bad or [])
+    for index, result in zip(range(start, len(paths)),
+                             _ordered_map(decode, range(start, len(paths)), num_workers)):
         if isinstance(result, ImageDecodeError):
             if not skip_bad:
                 raise ImageDecodeError(result.path, result.reason, SKIP_BAD_HINT) from result
             if warn_bad:
                 logger.warning("skipping %s: %s", result.path, result.reason)
             bad.append((index, result.reason))
-            continue
-        out[len(kept)] = result.transpose(2, 0, 1)
-        kept.append(index)
+        else:
+            out[len(kept)] = result.transpose(2, 0, 1)
+            kept.append(index)
+        if on_image is not None:
+            on_image(index + 1, kept, bad)
     return np.asarray(kept, dtype=np.int64), bad
 
 
@@ -278,10 +286,10 @@ def decode_images(paths: Sequence[Path | str], resize_size: int, crop_size: int,
 
 def _decode_in_memory(paths: list[Path], read: Callable[[int], bytes], resize_size: int,
                       crop_size: int, interpolation: str, skip_bad: bool,
-                      num_workers: int, warn_bad: bool = True) -> DecodedImages:
+                      num_workers: int, warn_bad: bool = True, on_image=None) -> DecodedImages:
     out = np.empty((len(paths), 3, crop_size, crop_size), dtype=np.uint8)
     kept, bad = _decode_into(paths, read, out, resize_size, crop_size, interpolation, skip_bad,
-                             num_workers, warn_bad)
+                             num_workers, warn_bad, on_image=on_image)
     return DecodedImages(pixels=torch.from_numpy(out[: len(kept)]), kept=kept,
                          bad=[(paths[i], reason) for i, reason in bad])
 
@@ -322,14 +330,33 @@ class ImageStore:
         self.max_retained_bytes = max_retained_bytes
         self.hits = 0
         self.misses = 0
+        self._progress: Optional[Callable[[int], None]] = None
+
+    def _on_image(self, done: int, kept: list[int], bad: list[tuple[int, str]]) -> None:
+        self._advance(1)
 
     def get(self, paths: Sequence[Path | str], resize_size: int, crop_size: int,
-            interpolation: str, skip_bad: bool = False) -> DecodedImages:
+            interpolation: str, skip_bad: bool = False,
+            progress: Optional[Callable[[int], None]] = None) -> DecodedImages:
         """The decoded images for ``paths``, from the cache when their contents are unchanged.
 
         The returned tensor is memory-mapped copy-on-write: writing to it never touches the file.
+        ``progress(n)``: ``n`` more of ``paths`` are done (decoded, or found in the cache), so a
+        display can follow a build of many thousand images.
         """
-        paths = [Path(p) for p in paths]
+        self._progress = progress
+        try:
+            return self._get([Path(p) for p in paths], resize_size, crop_size, interpolation,
+                             skip_bad)
+        finally:
+            self._progress = None
+
+    def _advance(self, n: int) -> None:
+        if self._progress is not None and n:
+            self._progress(n)
+
+    def _get(self, paths: list[Path], resize_size: int, crop_size: int, interpolation: str,
+             skip_bad: bool) -> DecodedImages:
         _check_settings(resize_size, crop_size, interpolation)
         digests, retained = self._hash_files(paths, skip_bad)
         key = self._key(digests, resize_size, crop_size, interpolation)
@@ -337,10 +364,11 @@ class ImageStore:
         decoded = None if self.cache_dir is None else self._load(key, paths, crop_size)
         if decoded is not None:
             self.hits += 1
+            self._advance(len(paths))
         elif self.cache_dir is None:
             self.misses += 1
             decoded = _decode_in_memory(paths, read, resize_size, crop_size, interpolation,
-                                        skip_bad, self.num_workers)
+                                        skip_bad, self.num_workers, on_image=self._on_image)
         else:
             self.misses += 1
             decoded = self._decode_and_store(key, paths, read, resize_size, crop_size,
@@ -438,7 +466,7 @@ class ImageStore:
                 # Copy-on-write map: still lazily paged from disk, but an in-place edit of the
                 # tensor stays private instead of faulting on read-only memory or altering the
                 # cache.
-                pixels = _map_npy(pixels_path, expected)
+                pixels = map_npy(pixels_path, expected)
         except (OSError, ValueError, KeyError, TypeError) as err:
             logger.warning("ignoring unusable image cache entry %s (%s); decoding again",
                            pixels_path, err)
@@ -459,24 +487,42 @@ class ImageStore:
     def _decode_and_store(self, key: str, paths: list[Path], read: Callable[[int], bytes],
                           resize_size: int, crop_size: int, interpolation: str,
                           skip_bad: bool) -> DecodedImages:
-        """Decode into a temporary ``.npy`` whose space is reserved first, move it into place,
-        then write the sidecar with the file's digest. A cache folder that cannot be written
-        (full, read-only) is a warning, and the images are decoded without caching."""
+        """Decode into a ``.npy`` whose space is reserved first, move it into place, then write
+        the sidecar with the file's digest. The build is resumable (see
+        :mod:`cytotune.data.pixel_files`): a build of the same images stopped before resumes
+        where it stopped; while another live process builds them, this one builds privately.
+        A cache folder that cannot be written (full, read-only) is a warning, and the images
+        are decoded without caching."""
         assert self.cache_dir is not None
         pixels_path, sidecar_path = self._entry(key)
         shape = (len(paths), 3, crop_size, crop_size)
+        build: Optional[ResumableBuild] = None
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             cachefiles.remove_leftover_temp_files(self.cache_dir)
-            target = _NpyFile(self.cache_dir, shape)
+            build = ResumableBuild.claim(self.cache_dir, key, shape, len(paths))
+            target = build.target if build is not None else NpyFile(self.cache_dir, shape)
+            assert target is not None
         except OSError as err:
+            if build is not None:
+                build.release()
             self._check_memory(err, shape)
             cachefiles.warn_unwritable(self.cache_dir, err)
             return _decode_in_memory(paths, read, resize_size, crop_size, interpolation,
-                                     skip_bad, self.num_workers)
+                                     skip_bad, self.num_workers, on_image=self._on_image)
+        start = build.start if build is not None else 0
+        self._advance(start)
+
+        def on_image(done: int, kept: list[int], bad: list[tuple[int, str]]) -> None:
+            self._advance(1)
+            if build is not None:
+                build.record(done, kept, bad)
+
         try:
             kept, bad = _decode_into(paths, read, target.rows, resize_size, crop_size,
-                                     interpolation, skip_bad, self.num_workers)
+                                     interpolation, skip_bad, self.num_workers, start=start,
+                                     kept=build.kept if build else None,
+                                     bad=build.bad if build else None, on_image=on_image)
             digest = target.finish(len(kept))
             sidecar = {"format": _CACHE_FORMAT, "n_paths": len(paths), "resize_size": resize_size,
                        "crop_size": crop_size, "interpolation": interpolation,
@@ -488,11 +534,16 @@ class ImageStore:
             except OSError as err:  # e.g. no room for the sidecar: keep the decoded pixels
                 cachefiles.warn_unwritable(self.cache_dir, err)
                 source = pixels_path if not target.path.exists() else target.path
-                pixels = _map_npy(source, (len(kept),) + shape[1:])
+                pixels = map_npy(source, (len(kept),) + shape[1:])
                 source.unlink(missing_ok=True)  # the map keeps the data until it is dropped
                 return self._decoded(pixels, paths, bad)
+            if build is not None:
+                build.complete()
         finally:
-            target.discard()
+            if build is None:
+                target.discard()
+            else:  # a stopped build keeps its files to resume from
+                build.release()
         loaded = self._load(key, paths, crop_size, checked=True)
         if loaded is None:
             raise CacheError(f"image cache entry {pixels_path} could not be read back after "
@@ -537,72 +588,3 @@ def _check_image_entry(pixels_path: Path, sidecar_path: Path, sidecar: dict) -> 
         except OSError as err:
             logger.debug("could not record the stamp of %s (%s)", pixels_path, err)
     return None
-
-
-def _map_npy(path: Path, expected: tuple[int, ...]) -> np.ndarray:
-    """The uint8 array of shape ``expected`` in the ``.npy`` at ``path``, memory-mapped
-    copy-on-write (numpy cannot map an empty array: that one is read)."""
-    if int(np.prod(expected)) == 0:
-        pixels = np.load(path)
-    else:
-        pixels = np.load(path, mmap_mode="c")
-    if pixels.shape != expected or pixels.dtype != np.uint8:
-        raise ValueError(f"holds {pixels.dtype} {pixels.shape}, expected uint8 {expected}")
-    return pixels
-
-
-def _npy_header(shape: tuple[int, ...], length: Optional[int] = None) -> bytes:
-    """The ``.npy`` (version 1.0) header of a C-ordered uint8 array; padded to ``length`` bytes
-    when given, so a shrunk array's header can overwrite the original one in place."""
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buffer, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
-    header = buffer.getvalue()
-    if length is not None and len(header) != length:
-        if len(header) > length or length - 10 > 0xFFFF:
-            raise ValueError(f"npy header of {shape} does not fit in {length} bytes")
-        header = header[:-1] + b" " * (length - len(header)) + b"\n"
-        header = header[:8] + struct.pack("<H", length - 10) + header[10:]
-    return header
-
-
-class _NpyFile:
-    """A temporary ``.npy`` of uint8 rows in a folder, its whole size allocated before it is
-    memory-mapped: writing a map of a sparse file on a full disk kills the process with SIGBUS
-    ("Bus error"); a reservation fails with a plain OSError instead, before any work."""
-
-    def __init__(self, directory: Path, shape: tuple[int, ...]) -> None:
-        self.shape = shape
-        self.path = cachefiles.temp_path(directory, ".npy.tmp")
-        try:
-            self.header = _npy_header(shape)
-            with open(self.path, "r+b") as file:
-                file.write(self.header)
-                file.flush()
-                cachefiles.reserve(file.fileno(), len(self.header) + int(np.prod(shape)))
-            self.rows: Optional[np.ndarray] = (
-                np.memmap(self.path, dtype=np.uint8, mode="r+", offset=len(self.header),
-                          shape=shape) if int(np.prod(shape)) else np.empty(shape, np.uint8))
-        except BaseException:
-            self.path.unlink(missing_ok=True)
-            raise
-
-    def finish(self, n_rows: int) -> str:
-        """Write the pixels out, keep only the first ``n_rows`` rows (header rewritten in place,
-        file truncated: no second copy, so no extra space needed) and return the file's digest."""
-        assert self.rows is not None
-        if isinstance(self.rows, np.memmap):
-            self.rows.flush()
-        self.rows = None  # unmap before truncating
-        header = _npy_header((n_rows,) + self.shape[1:], length=len(self.header))
-        row_bytes = int(np.prod(self.shape[1:]))
-        with open(self.path, "r+b") as file:
-            file.write(header)
-            file.truncate(len(header) + n_rows * row_bytes)
-            file.flush()
-        return cachefiles.file_digest(self.path)
-
-    def discard(self) -> None:
-        """Remove the temporary file unless it was moved into place."""
-        self.rows = None
-        self.path.unlink(missing_ok=True)

@@ -52,6 +52,7 @@ def verify_cache(root: Path | str, remove_bad: bool = False) -> CacheReport:
     """Hash every image and feature entry under ``root`` (a ``cache_dir``) in full."""
     from cytotune.data import cachefiles
     from cytotune.data.dataset import DataError
+    from cytotune.data.pixel_files import stale_partial_builds
     from cytotune.training.feature_bank import chunk_problem  # torch: only when verifying
     from cytotune.training.features import check_features_file
 
@@ -84,7 +85,8 @@ def verify_cache(root: Path | str, remove_bad: bool = False) -> CacheReport:
                 doomed.append(chunk)
     report.incomplete = [p for p in sorted(images.glob("*.npy"))
                          if not p.with_suffix(".json").exists()]
-    report.leftovers = cachefiles.leftover_temp_files(root)
+    report.leftovers = cachefiles.leftover_temp_files(root) + (
+        stale_partial_builds(images) if images.is_dir() else [])
     if remove_bad:
         for path in doomed + report.incomplete + report.leftovers:
             try:

@@ -214,7 +214,6 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
                                      wanted_splits(m.config, m.prepared.indices).values()]))
     observer().phase("decoding", len(rows))
     union = _decode(store, data, rows, pre, first.data.skip_bad_images, "union")
-    observer().advance(len(rows))
     position = {int(r): i for i, r in enumerate(union.rows)}
     decode_s = time.perf_counter() - t0
     keep_pixels = first.method != "linear"  # linear probes need only their features

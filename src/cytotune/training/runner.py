@@ -160,7 +160,8 @@ def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, s
             split: str) -> SplitTensors:
     paths = [data.paths[i] for i in indices]
     decoded = store.get(paths, resize_size=pre.effective_resize, crop_size=pre.image_size,
-                        interpolation=pre.interpolation, skip_bad=skip_bad)
+                        interpolation=pre.interpolation, skip_bad=skip_bad,
+                        progress=observer().advance)  # image by image: 50k take minutes
     for path, reason in decoded.bad:
         log.warning("skipped unreadable %s image %s: %s", split, path, reason)
     kept = np.asarray(decoded.kept, dtype=np.int64)
@@ -293,7 +294,6 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     splits = {}
     for name, idx in wanted.items():
         splits[name] = _decode(store, prepared.data, idx, pre, config.data.skip_bad_images, name)
-        progress.advance(len(idx))
     splits.setdefault("train", _no_images(pre.image_size))
     decode_s = time.perf_counter() - t0
 
