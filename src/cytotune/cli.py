@@ -46,7 +46,8 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--method", str, "linear | lora | zero-shot | full (every backbone parameter; with a CNN "
                       "such as timm:resnet50 the conventionally trained baseline) | prototype | knn | "
                       "logreg (few-shot probes on cached features) | tip-adapter (vision-language "
-                      "cards: zero-shot plus a cache of the training features)"),
+                      "cards: zero-shot plus a cache of the training features) | tip-adapter-f "
+                      "(its cache keys fine-tuned)"),
     ("--rank", int, "LoRA rank"),
     ("--alpha", float, "LoRA alpha (scaling = alpha / rank)"),
     ("--targets", str, "LoRA targets, comma-separated: q,k,v,o,fc1,fc2 or layer-name patterns"),

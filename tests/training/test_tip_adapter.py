@@ -104,3 +104,73 @@ def test_cards_without_a_text_tower_and_cross_validation_are_clear_errors(synthe
     with pytest.raises(ConfigError, match="'tip-adapter'"):
         cytotune.train(data=str(synthetic_data), model=MODEL, method="tip-adapter",
                        select_on="train-cv", shots=2, pretrained=False, num_workers=0)
+
+
+# ---- Tip-Adapter-F ------------------------------------------------------------------------------
+def test_tip_adapter_f_is_a_registered_feature_probe_with_the_same_head_tensors():
+    assert is_known_method("tip-adapter-f") and "tip-adapter-f" in METHODS
+    assert "tip-adapter-f" in FEATURE_PROBES  # its own fixed schedule, no learning-rate grid
+    assert PROBE_HEAD_KEYS["tip-adapter-f"] == PROBE_HEAD_KEYS["tip-adapter"]
+
+
+def test_fine_tuning_the_keys_follows_an_independent_adamw_loop():
+    """fine_tune_keys against a loop written here from the paper's description (keys a free
+    weight matrix, AdamW lr 1e-3 eps 1e-4, cosine over all steps, cross-entropy), same seed."""
+    from cytotune.training.methods.tip_adapter import fine_tune_keys
+
+    keys, labels, text = toy(n=12, dim=6)
+    x = torch.from_numpy(keys).float()
+    y = torch.from_numpy(labels).long()
+    head = tip_adapter_head(x, y, 3, torch.from_numpy(text), 10.0, alpha=2.0, beta=3.0)
+    start = head.keys.clone()
+    losses = fine_tune_keys(head, x, y, seed=7, epochs=5, batch_size=5)
+
+    w = torch.nn.Parameter(torch.nn.functional.normalize(x, dim=-1).clone())
+    opt = torch.optim.AdamW([w], lr=1e-3, eps=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 5 * 3)  # 12 rows in batches of 5
+    gen = torch.Generator().manual_seed(7)
+    unit_text = torch.nn.functional.normalize(torch.from_numpy(text).float(), dim=-1)
+    values = torch.eye(3)[y]
+    expected_losses = []
+    for _ in range(5):
+        order, total = torch.randperm(12, generator=gen), 0.0
+        for s in range(0, 12, 5):
+            rows = order[s:s + 5]
+            f = torch.nn.functional.normalize(x[rows], dim=-1)
+            logits = 10.0 * f @ unit_text.T + 2.0 * torch.exp(-3.0 * (1 - f @ w.T)) @ values
+            loss = torch.nn.functional.cross_entropy(logits, y[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(rows)
+        expected_losses.append(total / 12)
+    assert not torch.allclose(head.keys, start)  # the keys moved
+    torch.testing.assert_close(head.keys, w.detach(), rtol=1e-5, atol=1e-6)
+    assert losses == pytest.approx(expected_losses, rel=1e-5)
+    assert losses[-1] < losses[0]
+
+
+def test_tip_adapter_f_run_saves_its_tuned_keys_and_reproduces_predictions(synthetic_data,
+                                                                           tmp_path):
+    cache = str(tmp_path / "cache")
+    common = dict(data=str(synthetic_data), model=MODEL, shots=2, seed=1, pretrained=False,
+                  num_workers=0, cache_dir=cache)
+    cytotune.train(method="tip-adapter", out=str(tmp_path / "tip"), **common)
+    cytotune.train(method="tip-adapter-f", out=str(tmp_path / "tipf"), **common)
+    plain = load_file(str(tmp_path / "tip" / "head.safetensors"))
+    tuned = load_file(str(tmp_path / "tipf" / "head.safetensors"))
+    assert set(tuned) == set(PROBE_HEAD_KEYS["tip-adapter-f"])
+    assert tuned["keys"].shape == plain["keys"].shape
+    assert not torch.allclose(tuned["keys"], plain["keys"])  # fine-tuned from the same cache
+    torch.testing.assert_close(tuned["values"], plain["values"])
+    metrics = json.loads((tmp_path / "tipf" / "metrics.json").read_text())
+    chosen = metrics["hyperparameters"]
+    assert chosen["alpha"] in ALPHA_GRID and chosen["beta"] in BETA_GRID
+    assert chosen["fine_tune_steps"] == 20 and len(chosen["fine_tune_losses"]) == 20
+    assert metrics["trainable_parameters"]["head"] == tuned["keys"].numel()
+    reference = pd.read_csv(tmp_path / "tipf" / "predictions.csv")
+    columns = [c for c in reference.columns if c.startswith("prob_")]
+    predicted = cytotune.load(tmp_path / "tipf").predict(list(reference["path"]))
+    np.testing.assert_allclose(predicted.probs.numpy(), reference[columns].to_numpy(), atol=1e-5)
+    assert predicted.predicted == list(reference["predicted"])

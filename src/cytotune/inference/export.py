@@ -43,7 +43,8 @@ from cytotune.training.methods.probe_heads import PROBE_HEAD_KEYS
 
 # what the heads that no export format rebuilds are, for the refusal message
 _PROBE_HEAD_WORDS = {"prototype": "centred cosine nearest-mean", "knn": "k-nearest-neighbour",
-                     "tip-adapter": "zero-shot plus training-feature cache (Tip-Adapter)"}
+                     "tip-adapter": "zero-shot plus training-feature cache (Tip-Adapter)",
+                     "tip-adapter-f": "zero-shot plus fine-tuned feature cache (Tip-Adapter-F)"}
 from cytotune.models import FusedSelfAttention
 
 log = logging.getLogger(__name__)

@@ -107,10 +107,12 @@ def _method(run: RunFiles, card: ModelCard) -> str:
         c = run.metrics.get("hyperparameters", {}).get("C")
         return ("logistic regression (scikit-learn, L2, lbfgs) on standardised features of the "
                 "frozen backbone" + (f", C={c:g} chosen {chosen_on}" if c is not None else ""))
-    if cfg.method == "tip-adapter":
+    if cfg.method in ("tip-adapter", "tip-adapter-f"):
         chosen = run.metrics.get("hyperparameters", {})
         return ("Tip-Adapter: zero-shot image-text similarity plus a cache of the training "
-                "images' features and labels, nothing trained"
+                "images' features and labels, "
+                + ("its keys fine-tuned (Tip-Adapter-F)" if cfg.method == "tip-adapter-f"
+                   else "nothing trained")
                 + (f"; alpha={chosen['alpha']:g}, beta={chosen['beta']:g} chosen on validation"
                    if "alpha" in chosen and "beta" in chosen else ""))
     return cfg.method

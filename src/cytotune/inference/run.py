@@ -17,7 +17,7 @@ from torch import nn
 
 from cytotune.training.config import ConfigError, TrainConfig
 from cytotune.training.methods.base import NormalisedLinear, head_takes_normalised_features
-from cytotune.training.methods.probe_heads import PROBE_HEAD_KEYS, head_from_tensors
+from cytotune.training.methods.probe_heads import PROBE_HEAD_KEYS, TIP_ADAPTERS, head_from_tensors
 
 PathLike = Union[str, Path]
 
@@ -172,7 +172,7 @@ def load_head(run: RunFiles, feature_dim: int) -> nn.Module:
 
 def _load_probe_head(run: RunFiles, feature_dim: int, tensors: dict[str, torch.Tensor],
                      meta: dict[str, str]) -> nn.Module:
-    """A ``prototype``, ``knn`` or ``tip-adapter`` run's head, checked like a linear one."""
+    """A ``prototype``, ``knn`` or ``tip-adapter(-f)`` run's head, checked like a linear one."""
     method, where = run.config.method, str(run.head)
     expected = PROBE_HEAD_KEYS[method]
     if set(tensors) != set(expected):
@@ -181,7 +181,7 @@ def _load_probe_head(run: RunFiles, feature_dim: int, tensors: dict[str, torch.T
     n_classes = len(run.class_names)
     matrix = tensors["weight" if method == "prototype" else "keys"]
     classes = (matrix.shape[0] if method == "prototype" else tensors["values"].shape[-1]
-               if method == "tip-adapter" else int(tensors["num_classes"]))
+               if method in TIP_ADAPTERS else int(tensors["num_classes"]))
     problems = []
     if matrix.dim() != 2 or matrix.shape[1] != feature_dim:
         problems.append(f"it takes features of shape {tuple(matrix.shape[1:])} but the backbone "

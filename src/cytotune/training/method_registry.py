@@ -34,8 +34,10 @@ def is_known_method(name: str) -> bool:
 
 
 # methods fitted in closed form or over a small validation grid on the cached features: they
-# take no optimiser steps, so no step plan or learning rate applies
-FEATURE_PROBES: frozenset[str] = frozenset({"prototype", "knn", "logreg", "tip-adapter"})
+# take no optimiser steps of the run's schedule, so no step plan or learning rate applies
+# (Tip-Adapter-F fine-tunes its cache keys on a fixed schedule of its own, the paper's)
+FEATURE_PROBES: frozenset[str] = frozenset({"prototype", "knn", "logreg", "tip-adapter",
+                                           "tip-adapter-f"})
 # methods that can choose their hyper-parameter by cross-validation on the training images
 # (config select_on: train-cv; linear: its learning rate, chosen by the report on the runs' CV
 # scores); the others choose on validation, or choose nothing (below)
@@ -45,7 +47,8 @@ CHOOSES_NOTHING: frozenset[str] = frozenset({"prototype"})
 
 for _name, _trains in (("linear", True), ("lora", True), ("zero-shot", False), ("full", True),
                        ("prototype", True), ("knn", True), ("logreg", True),
-                       ("tip-adapter", True)):  # Tip-Adapter's cache is the training split
+                       ("tip-adapter", True),  # Tip-Adapter's cache is the training split
+                       ("tip-adapter-f", True)):
     declare_method(_name, trains=_trains)  # the built-ins of cytotune.training.methods
 
 __all__ = ["TRAINING_FREE", "FEATURE_PROBES", "CV_SELECTION", "CHOOSES_NOTHING", "declare_method",

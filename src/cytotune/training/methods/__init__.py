@@ -14,7 +14,7 @@ from cytotune.training.methods.feature_probes import run_knn, run_logreg, run_pr
 from cytotune.training.methods.full import run_full_finetune
 from cytotune.training.methods.linear import run_linear_probe
 from cytotune.training.methods.lora import run_lora
-from cytotune.training.methods.tip_adapter import run_tip_adapter
+from cytotune.training.methods.tip_adapter import run_tip_adapter, run_tip_adapter_f
 from cytotune.training.methods.zero_shot import run_zero_shot
 
 MethodFn = Callable[[MethodContext], MethodResult]
@@ -41,8 +41,9 @@ register_method("prototype", run_prototype)
 register_method("knn", run_knn)
 register_method("logreg", run_logreg)
 register_method("tip-adapter", run_tip_adapter)
+register_method("tip-adapter-f", run_tip_adapter_f)
 
 __all__ = ["METHODS", "TRAINING_FREE", "register_method", "MethodContext", "MethodResult",
            "SplitTensors", "Classifier", "new_head", "run_linear_probe", "run_lora",
            "run_zero_shot", "run_full_finetune", "run_prototype", "run_knn", "run_logreg",
-           "run_tip_adapter"]
+           "run_tip_adapter", "run_tip_adapter_f"]

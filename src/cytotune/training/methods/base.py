@@ -75,7 +75,7 @@ def new_head(feature_dim: int, num_classes: int, seed: int, device: torch.device
 def needs_text_encoder(config: TrainConfig) -> bool:
     """Whether a run uses the card's text tower (zero-shot, Tip-Adapter, text-initialised head,
     text LoRA)."""
-    return (config.method in ("zero-shot", "tip-adapter") or config.head_init == "text"
+    return (config.method in ("zero-shot", "tip-adapter", "tip-adapter-f") or config.head_init == "text"
             or config.encoder != "vision")
 
 

@@ -1,4 +1,4 @@
-"""Heads of the few-shot probes on frozen features (``prototype``, ``knn``, ``tip-adapter``).
+"""Heads of the few-shot probes on frozen features (``prototype``, ``knn``, ``tip-adapter(-f)``).
 
 They are ordinary modules from features to logits, so evaluation, ``predict`` and ``cytotune.load``
 use them like a linear head; their state is plain tensors (head.safetensors), never a pickle.
@@ -17,6 +17,8 @@ PROTOTYPE_TEMPERATURE = 10.0
 # kNN logits are log vote shares; a class without a vote gets this share (not log 0 = -inf, which
 # would make the cross-entropy infinite)
 KNN_FLOOR = 1e-12
+# the methods whose head is a TipAdapterHead (training-free, and with fine-tuned keys)
+TIP_ADAPTERS: tuple[str, ...] = ("tip-adapter", "tip-adapter-f")
 
 
 class CenteredCosineHead(nn.Linear):
@@ -97,8 +99,13 @@ class TipAdapterHead(nn.Module):
         self.register_buffer("beta", torch.tensor(float(beta)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_with_keys(x, self.keys)
+
+    def logits_with_keys(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The logits with other ``keys`` (Tip-Adapter-F fine-tunes them as a leaf tensor; they
+        are not renormalised, as in the paper, where they are a linear layer's weight)."""
         f = F.normalize(x.float(), dim=-1)
-        affinity = torch.exp(-self.beta * (1.0 - f @ self.keys.T))
+        affinity = torch.exp(-self.beta * (1.0 - f @ keys.T))
         return self.logit_scale * f @ self.class_weights.T + self.alpha * affinity @ self.values
 
 
@@ -120,10 +127,13 @@ def head_from_tensors(method: str, tensors: dict[str, torch.Tensor]) -> nn.Modul
     if method == "knn":
         return CosineKNNHead(tensors["keys"], tensors["labels"], int(tensors["num_classes"]),
                              int(tensors["k"])).eval()
-    if method == "tip-adapter":
-        return TipAdapterHead(tensors["keys"], tensors["values"], tensors["class_weights"],
+    if method in TIP_ADAPTERS:
+        head = TipAdapterHead(tensors["keys"], tensors["values"], tensors["class_weights"],
                               float(tensors["logit_scale"]), float(tensors["alpha"]),
-                              float(tensors["beta"])).eval()
+                              float(tensors["beta"]))
+        # exact copies: Tip-Adapter-F's fine-tuned keys are not unit vectors
+        head.load_state_dict({k: v.float() for k, v in tensors.items()})
+        return head.eval()
     raise ValueError(f"method {method!r} has no probe head")
 
 
@@ -132,4 +142,5 @@ PROBE_HEAD_KEYS: dict[str, tuple[str, ...]] = {
     "prototype": ("weight", "bias", "center"),
     "knn": ("keys", "labels", "k", "num_classes"),
     "tip-adapter": ("keys", "values", "class_weights", "logit_scale", "alpha", "beta"),
+    "tip-adapter-f": ("keys", "values", "class_weights", "logit_scale", "alpha", "beta"),
 }
