@@ -87,3 +87,19 @@ def test_the_display_follows_the_terminal():
 def test_durations_read_like_people_write_them():
     assert duration(12.34) == "12.3 s" and duration(245) == "4 min 05 s"
     assert duration(3720) == "1 h 02 min"
+
+
+def test_work_done_before_counts_as_done_but_not_in_the_rate_or_eta():
+    """A resumed cache build starts with images decoded by the stopped one: the count and the
+    percentage include them, the rate and ETA only what this run decodes."""
+    stream, clock = io.StringIO(), FakeClock()
+    display = PlainProgress(stream, every_s=1e9, clock=clock)
+    display.phase("decoding", 1000)
+    display.reused(400)  # 40 %: one line, no rate yet (nothing decoded now)
+    clock.now += 10
+    display.advance(100)  # 100 images in 10 s: 10 images/s, 500 left: 50 s
+    lines = stream.getvalue().splitlines()
+    assert lines[1].startswith("decoding 400/1000 (40 %, 400 done before)")
+    assert "ETA" not in lines[1]
+    assert lines[2].startswith("decoding 500/1000 (50 %, 400 done before)")
+    assert "10.00 images/s" in lines[2] and "ETA 50.0 s" in lines[2]

@@ -16,21 +16,10 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from cytotune.training.progress import TrainingObserver
+from cytotune.training.progress import TrainingObserver, duration
 
 ESTIMATE_AFTER_STEPS = 5  # steps measured before the duration estimate is printed
 UNITS = {"decoding": "images", "features": "images", "training": "steps", "evaluation": ""}
-
-
-def duration(seconds: float) -> str:
-    """``seconds`` as people read it: 12.3 s, 4 min 05 s, 1 h 02 min."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def metric_text(metrics: dict[str, float]) -> str:
@@ -51,6 +40,7 @@ class _Tracker(TrainingObserver):
         self.name = ""
         self.total: Optional[int] = None
         self.done = 0
+        self.reused_done = 0  # of self.done: found done already (cache, resumed build)
         self.started = clock()
         self.metric = ""
         self.estimated = False
@@ -65,9 +55,14 @@ class _Tracker(TrainingObserver):
 
     def phase(self, name: str, total: Optional[int] = None) -> None:
         self.name, self.total, self.done, self.started = name, total, 0, self.clock()
+        self.reused_done = 0
 
     def advance(self, done: int) -> None:
         self.done += done
+
+    def reused(self, done: int) -> None:
+        self.reused_done += done
+        self.advance(done)
 
     def step(self, step: int, steps: int) -> None:
         self.done, self.total = step, steps
@@ -86,15 +81,16 @@ class _Tracker(TrainingObserver):
 
     def rate_text(self) -> str:
         unit = UNITS.get(self.name) or "items"
-        rate = self.done / self.elapsed()
+        rate = (self.done - self.reused_done) / self.elapsed()  # the work done in this phase
         if rate <= 0:
             return f"- {unit}/s"
         return f"{rate:.2f} {unit}/s" if rate >= 0.1 else f"{1 / rate:.1f} s/{unit[:-1]}"
 
     def eta(self) -> Optional[float]:
-        if not self.total or not self.done:
+        worked = self.done - self.reused_done
+        if not self.total or worked <= 0:
             return None
-        return self.elapsed() / self.done * (self.total - self.done)
+        return self.elapsed() / worked * (self.total - self.done)
 
 
 class PlainProgress(_Tracker):
@@ -137,6 +133,9 @@ class PlainProgress(_Tracker):
         count = f"{self.done}/{self.total}" if self.total else str(self.done)
         percent = f" ({100 * self.done / self.total:.0f} %)" if self.total else ""
         eta = self.eta()
+        if self.reused_done:
+            percent = percent[:-1] + f", {self.reused_done} done before)" if percent else \
+                f" ({self.reused_done} done before)"
         parts = [f"{self.name} {count}{percent}", self.rate_text(),
                  f"elapsed {duration(self.elapsed())}",
                  *([f"ETA {duration(eta)}"] if eta is not None and self.done < (self.total or 0)

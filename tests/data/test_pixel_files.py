@@ -50,15 +50,18 @@ def test_a_stopped_build_resumes_and_gives_the_same_pixels(tmp_path, many, count
     assert len(list(cache.glob("*.npy.partial"))) == 1 and not list(cache.glob("*.npy"))
     assert not list(cache.glob("*.partial.lock"))  # released on the way out
     calls[0] = 0
-    advanced = []
-    decoded = store.get(many, 36, 32, "bicubic", progress=advanced.append)
+    advanced, reused = [], []
+    decoded = store.get(many, 36, 32, "bicubic", progress=advanced.append, reused=reused.append)
     assert calls[0] == 20 - 13  # only the images not decoded before
-    assert sum(advanced) == 20  # the resumed images count as done at once
+    assert reused == [13] and sum(advanced) == 7  # the resumed ones count as done before
     expected = decode_images(many, 36, 32, "bicubic")
     np.testing.assert_array_equal(np.asarray(decoded.pixels), np.asarray(expected.pixels))
     assert not list(cache.glob("*.partial*"))  # nothing left to resume
+    calls[0], again, hits = 0, [], []
+    store.get(many, 36, 32, "bicubic", progress=again.append, reused=hits.append)  # a hit
+    assert calls[0] == 0 and again == [] and hits == [20]
     calls[0], again = 0, []
-    store.get(many, 36, 32, "bicubic", progress=again.append)  # a hit
+    store.get(many, 36, 32, "bicubic", progress=again.append)  # without reused: all progress
     assert calls[0] == 0 and sum(again) == 20
 
 

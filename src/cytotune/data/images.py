@@ -331,29 +331,36 @@ class ImageStore:
         self.hits = 0
         self.misses = 0
         self._progress: Optional[Callable[[int], None]] = None
+        self._reused: Optional[Callable[[int], None]] = None
 
     def _on_image(self, done: int, kept: list[int], bad: list[tuple[int, str]]) -> None:
         self._advance(1)
 
     def get(self, paths: Sequence[Path | str], resize_size: int, crop_size: int,
             interpolation: str, skip_bad: bool = False,
-            progress: Optional[Callable[[int], None]] = None) -> DecodedImages:
+            progress: Optional[Callable[[int], None]] = None,
+            reused: Optional[Callable[[int], None]] = None) -> DecodedImages:
         """The decoded images for ``paths``, from the cache when their contents are unchanged.
 
         The returned tensor is memory-mapped copy-on-write: writing to it never touches the file.
-        ``progress(n)``: ``n`` more of ``paths`` are done (decoded, or found in the cache), so a
-        display can follow a build of many thousand images.
+        ``progress(n)``: ``n`` more of ``paths`` were decoded now, so a display can follow a build
+        of many thousand images; ``reused(n)`` (default: ``progress``): ``n`` were done before
+        (found in the cache, or decoded by a stopped build this one resumes).
         """
-        self._progress = progress
+        self._progress, self._reused = progress, reused or progress
         try:
             return self._get([Path(p) for p in paths], resize_size, crop_size, interpolation,
                              skip_bad)
         finally:
-            self._progress = None
+            self._progress = self._reused = None
 
     def _advance(self, n: int) -> None:
         if self._progress is not None and n:
             self._progress(n)
+
+    def _advance_reused(self, n: int) -> None:
+        if self._reused is not None and n:
+            self._reused(n)
 
     def _get(self, paths: list[Path], resize_size: int, crop_size: int, interpolation: str,
              skip_bad: bool) -> DecodedImages:
@@ -364,7 +371,7 @@ class ImageStore:
         decoded = None if self.cache_dir is None else self._load(key, paths, crop_size)
         if decoded is not None:
             self.hits += 1
-            self._advance(len(paths))
+            self._advance_reused(len(paths))
         elif self.cache_dir is None:
             self.misses += 1
             decoded = _decode_in_memory(paths, read, resize_size, crop_size, interpolation,
@@ -511,7 +518,7 @@ class ImageStore:
             return _decode_in_memory(paths, read, resize_size, crop_size, interpolation,
                                      skip_bad, self.num_workers, on_image=self._on_image)
         start = build.start if build is not None else 0
-        self._advance(start)
+        self._advance_reused(start)
 
         def on_image(done: int, kept: list[int], bad: list[tuple[int, str]]) -> None:
             self._advance(1)

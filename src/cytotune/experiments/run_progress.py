@@ -4,13 +4,16 @@ A sweep's bar counts runs; a single run can take most of an hour on a CPU, so th
 the phase and step of the run being trained, from the training observer events
 (:mod:`cytotune.training.progress`). Runs in worker processes report nothing here (their events
 stay in their process); the bar still counts them.
+
+Off a terminal (a log file, a batch job) rich draws the bar once, at the end, so a sweep over
+50k images would say nothing for hours: :class:`PlainSweepLines` writes plain lines instead.
 """
 from __future__ import annotations
 
 import time
 from typing import Callable, Optional
 
-from cytotune.training.progress import TrainingObserver
+from cytotune.training.progress import TrainingObserver, duration
 
 
 class SweepRunProgress(TrainingObserver):
@@ -53,3 +56,33 @@ class SweepRunProgress(TrainingObserver):
 
     def finished(self) -> None:
         self.show("")
+
+
+class PlainSweepLines:
+    """Plain lines for a sweep off a terminal: each run as it ends (runs done of all, elapsed,
+    ETA), and what the in-process run is doing at each phase change and at most every
+    ``every_s`` seconds within a phase. ``say(line)`` prints one line."""
+
+    def __init__(self, say: Callable[[str], None], total: int, every_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.say, self.total, self.every_s, self.clock = say, total, every_s, clock
+        self.started = clock()
+        self.done = 0
+        self._phase, self._last = "", -float("inf")
+
+    def run_text(self, text: str) -> None:
+        """The in-process run's status (``SweepRunProgress`` text); "" when it ends."""
+        phase = text.split(" ", 1)[0] if text else ""
+        now = self.clock()
+        if text and (phase != self._phase or now - self._last >= self.every_s):
+            self.say(f"  {text}")
+            self._last = now
+        self._phase = phase
+
+    def run_ended(self, label: str, ok: bool) -> None:
+        self.done += 1
+        elapsed = self.clock() - self.started
+        eta = (f", ETA {duration(elapsed / self.done * (self.total - self.done))}"
+               if self.done < self.total else "")
+        self.say(f"[{self.done}/{self.total}] {'finished' if ok else 'FAILED'} {label} "
+                 f"(elapsed {duration(elapsed)}{eta})")

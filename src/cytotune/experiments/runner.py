@@ -35,6 +35,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 
 from cytotune.experiments.executors import (ChunkQueue, Executor, RunOutcome, RunStarted,
                                             RunTask, WorkerSetup, get_executor)
+from cytotune.experiments.run_progress import PlainSweepLines, SweepRunProgress
 from cytotune.experiments.store import (CLAIMED, DEFAULT_LEASE_TTL_S, DONE, FAILED_ELSEWHERE,
                                         ResultStore, StoreWriteError, load_pending, new_owner,
                                         record_from_run_dir, save_pending, utc_now)
@@ -338,11 +339,14 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
     unsaved: list[dict[str, Any]] = []  # finished runs the store refused
     store_error: list[BaseException] = []
 
+    plain = progress and not console.is_terminal  # a log file: lines, not a bar drawn at the end
+    lines = PlainSweepLines(lambda line: console.print(line, markup=False, highlight=False,
+                                                       soft_wrap=True), len(todo))
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[left]} left, [red]{task.fields[failed]} failed[/red]"),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                    TextColumn("{task.fields[current]}"), TextColumn("[cyan]{task.fields[run]}"),
-                   console=console, disable=not progress, transient=False)
+                   console=console, disable=not progress or plain, transient=False)
     task_id = bar.add_task(sweep.name, total=len(todo), left=len(todo), failed=0, current="",
                            run="")
     in_flight: dict[str, str] = {}
@@ -387,6 +391,9 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
         write(lambda: store.release([event.run_id], owner))
         bar.update(task_id, advance=1, left=len(remaining), failed=len(summary.failed),
                    current=_current(in_flight))
+        if plain:
+            lines.run_ended(by_id[event.run_id].describe() if event.run_id in by_id else
+                            event.run_id, event.ok)
 
     def skipped(run_id: str, why: str) -> None:
         remaining.discard(run_id)
@@ -414,10 +421,10 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
                       f"{summary.already_done} already in {store.path}, {len(todo)} to run on "
                       f"{runner.describe()}")
     keeper = _LeaseKeeper(store, owner, ttl)
-    from cytotune.experiments.run_progress import SweepRunProgress
     from cytotune.training.progress import TrainingObserver, observing
 
-    run_progress = (SweepRunProgress(lambda text: bar.update(task_id, run=text)) if progress
+    run_progress = (SweepRunProgress(lines.run_text) if plain else
+                    SweepRunProgress(lambda text: bar.update(task_id, run=text)) if progress
                     else TrainingObserver())
     try:
         with bar, observing(run_progress):  # phase and step of an in-process run

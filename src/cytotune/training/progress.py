@@ -22,6 +22,17 @@ from typing import Iterator, Optional
 PHASES = ("decoding", "features", "training", "evaluation")
 
 
+def duration(seconds: float) -> str:
+    """``seconds`` as people read it: 12.3 s, 4 min 05 s, 1 h 02 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 class TrainingObserver:
     """Receives a run's progress; every method is a no-op, override what you show."""
 
@@ -33,6 +44,12 @@ class TrainingObserver:
 
     def advance(self, done: int) -> None:
         """``done`` more units of the current phase are finished (images decoded/extracted)."""
+
+    def reused(self, done: int) -> None:
+        """``done`` units of the current phase were already done before (found in a cache, or
+        decoded by a stopped build this one resumes): counted as done, but not as work done
+        now, so rates and ETAs leave them out. By default the same as :meth:`advance`."""
+        self.advance(done)
 
     def step(self, step: int, steps: int) -> None:
         """Optimizer step ``step`` of ``steps`` is finished."""

@@ -161,7 +161,8 @@ def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, s
     paths = [data.paths[i] for i in indices]
     decoded = store.get(paths, resize_size=pre.effective_resize, crop_size=pre.image_size,
                         interpolation=pre.interpolation, skip_bad=skip_bad,
-                        progress=observer().advance)  # image by image: 50k take minutes
+                        progress=observer().advance,  # image by image: 50k take minutes
+                        reused=observer().reused)
     for path, reason in decoded.bad:
         log.warning("skipped unreadable %s image %s: %s", split, path, reason)
     kept = np.asarray(decoded.kept, dtype=np.int64)

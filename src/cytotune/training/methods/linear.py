@@ -32,7 +32,7 @@ def frozen_features(ctx: MethodContext, split: SplitTensors,
     log.info("features for %d images: %s", len(split.labels),
              "cache hit" if hit else f"extracted in {seconds:.1f}s")
     if hit:  # extraction reports its own batches
-        observer().advance(len(split.labels))
+        observer().reused(len(split.labels))
     return feats, seconds
 
 
