@@ -65,3 +65,54 @@ def register_tiny_cards_and_count_attempts() -> None:
 def broken_setup() -> None:
     """A worker set-up that always raises."""
     raise RuntimeError("set-up is broken")
+
+
+def trace_cluster_runs() -> None:
+    """As register_tiny_cards, for the two-node Ray tests: leaves markers in the hook folder
+    saying which node (``CYTOTUNE_TEST_NODE``, set per node) started and finished each run and
+    which image-cache keys it found (hit) or built (miss) in its cache. A run sleeps first for
+    the seconds written in ``slow-<node>`` in the hook folder, if that file exists (so a test can
+    kill a node or the driver while runs are in flight)."""
+    register_tiny_cards()
+    import time
+    import uuid
+
+    import cytotune.training.runner as runner
+    from cytotune.data.images import ImageStore
+
+    marks = Path(os.environ["CYTOTUNE_TEST_HOOK_DIR"])
+    node = os.environ.get("CYTOTUNE_TEST_NODE", "unknown")
+    try:
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()[:8]
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        node_id = "none"
+    (marks / f"node-{node}-{node_id}").write_text(str(os.getpid()))
+
+    def mark(kind: str, what: str) -> None:
+        (marks / f"{kind}-{node}-{what}-{uuid.uuid4().hex[:8]}").write_text(str(os.getpid()))
+
+    original_run = runner.run_training
+
+    def run_training(config):
+        what = f"s{config.shots}-seed{config.seed}-lr{config.optim.lr:g}"
+        mark("start", what)
+        slow = marks / f"slow-{node}"
+        if slow.exists():
+            time.sleep(float(slow.read_text()))
+        result = original_run(config)
+        mark("done", what)
+        return result
+
+    runner.run_training = run_training
+    original_get = ImageStore.get
+
+    def get(self, *args, **kwargs):
+        hits = self.hits
+        decoded = original_get(self, *args, **kwargs)
+        if self.cache_dir is not None:
+            mark("hit" if self.hits > hits else "miss", decoded.key)
+        return decoded
+
+    ImageStore.get = get

@@ -41,6 +41,11 @@ from cytotune.experiments.store import make_record
 log = logging.getLogger("cytotune")
 
 WorkerSetup = Union[str, Callable[[], Any], None]
+# Set in a worker's environment (e.g. of `ray start` on a node), the cache folder of every run it
+# executes, whatever the sweep says: the sweep's ${VARIABLES} are expanded by the driver, so this
+# is how a node whose fast local disk has its own path gets its own cache. cache_dir is left out
+# of run ids, so the results are the same runs.
+NODE_CACHE_ENV = "CYTOTUNE_NODE_CACHE"
 
 
 @dataclass
@@ -172,12 +177,16 @@ def execute_chunk(tasks: Sequence[RunTask], device: Optional[str] = None,
 
 
 def _config_of(task: RunTask, device: Optional[str]):
-    """The task's TrainConfig, on ``device`` when one is given."""
+    """The task's TrainConfig, on ``device`` when one is given, with this process's
+    :data:`NODE_CACHE_ENV` as its cache folder when that is set (and the run caches at all)."""
     from cytotune.training.config import TrainConfig
 
     config = TrainConfig.from_dict(task.config)
     if device is not None:
         config.device = device
+    node_cache = os.environ.get(NODE_CACHE_ENV)
+    if node_cache and config.cache_dir is not None:
+        config.cache_dir = node_cache
     return config
 
 

@@ -29,6 +29,15 @@ leases and heartbeats them; a Ray worker never touches the store. A run's RunSta
 when its task is submitted (Ray queues the task until its resources are free). Each run's outcome is reported exactly once (the driver ignores any second outcome of a run id; the
 store's INSERT OR IGNORE would absorb a duplicate anyway).
 
+Nodes: a task runs with the cache folder its run names, resolved in the Ray worker (a relative
+``cache_dir`` in the worker's working directory, the folder its node's ``ray start`` ran in;
+``CYTOTUNE_NODE_CACHE`` in a node's environment replaces it there, see
+:data:`cytotune.experiments.executors.NODE_CACHE_ENV`): a node's later tasks reuse what its
+earlier ones cached, and no node's cache is assumed visible on another (a task that finds
+nothing builds its own entry). Each outcome's worker label names the Ray node
+(``host:pid@node:<id>``, :func:`worker_label`) and the driver logs the runs finished per node.
+Tested with two nodes on one machine in ``tests/experiments/test_ray_cluster.py``.
+
 ``ray`` is imported only when a RayExecutor is used (``pip install "cytotune[ray]"``); the
 executor is registered lazily as ``"ray"`` in :mod:`cytotune.experiments.executors`.
 """
@@ -47,6 +56,7 @@ from cytotune.experiments.executors import (ChunkQueue, Executor, Report, RunOut
 log = logging.getLogger("cytotune")
 
 _GPU_DEVICES = ("auto", "cuda")
+NODE_PREFIX = "node:"  # in a worker label: the Ray node a run ran on
 
 
 def _import_ray():
@@ -84,16 +94,7 @@ def run_chunk(tasks: Sequence[RunTask], device: Optional[str], setup: WorkerSetu
         import torch
 
         torch.set_num_threads(cpu_threads)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    if device == "cuda":
-        try:
-            import ray
-
-            gpus = ray.get_gpu_ids()
-            if gpus:
-                worker += f"/gpu{','.join(str(g) for g in gpus)}"
-        except Exception:  # noqa: BLE001 - only a label
-            pass
+    worker = worker_label(device)
     outcomes = []
     # the chunk trains as a group; a run that fails there is retried alone
     for task, outcome in zip(tasks, execute_chunk(tasks, device, worker)):
@@ -105,6 +106,32 @@ def run_chunk(tasks: Sequence[RunTask], device: Optional[str], setup: WorkerSetu
             outcome = execute_task(task, device, worker)
         outcomes.append(outcome)
     return outcomes
+
+
+def worker_label(device: Optional[str]) -> str:
+    """``host:pid@node:<Ray node id, 8 hex>`` (``/gpuN`` added on a GPU): the node id tells
+    runs of two Ray nodes apart even when they share a host name (several nodes on one machine,
+    containers with one name), so a store can be counted per node."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        if node:
+            worker += f"@{NODE_PREFIX}{node[:8]}"
+        if device == "cuda":
+            gpus = ray.get_gpu_ids()
+            if gpus:
+                worker += f"/gpu{','.join(str(g) for g in gpus)}"
+    except Exception:  # noqa: BLE001 - only a label
+        pass
+    return worker
+
+
+def node_of(worker: str) -> Optional[str]:
+    """The short Ray node id in a :func:`worker_label`, or None."""
+    _, sep, rest = worker.partition("@" + NODE_PREFIX)
+    return rest.split("/", 1)[0] if sep else None
 
 
 # ---- driver side --------------------------------------------------------------------------------
@@ -138,6 +165,7 @@ class RayExecutor(Executor):
         self.max_in_flight = max_in_flight  # None: what the cluster can run at once
         self._cluster_gpus = 0.0
         self._cluster_cpus = 0.0
+        self.runs_per_node: dict[str, int] = {}  # short node id -> runs finished there
         if isinstance(worker_setup, str):
             resolve_worker_setup(worker_setup)  # fail now on a bad name, not in every worker
 
@@ -177,7 +205,9 @@ class RayExecutor(Executor):
             resources = ray.cluster_resources()
             self._cluster_gpus = float(resources.get("GPU", 0))
             self._cluster_cpus = float(resources.get("CPU", 1))
+            self.runs_per_node = {}
             self._run(ray, as_queue(chunks), report)
+            self._log_nodes(ray)
         finally:
             if self.shutdown or (self.shutdown is None and started_here):
                 ray.shutdown()
@@ -202,6 +232,9 @@ class RayExecutor(Executor):
             if outcome.run_id in reported:
                 return
             reported.add(outcome.run_id)
+            node = node_of(outcome.worker) if outcome.ok else None
+            if node:
+                self.runs_per_node[node] = self.runs_per_node.get(node, 0) + 1
             report(outcome)
 
         capacity = self._capacity()
@@ -251,6 +284,19 @@ class RayExecutor(Executor):
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
             raise
+
+    def _log_nodes(self, ray) -> None:
+        """One line: the runs finished on each Ray node (id, address), e.g. to see a sweep
+        spread over the cluster."""
+        if not self.runs_per_node:
+            return
+        try:
+            where = {n["NodeID"][:8]: n.get("NodeManagerAddress", "?") for n in ray.nodes()}
+        except Exception:  # noqa: BLE001 - only a log line
+            where = {}
+        log.info("runs finished per ray node: %s", ", ".join(
+            f"{node} ({where.get(node, '?')}): {count}"
+            for node, count in sorted(self.runs_per_node.items())))
 
 
 def _first_line(err: BaseException) -> str:
