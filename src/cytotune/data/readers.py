@@ -16,6 +16,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from cytotune._gc import without_cyclic_gc
 from cytotune.data.dataset import SPLIT_NAMES, DataError, LabelledImages, rarest_label_strata
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
@@ -308,6 +309,7 @@ def _split_folders(root: Path) -> Optional[dict[str, Path]]:
     return {split: by_split[split] for split in SPLIT_NAMES if split in by_split}
 
 
+@without_cyclic_gc
 def read_folder(root: Path | str, name: Optional[str] = None,
                 group_pattern: Optional[str] = None) -> LabelledImages:
     """Read ``root/<class>/<images>`` or ``root/{train,val,test}/<class>/<images>``.
@@ -568,6 +570,7 @@ def csv_row_names(csv_path: Path, n_rows: int) -> list[str]:
     return [f"{csv_path} row {i + 2}" for i in range(n_rows)]
 
 
+@without_cyclic_gc
 def read_csv(csv_path: Path | str, root: Path | str | None = None, path_column: str = "path",
              label_column: str = "label", split_column: Optional[str] = "split",
              group_column: Optional[str] = "group", name: Optional[str] = None,
