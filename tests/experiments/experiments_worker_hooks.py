@@ -70,7 +70,8 @@ def broken_setup() -> None:
 def trace_cluster_runs() -> None:
     """As register_tiny_cards, for the two-node Ray tests: leaves markers in the hook folder
     saying which node (``CYTOTUNE_TEST_NODE``, set per node) started and finished each run and
-    which image-cache keys it found (hit) or built (miss) in its cache. A run sleeps first for
+    which image-cache keys it found (hit) or built (miss) in its cache, and whether each feature
+    lookup found every feature cached (``features-<node>-hit``) or extracted some (``-miss``). A run sleeps first for
     the seconds written in ``slow-<node>`` in the hook folder, if that file exists (so a test can
     kill a node or the driver while runs are in flight)."""
     register_tiny_cards()
@@ -116,3 +117,13 @@ def trace_cluster_runs() -> None:
         return decoded
 
     ImageStore.get = get
+    from cytotune.training.features import FeatureCache
+
+    original_features = FeatureCache.features
+
+    def features(self, *args, **kwargs):
+        out = original_features(self, *args, **kwargs)
+        mark("features", "hit" if out[2] else "miss")  # out[2]: nothing had to be extracted
+        return out
+
+    FeatureCache.features = features

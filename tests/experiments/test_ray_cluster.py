@@ -295,6 +295,30 @@ def test_sweep_spreads_over_both_nodes_and_each_node_keeps_its_own_cache(
           f"hits {Counter(n for n, _ in hits.elements())}, "
           f"misses {Counter(n for n, _ in misses.elements())}")
 
+    # a later sweep's linear probes (another learning rate, the same images): on the node that
+    # extracted the features they are all found in its cache; on the other node, whose cache
+    # holds none, they are extracted there (never assumed to be in another node's cache)
+    (linear_node,) = linear_nodes
+    for mark in hooks.glob("features-*"):
+        mark.unlink()
+    later = dict(values, name="two-nodes-later", method=["linear"], lrs={"linear": [1e-2]})
+    driver = cluster.driver(_sweep_file(tmp_path / "later.yaml", later), store_path,
+                            tmp_path / "driver-cwd", tmp_path / "later.log")
+    _finish(driver, tmp_path / "later.log", timeout=120)
+    later_records = ResultStore(store_path).records()
+    later_records = later_records[later_records["sweep"] == "two-nodes-later"]
+    assert len(later_records) == 6
+    (node,) = set(_nodes_of(later_records, cluster))  # one task: the group of linear probes
+    lookups = Counter(_marks(hooks, "features"))
+    assert lookups and {n for n, _ in lookups} == {node}
+    if node == linear_node:
+        assert set(lookups) == {(node, "hit")}, lookups
+    else:
+        assert (node, "miss") in lookups, lookups
+        assert all(any((cache / "features").glob("*")) for cache in (head_cache, worker_cache))
+    print(f"later linear probes on {node} (features first extracted on {linear_node}): "
+          f"{dict(lookups)}")
+
 
 def test_a_killed_driver_resumes_from_the_store_without_rerunning_finished_runs(
         cluster, hooks, synthetic_data, tiny_model_names, tmp_path):
