@@ -9,7 +9,8 @@ import pytest
 
 from cytotune.data import images as images_module
 from cytotune.data import pixel_files
-from cytotune.data.images import ImageStore, decode_images
+from cytotune.data.image_store import ImageStore
+from cytotune.data.images import decode_images
 
 
 @pytest.fixture
@@ -131,14 +132,14 @@ def test_a_build_killed_with_sigkill_resumes(tmp_path, many):
     script = f"""
 import time
 from pathlib import Path
-from cytotune.data import images, pixel_files
+from cytotune.data import image_store, images, pixel_files
 pixel_files.CHECKPOINT_SECONDS = 0.0
 real = images._rgb_from_bytes
 def slow(data, path):
     time.sleep(0.1)
     return real(data, path)
 images._rgb_from_bytes = slow
-images.ImageStore(Path({str(cache)!r})).get({[str(p) for p in many]!r}, 36, 32, "bicubic")
+image_store.ImageStore(Path({str(cache)!r})).get({[str(p) for p in many]!r}, 36, 32, "bicubic")
 """
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 60

@@ -79,7 +79,7 @@ def trace_cluster_runs() -> None:
     import uuid
 
     import cytotune.training.runner as runner
-    from cytotune.data.images import ImageStore
+    from cytotune.data.image_store import ImageStore
 
     marks = Path(os.environ["CYTOTUNE_TEST_HOOK_DIR"])
     node = os.environ.get("CYTOTUNE_TEST_NODE", "unknown")

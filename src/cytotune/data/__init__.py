@@ -11,7 +11,8 @@ if TYPE_CHECKING:  # the real imports, for type checkers; at run time each name 
     # imported on first use, so a light part does not pull in torch through the rest
     from cytotune.data.dataset import SPLIT_NAMES, DataError, LabelledImages
     from cytotune.data.domains import DomainPools, domain_names, domain_pools, leave_one_domain_out
-    from cytotune.data.images import (INTERPOLATIONS, DecodedImages, ImageDecodeError, ImageStore,
+    from cytotune.data.image_store import ImageStore
+    from cytotune.data.images import (INTERPOLATIONS, DecodedImages, ImageDecodeError,
                                       decode_images, decode_resized, load_rgb, resize_and_crop,
                                       to_rgb)
     from cytotune.data.layouts import (LAYOUTS, Layout, load_dataset, read_bcfc, read_hicervix,
@@ -33,7 +34,7 @@ _EXPORTS = {
     "INTERPOLATIONS": "cytotune.data.images",
     "DecodedImages": "cytotune.data.images",
     "ImageDecodeError": "cytotune.data.images",
-    "ImageStore": "cytotune.data.images",
+    "ImageStore": "cytotune.data.image_store",
     "decode_images": "cytotune.data.images",
     "decode_resized": "cytotune.data.images",
     "load_rgb": "cytotune.data.images",

@@ -100,7 +100,7 @@ def verify_cache(root: Path | str, remove_bad: bool = False) -> CacheReport:
 
 
 def _image_problem(pixels: Path, sidecar: Path) -> Optional[str]:
-    from cytotune.data.images import check_image_entry  # torch: only when verifying
+    from cytotune.data.image_store import check_image_entry  # torch: only when verifying
 
     try:
         meta = json.loads(sidecar.read_text())
