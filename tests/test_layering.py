@@ -54,3 +54,42 @@ def test_no_module_imports_from_a_layer_above_or_beside_it():
             if LEVEL[other] >= LEVEL[part]:
                 offenders.append(f"{rel}: imports cytotune.{other}")
     assert offenders == []
+
+
+def _module_imports(package: str) -> dict[str, set[str]]:
+    """``cytotune.<package>`` module -> the modules of that package it imports, anywhere in it
+    (function-level imports included: a lazy import still makes a circle)."""
+    graph: dict[str, set[str]] = {}
+    prefix = f"cytotune.{package}."
+    for module in sorted((ROOT / package).glob("*.py")):
+        name = prefix + module.stem
+        graph[name] = set()
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t.startswith(prefix) and t != name}
+    return graph
+
+
+def test_the_experiments_modules_import_each_other_without_circles():
+    graph = _module_imports("experiments")
+    graph = {m: {t for t in targets if t in graph} for m, targets in graph.items()}
+    circles, state = [], {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                circles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert circles == []

@@ -16,9 +16,10 @@ from cytotune._lazy import lazy_exports
 if TYPE_CHECKING:  # the real imports, for type checkers; at run time each name is
     # imported on first use, so a light part does not pull in torch through the rest
     from cytotune.experiments.catalog import experiment_path, list_experiments
-    from cytotune.experiments.executors import (EXECUTORS, Executor, LocalExecutor, RunOutcome,
-                                                RunStarted, RunTask, execute_task, get_executor,
-                                                register_executor)
+    from cytotune.experiments.executor_registry import (EXECUTORS, get_executor,
+                                                        register_executor)
+    from cytotune.experiments.executors import (Executor, LocalExecutor, RunOutcome, RunStarted,
+                                                RunTask, execute_task)
     from cytotune.experiments.report import Report, make_report, select_best, summarize, table1
     from cytotune.experiments.runner import SweepSummary, chunk_runs, run_sweep
     from cytotune.experiments.store import ResultStore, make_record
@@ -28,15 +29,15 @@ if TYPE_CHECKING:  # the real imports, for type checkers; at run time each name 
 _EXPORTS = {
     "experiment_path": "cytotune.experiments.catalog",
     "list_experiments": "cytotune.experiments.catalog",
-    "EXECUTORS": "cytotune.experiments.executors",
+    "EXECUTORS": "cytotune.experiments.executor_registry",
     "Executor": "cytotune.experiments.executors",
     "LocalExecutor": "cytotune.experiments.executors",
     "RunOutcome": "cytotune.experiments.executors",
     "RunStarted": "cytotune.experiments.executors",
     "RunTask": "cytotune.experiments.executors",
     "execute_task": "cytotune.experiments.executors",
-    "get_executor": "cytotune.experiments.executors",
-    "register_executor": "cytotune.experiments.executors",
+    "get_executor": "cytotune.experiments.executor_registry",
+    "register_executor": "cytotune.experiments.executor_registry",
     "Report": "cytotune.experiments.report",
     "make_report": "cytotune.experiments.report",
     "select_best": "cytotune.experiments.report",

@@ -8,17 +8,20 @@ ids as in a full sweep: a later run with every data set finds them done.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Optional, Sequence
 
-from cytotune.experiments.sweep import _ENV
 from cytotune.training.config import ConfigError
+
+# ${NAME} or ${NAME:-default} in a sweep's values (expanded by the sweep loader)
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def unset_variables(value: Any, environ: Mapping[str, str]) -> list[str]:
     """The ``${NAME}`` references in ``value`` (strings anywhere inside) that are unset or empty
     and have no ``:-default``."""
     if isinstance(value, str):
-        return [m.group(1) for m in _ENV.finditer(value)
+        return [m.group(1) for m in ENV_REFERENCE.finditer(value)
                 if m.group(2) is None and not environ.get(m.group(1))]
     if isinstance(value, Mapping):
         return [n for v in value.values() for n in unset_variables(v, environ)]

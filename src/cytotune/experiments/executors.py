@@ -20,8 +20,10 @@ result (or the exception) into a plain, picklable :class:`RunOutcome`.
   of its chunk re-queued, and is replaced (while work is left), up to ``max_restarts`` times.
 
 - :class:`cytotune.experiments.ray_executor.RayExecutor` (``"ray"``): one Ray task per chunk on
-  a Ray cluster, with its GPU or CPU request and retries; registered here lazily, so Ray is
-  imported only when it is used.
+  a Ray cluster, with its GPU or CPU request and retries.
+
+Executors are found by name in :mod:`cytotune.experiments.executor_registry` (which imports the
+Ray one only when it is used), so this module never imports the executors built on it.
 """
 from __future__ import annotations
 
@@ -463,29 +465,3 @@ class _ProcessPool:
                 slot.process.terminate()
                 slot.process.join(2.0)
             slot.conn.close()
-
-
-# ---- registry ---------------------------------------------------------------------------------
-def _ray_executor(devices: Optional[Sequence[str]] = None, **options: Any) -> Executor:
-    """Factory of the "ray" executor: imports Ray (and the module using it) only when called."""
-    from cytotune.experiments.ray_executor import RayExecutor
-
-    return RayExecutor(devices=devices, **options)
-
-
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": _ray_executor}
-
-
-def register_executor(name: str, factory: Callable[..., Executor]) -> None:
-    """Make ``run_sweep(executor=name)`` build executors with ``factory(devices=..., **options)``."""
-    EXECUTORS[name] = factory
-
-
-def get_executor(executor: Union[str, Executor], devices: Optional[Sequence[str]] = None,
-                 **options: Any) -> Executor:
-    if isinstance(executor, Executor):
-        return executor
-    factory = EXECUTORS.get(executor)
-    if factory is None:
-        raise ValueError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
-    return factory(devices=devices, **options)

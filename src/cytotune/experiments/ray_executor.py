@@ -39,7 +39,7 @@ nothing builds its own entry). Each outcome's worker label names the Ray node
 Tested with two nodes on one machine in ``tests/experiments/test_ray_cluster.py``.
 
 ``ray`` is imported only when a RayExecutor is used (``pip install "cytotune[ray]"``); the
-executor is registered lazily as ``"ray"`` in :mod:`cytotune.experiments.executors`.
+executor is registered lazily as ``"ray"`` in :mod:`cytotune.experiments.executor_registry`.
 """
 from __future__ import annotations
 

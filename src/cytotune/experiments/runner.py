@@ -33,8 +33,9 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from cytotune.experiments.executor_registry import get_executor
 from cytotune.experiments.executors import (ChunkQueue, Executor, RunOutcome, RunStarted,
-                                            RunTask, WorkerSetup, get_executor)
+                                            RunTask, WorkerSetup)
 from cytotune.experiments.run_progress import PlainSweepLines, SweepRunProgress
 from cytotune.experiments.store import (CLAIMED, DEFAULT_LEASE_TTL_S, DONE, FAILED_ELSEWHERE,
                                         ResultStore, StoreWriteError, load_pending, new_owner,

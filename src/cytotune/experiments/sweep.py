@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
+from cytotune.experiments.dataset_selection import ENV_REFERENCE, select_datasets
 from cytotune.training.config import (DEFAULT_LINEAR_EPOCHS, ConfigError, TrainConfig,
                                       check_number, coerce_value, dataclass_from_dict,
                                       load_yaml_file, set_dotted)
@@ -63,7 +64,6 @@ EXECUTION_FIELDS = ("out", "device", "cache_dir", "num_workers", "overwrite")
 OUT_PLACEHOLDERS = ("sweep", "run_id", "dataset", "backbone", "method", "sample", "shots",
                     "fraction", "seed", "lr")
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([^{}]*)\}")
 
 
@@ -80,7 +80,7 @@ def expand_env(value: str, option: str, environ: Optional[Mapping[str, str]] = N
         raise ConfigError(f"{option}: environment variable {name} is not set "
                           f"(it should point to the data set or folder this option names)")
 
-    return _ENV.sub(replace, value)
+    return ENV_REFERENCE.sub(replace, value)
 
 
 def _expand_tree(value: Any, option: str, environ) -> Any:
@@ -698,7 +698,6 @@ def load_sweep(sweep: "SweepConfig | Mapping[str, Any] | str | Path", *,
     skipped: dict[str, str] = {}
     try:
         if narrowed and isinstance(values, dict):
-            from cytotune.experiments.dataset_selection import select_datasets
             skipped = select_datasets(values, datasets, os.environ if environ is None else environ,
                                       skip_unset_datasets)
         result = SweepConfig.from_dict(values, environ=environ, check_models=check_models)
