@@ -349,3 +349,32 @@ print((rss("VmHWM:") - before) // 1024)
     assert proc.returncode == 0, proc.stderr[-2000:]
     growth_mib = int(proc.stdout.split()[-1])
     assert growth_mib < 40, f"a 1 % lookup of a 100 MB bank grew the process by {growth_mib} MiB"
+
+
+def test_progress_counts_held_features_as_done_before_and_extracted_ones_as_work(tmp_path):
+    """A features phase reaches its total: images read from the bank are reported as
+    ``reused``, extracted ones through ``advance`` (by extraction, batch by batch)."""
+    from cytotune.training.progress import TrainingObserver, observing
+
+    class Counts(TrainingObserver):
+        def __init__(self):
+            self.advanced, self.reused_n = 0, 0
+
+        def advance(self, done: int) -> None:
+            self.advanced += done
+
+        def reused(self, done: int) -> None:
+            self.reused_n += done
+
+    cache, backbone, pixels = FeatureCache(tmp_path), CountingBackbone(), _images(4)
+    counts = []
+    for rows, keys in (([0, 1, 2], "abc"), ([1, 2, 3], "bcd"), ([3, 0], "da")):
+        with observing(Counts()) as seen:
+            cache.features(backbone, "w", pixels[rows], keys, CPU, image_keys=list(keys))
+        counts.append((seen.advanced, seen.reused_n))
+    assert counts == [(3, 0), (1, 2), (0, 2)]
+    # the cache of whole sets (no per-image keys): a hit is reused as a whole
+    for expected in ((2, 0), (0, 2)):
+        with observing(Counts()) as seen:
+            cache.features(backbone, "w", pixels[:2], "set-ab", CPU)
+        assert (seen.advanced, seen.reused_n) == expected

@@ -213,11 +213,13 @@ class FeatureBank:
         return hashlib.blake2b(key.encode(), digest_size=KEY_BYTES).digest()
 
     def features(self, keys: list[str], pixels: torch.Tensor,
-                 extract: Callable[[torch.Tensor], torch.Tensor]
+                 extract: Callable[[torch.Tensor], torch.Tensor],
+                 reused: Optional[Callable[[int], None]] = None
                  ) -> tuple[torch.Tensor, float, bool]:
         """Features of the images with content ``keys`` (pixels ``pixels``): held ones read,
-        the rest extracted once each (``extract``) and stored. Returns ``(features, seconds
-        extracting, whether nothing was extracted)``."""
+        the rest extracted once each (``extract``) and stored; ``reused(n)`` is told how many
+        were read (for progress). Returns ``(features, seconds extracting, whether nothing was
+        extracted)``."""
         wanted = [self.key_bytes(k) for k in keys]
         positions: dict[bytes, list[int]] = {}
         for i, key in enumerate(wanted):
@@ -256,6 +258,8 @@ class FeatureBank:
                 continue
             pending.difference_update(taken)
         held = len(wanted) - sum(len(positions[k]) for k in pending)
+        if reused is not None and held:
+            reused(held)
         if not pending:
             assert out is not None or not wanted
             return (out if out is not None else torch.empty(0, 0)), 0.0, True

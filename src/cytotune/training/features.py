@@ -117,10 +117,13 @@ class FeatureCache:
         if self.cache_dir is None or len(image_keys) != len(pixels) or not len(pixels):
             key = self.key(backbone.card.name, weights_fingerprint, pre.fingerprint(), images_key,
                            resolved)
-            return self.get_or_compute(key, lambda: extract(pixels))
+            feats, seconds, hit = self.get_or_compute(key, lambda: extract(pixels))
+            if hit:  # extraction reports its own batches
+                observer().reused(len(pixels))
+            return feats, seconds, hit
         bank = self.cache_dir / self.key(backbone.card.name, weights_fingerprint,
                                          pre.fingerprint(), "per-image bank", resolved)
-        return FeatureBank(bank).features(list(image_keys), pixels, extract)
+        return FeatureBank(bank).features(list(image_keys), pixels, extract, observer().reused)
 
     def get_or_compute(self, key: str, compute) -> tuple[torch.Tensor, float, bool]:
         """(features, seconds spent computing (0 on a hit), whether it was a cache hit)."""

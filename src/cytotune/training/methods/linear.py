@@ -31,8 +31,6 @@ def frozen_features(ctx: MethodContext, split: SplitTensors,
                                                      ctx.config.precision, split.image_keys)
     log.info("features for %d images: %s", len(split.labels),
              "cache hit" if hit else f"extracted in {seconds:.1f}s")
-    if hit:  # extraction reports its own batches
-        observer().reused(len(split.labels))
     return feats, seconds
 
 
