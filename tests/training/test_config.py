@@ -164,7 +164,8 @@ def test_shipped_sweeps_carry_no_dead_length_option():
 
 
 def test_explicit_default_linear_epochs_keeps_the_run_id():
-    from cytotune.experiments.sweep import DatasetSpec, compute_run_id
+    from cytotune.experiments.sweep import compute_run_id
+    from cytotune.experiments.sweep_fields import DatasetSpec
 
     spec = DatasetSpec(source="/d")
     implicit = TrainConfig.from_dict({"data": {"source": "/d"}})

@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # the real imports, for type checkers; at run time each name 
     from cytotune.experiments.report import Report, make_report, select_best, summarize, table1
     from cytotune.experiments.runner import SweepSummary, chunk_runs, run_sweep
     from cytotune.experiments.store import ResultStore, make_record
-    from cytotune.experiments.sweep import (DatasetSpec, GenerateSpec, PlannedRun, SweepConfig,
-                                            compute_run_id, expand_env, load_sweep)
+    from cytotune.experiments.sweep import PlannedRun, SweepConfig, compute_run_id, load_sweep
+    from cytotune.experiments.sweep_fields import DatasetSpec, GenerateSpec, expand_env
 
 _EXPORTS = {
     "experiment_path": "cytotune.experiments.catalog",
@@ -48,12 +48,12 @@ _EXPORTS = {
     "run_sweep": "cytotune.experiments.runner",
     "ResultStore": "cytotune.experiments.store",
     "make_record": "cytotune.experiments.store",
-    "DatasetSpec": "cytotune.experiments.sweep",
-    "GenerateSpec": "cytotune.experiments.sweep",
+    "DatasetSpec": "cytotune.experiments.sweep_fields",
+    "GenerateSpec": "cytotune.experiments.sweep_fields",
     "PlannedRun": "cytotune.experiments.sweep",
     "SweepConfig": "cytotune.experiments.sweep",
     "compute_run_id": "cytotune.experiments.sweep",
-    "expand_env": "cytotune.experiments.sweep",
+    "expand_env": "cytotune.experiments.sweep_fields",
     "load_sweep": "cytotune.experiments.sweep",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
