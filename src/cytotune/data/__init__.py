@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # the real imports, for type checkers; at run time each name 
                                       to_rgb)
     from cytotune.data.layouts import (LAYOUTS, Layout, load_dataset, read_bcfc, read_hicervix,
                                        read_mlcc, read_sipakmed)
-    from cytotune.data.readers import IMAGE_EXTENSIONS, list_images, read_csv, read_folder
+    from cytotune.data.readers import IMAGE_EXTENSIONS, list_images, read_folder
+    from cytotune.data.tables import read_csv
     from cytotune.data.sampling import few_shot, few_shot_multilabel, few_shot_validation, fraction
     from cytotune.data.splits import SplitIndices, make_splits
     from cytotune.data.synthetic import (DEFAULT_CLASSES, SYNTHETIC_LABELS, generate_cytology_dataset,
@@ -49,7 +50,7 @@ _EXPORTS = {
     "read_sipakmed": "cytotune.data.layouts",
     "IMAGE_EXTENSIONS": "cytotune.data.readers",
     "list_images": "cytotune.data.readers",
-    "read_csv": "cytotune.data.readers",
+    "read_csv": "cytotune.data.tables",
     "read_folder": "cytotune.data.readers",
     "few_shot": "cytotune.data.sampling",
     "few_shot_multilabel": "cytotune.data.sampling",

@@ -16,9 +16,9 @@ from typing import Callable, Optional, Sequence
 import pandas as pd
 
 from cytotune.data.dataset import SPLIT_NAMES, DataError, LabelledImages
-from cytotune.data.readers import (ClassFolder, csv_row_names, is_ignored, read_class_folders,
-                                   read_csv, read_csv_frame, read_folder, read_table,
+from cytotune.data.readers import (ClassFolder, is_ignored, read_class_folders, read_folder,
                                    require_directory, subfolders)
+from cytotune.data.tables import csv_row_names, read_csv, read_csv_frame, read_table
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from cytotune.data import DataError, decode_images
-from cytotune.data.readers import IMAGE_EXTENSIONS, link_problem, list_images, read_csv_frame
+from cytotune.data.readers import IMAGE_EXTENSIONS, link_problem, list_images
+from cytotune.data.tables import read_csv_frame
 
 STATUS_OK = "ok"
 UNREADABLE = "unreadable"
