@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from cytotune.models import CheckpointError, FusedSelfAttention, WeightsUnavailableError, tiny_card
 from cytotune.models.families import get_family
-from cytotune.models.registry import get_card
+from cytotune.models.catalog import get_card
 from cytotune.models.text import NoTextTowerError, build_text_encoder, text_cards
 
 PROMPTS = ["a cytology image of a malignant cell.", "a Pap smear image of a benign cell.", "x"]

@@ -18,7 +18,8 @@ from cytotune._lazy import lazy_exports
 if TYPE_CHECKING:  # the real imports, for type checkers; at run time each name is
     # imported on first use, so a light part does not pull in torch through the rest
     from cytotune.models.attention import FusedSelfAttention, convert_multihead_attention
-    from cytotune.models.backbone import Backbone, build_backbone, check_feature_dim, output_dim
+    from cytotune.models.backbone import Backbone, check_feature_dim, output_dim
+    from cytotune.models.build import build_backbone
     from cytotune.models.card import (IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
                                       LoraTarget, ModelCard, Preprocessing, PyRef)
     from cytotune.models.errors import (CheckpointError, CheckpointMismatchError, FeatureDimError,
@@ -26,17 +27,17 @@ if TYPE_CHECKING:  # the real imports, for type checkers; at run time each name 
                                         UnknownModelError, WeightsUnavailableError)
     from cytotune.models.families import Family, get_family, list_families, register_family
     from cytotune.models.pooling import MODEL_POOLING, POOLINGS, get_pooling, pool, register_pooling
-    from cytotune.models.registry import (get_card, list_cards, naming_help, register_card,
-                                          unregister_card, validate_card)
+    from cytotune.models.catalog import get_card, list_cards, tiny_card, tiny_cards
+    from cytotune.models.registry import (naming_help, register_card, unregister_card,
+                                          validate_card)
     from cytotune.models.targets import resolve_target, resolve_targets
-    from cytotune.models.tiny import tiny_card, tiny_cards
     from cytotune.models.availability import WeightsReport, check_weights
 
 _EXPORTS = {
     "FusedSelfAttention": "cytotune.models.attention",
     "convert_multihead_attention": "cytotune.models.attention",
     "Backbone": "cytotune.models.backbone",
-    "build_backbone": "cytotune.models.backbone",
+    "build_backbone": "cytotune.models.build",
     "check_feature_dim": "cytotune.models.backbone",
     "output_dim": "cytotune.models.backbone",
     "IMAGENET_MEAN": "cytotune.models.card",
@@ -64,16 +65,16 @@ _EXPORTS = {
     "get_pooling": "cytotune.models.pooling",
     "pool": "cytotune.models.pooling",
     "register_pooling": "cytotune.models.pooling",
-    "get_card": "cytotune.models.registry",
-    "list_cards": "cytotune.models.registry",
+    "get_card": "cytotune.models.catalog",
+    "list_cards": "cytotune.models.catalog",
     "naming_help": "cytotune.models.registry",
     "register_card": "cytotune.models.registry",
     "unregister_card": "cytotune.models.registry",
     "validate_card": "cytotune.models.registry",
     "resolve_target": "cytotune.models.targets",
     "resolve_targets": "cytotune.models.targets",
-    "tiny_card": "cytotune.models.tiny",
-    "tiny_cards": "cytotune.models.tiny",
+    "tiny_card": "cytotune.models.catalog",
+    "tiny_cards": "cytotune.models.catalog",
     "WeightsReport": "cytotune.models.availability",
     "check_weights": "cytotune.models.availability",
 }

@@ -19,7 +19,7 @@ from cytotune.models.card import ModelCard
 from cytotune.models.checkpoint import find_weights_file
 from cytotune.models.errors import CheckpointError, WeightsUnavailableError
 from cytotune.models.families import get_family
-from cytotune.models.registry import get_card
+from cytotune.models.catalog import get_card
 
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 

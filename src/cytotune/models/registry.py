@@ -1,13 +1,14 @@
-"""The card registry: model name -> :class:`ModelCard`.
+"""The card registry: model name -> :class:`ModelCard`, and the checks a card must pass.
 
-Built-in cards live in ``cytotune.models.cards``. Besides registered names, ``<family>:<name>``
+The storage only: the built-in cards (``cytotune.models.cards``) register themselves here, and
+:mod:`cytotune.models.catalog` looks names up (loading the built-ins, building tiny variants),
+so no module below the catalog imports the cards. Besides registered names, ``<family>:<name>``
 builds a card on the fly for families that support it (``timm:<model>``,
 ``open_clip:<arch>[:<tag>]``), with preprocessing from the library's pretrained config, the
 feature width computed from the model, and the family's LoRA target map.
 """
 from __future__ import annotations
 
-import difflib
 import threading
 
 from cytotune.models.card import ModelCard
@@ -18,14 +19,6 @@ from cytotune.models.pooling import MODEL_POOLING, known_poolings
 _CARDS: dict[str, ModelCard] = {}
 _DYNAMIC: dict[str, ModelCard] = {}
 _LOCK = threading.Lock()
-_BUILTIN_LOADED = False
-
-
-def _ensure_builtin() -> None:
-    global _BUILTIN_LOADED
-    if not _BUILTIN_LOADED:
-        _BUILTIN_LOADED = True
-        import cytotune.models.cards  # noqa: F401  (registers the built-in cards)
 
 
 def validate_card(card: ModelCard) -> None:
@@ -75,10 +68,26 @@ def unregister_card(name: str) -> None:
         raise UnknownModelError(f"no model card named '{name}' is registered")
 
 
-def list_cards() -> list[ModelCard]:
-    """The registered cards, sorted by name."""
-    _ensure_builtin()
+TINY_SUFFIX = "-tiny"  # ``<card>-tiny`` names a card's small variant (catalog.get_card)
+
+
+def registered_cards() -> list[ModelCard]:
+    """The cards registered so far (the built-in ones once :mod:`cytotune.models.cards` is
+    imported, which :mod:`cytotune.models.catalog` does), sorted by name."""
     return [_CARDS[k] for k in sorted(_CARDS)]
+
+
+def registered_card(name: str) -> ModelCard | None:
+    """The card registered (or resolved on the fly before) as ``name``, if any."""
+    return _CARDS.get(name) or _DYNAMIC.get(name)
+
+
+def remember(name: str, card: ModelCard) -> ModelCard:
+    """Keep a card built on the fly for ``name`` (a ``<family>:<model>`` or tiny variant)."""
+    validate_card(card)
+    with _LOCK:
+        _DYNAMIC[name] = card
+    return card
 
 
 def naming_help() -> list[str]:
@@ -86,54 +95,11 @@ def naming_help() -> list[str]:
     return [f.naming_help for f in list_families() if f.naming_help]
 
 
-TINY_SUFFIX = "-tiny"
-
-
-def _tiny_variant(name: str) -> ModelCard | None:
-    """``<card>-tiny`` names the small random-init variant of a registered card (tests, CPU
-    benchmarks); resolving it here lets any process, e.g. a sweep worker or ``cytotune.load``
-    in a fresh interpreter, rebuild such a run by name."""
-    base = name[: -len(TINY_SUFFIX)] if name.endswith(TINY_SUFFIX) else None
-    if not base or base not in _CARDS:
-        return None
-    from cytotune.models.tiny import tiny_card  # tiny builds on this module
-
-    card = tiny_card(base)
-    with _LOCK:
-        _DYNAMIC[name] = card
-    return card
-
-
-def get_card(name: str) -> ModelCard:
-    """The card called ``name``, or one built on the fly for ``<family>:<model>`` or
-    ``<card>-tiny``."""
-    _ensure_builtin()
-    if isinstance(name, ModelCard):
-        return name
-    if name in _CARDS:
-        return _CARDS[name]
-    if name in _DYNAMIC:
-        return _DYNAMIC[name]
-    tiny = _tiny_variant(name)
-    if tiny is not None:
-        return tiny
+def family_card(name: str) -> ModelCard | None:
+    """The card of ``<family>:<model>`` for a family that names its models so, else None."""
     prefix, sep, rest = name.partition(":")
     if sep and rest:
         families = {f.name: f for f in list_families() if f.naming_help}
         if prefix in families:
-            card = families[prefix].card_from_name(rest)
-            validate_card(card)
-            with _LOCK:
-                _DYNAMIC[name] = card
-            return card
-    known = sorted(_CARDS)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    lines = [f"unknown model '{name}'."]
-    if close:
-        lines.append(f"Did you mean: {', '.join(close)}?")
-    lines.append(f"Known models: {', '.join(known)}.")
-    helps = naming_help()
-    if helps:
-        lines.append("Any model of these libraries can also be named directly:")
-        lines.extend(f"  {h}" for h in helps)
-    raise UnknownModelError("\n".join(lines), name=name, suggestions=close)
+            return remember(name, families[prefix].card_from_name(rest))
+    return None

@@ -24,7 +24,7 @@ from torch import nn
 from cytotune.models.card import LoraTarget, ModelCard
 from cytotune.models.errors import ModelError
 from cytotune.models.families import get_family
-from cytotune.models.registry import get_card, list_cards
+from cytotune.models.catalog import get_card, list_cards
 from cytotune.models.targets import OPEN_CLIP_VIT_TARGETS, matching_targets
 
 log = logging.getLogger(__name__)
