@@ -169,7 +169,7 @@ def store_figures(store: Path, planned: list[str]) -> dict[str, Any]:
 def leftovers(root: Path, store: Path) -> list[str]:
     """Partial files a killed process left behind: staging folders of run directories, ``*.tmp``
     files (cache entries, kept records) and the store's kept-records folders."""
-    from cytotune.experiments.store import pending_dirs
+    from cytotune.experiments.store_records import pending_dirs
 
     found = []
     for path in root.rglob("*"):

@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # the real imports, for type checkers; at run time each name 
                                                 RunTask, execute_task)
     from cytotune.experiments.report import Report, make_report, select_best, summarize, table1
     from cytotune.experiments.runner import SweepSummary, chunk_runs, run_sweep
-    from cytotune.experiments.store import ResultStore, make_record
+    from cytotune.experiments.store import ResultStore
+    from cytotune.experiments.store_records import make_record
     from cytotune.experiments.sweep import PlannedRun, SweepConfig, compute_run_id, load_sweep
     from cytotune.experiments.sweep_fields import DatasetSpec, GenerateSpec, expand_env
 
@@ -47,7 +48,7 @@ _EXPORTS = {
     "chunk_runs": "cytotune.experiments.runner",
     "run_sweep": "cytotune.experiments.runner",
     "ResultStore": "cytotune.experiments.store",
-    "make_record": "cytotune.experiments.store",
+    "make_record": "cytotune.experiments.store_records",
     "DatasetSpec": "cytotune.experiments.sweep_fields",
     "GenerateSpec": "cytotune.experiments.sweep_fields",
     "PlannedRun": "cytotune.experiments.sweep",

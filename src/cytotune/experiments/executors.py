@@ -38,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
-from cytotune.experiments.store import make_record
+from cytotune.experiments.store_records import make_record
 
 log = logging.getLogger("cytotune")
 

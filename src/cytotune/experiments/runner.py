@@ -38,8 +38,8 @@ from cytotune.experiments.executors import (ChunkQueue, Executor, RunOutcome, Ru
                                             RunTask, WorkerSetup)
 from cytotune.experiments.run_progress import PlainSweepLines, SweepRunProgress
 from cytotune.experiments.store import (CLAIMED, DEFAULT_LEASE_TTL_S, DONE, FAILED_ELSEWHERE,
-                                        ResultStore, StoreWriteError, load_pending, new_owner,
-                                        record_from_run_dir, save_pending, utc_now)
+                                        ResultStore, StoreWriteError, new_owner, utc_now)
+from cytotune.experiments.store_records import load_pending, record_from_run_dir, save_pending
 from cytotune.experiments.sweep import EXECUTION_FIELDS, PlannedRun, SweepConfig, load_sweep
 
 log = logging.getLogger("cytotune")
