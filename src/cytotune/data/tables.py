@@ -26,6 +26,16 @@ def _column_values(frame: pd.DataFrame, column: str, origin: str) -> list[str]:
     return [str(v).strip() for v in frame[column].tolist()]
 
 
+def _filled_column(frame: pd.DataFrame, column: str, origin: str, rows: Sequence[str],
+                   if_empty: str) -> np.ndarray:
+    """A column every row must fill (group ids, domains); an empty cell names its row."""
+    values = _column_values(frame, column, origin)
+    for i, value in enumerate(values):
+        if not value:
+            raise DataError(f"{rows[i]}, column {column!r}: {if_empty}")
+    return np.asarray(values, dtype=object)
+
+
 def _encode(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """Sorted class names and integer labels; empty values become -1 (label unknown)."""
     names = sorted({v for v in values if v})
@@ -133,12 +143,8 @@ def read_table(frame: pd.DataFrame, *, rows: Sequence[str], root: Path, name: st
 
     groups = None
     if group_column and group_column in frame.columns:
-        raw = _column_values(frame, group_column, origin)
-        for i, value in enumerate(raw):
-            if not value:
-                raise DataError(f"{rows[i]}, column {group_column!r}: empty group id (fill it, "
-                                f"or drop the column if images have no known source)")
-        groups = np.asarray(raw, dtype=object)
+        groups = _filled_column(frame, group_column, origin, rows, "empty group id (fill it, "
+                                "or drop the column if images have no known source)")
         if group_pattern is not None:
             raise DataError(f"{origin}: has a {group_column!r} column and option group_pattern="
                             f"{group_pattern!r}; give groups one way")
@@ -147,13 +153,9 @@ def read_table(frame: pd.DataFrame, *, rows: Sequence[str], root: Path, name: st
 
     domains = None
     if domain_column and domain_column in frame.columns:
-        raw = _column_values(frame, domain_column, origin)
-        for i, value in enumerate(raw):
-            if not value:
-                raise DataError(f"{rows[i]}, column {domain_column!r}: missing domain (every "
-                                f"image needs its centre, scanner or tumour type, or drop the "
-                                f"column)")
-        domains = np.asarray(raw, dtype=object)
+        domains = _filled_column(frame, domain_column, origin, rows, "missing domain (every "
+                                 "image needs its centre, scanner or tumour type, or drop the "
+                                 "column)")
 
     for column in level_columns:
         check_spellings(((v, rows[i]) for i, v in enumerate(_column_values(frame, column, origin))
