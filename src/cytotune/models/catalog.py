@@ -39,7 +39,7 @@ def _tiny_variant(name: str) -> ModelCard | None:
     benchmarks); resolving it here lets any process, e.g. a sweep worker or ``cytotune.load``
     in a fresh interpreter, rebuild such a run by name."""
     base = name[: -len(TINY_SUFFIX)] if name.endswith(TINY_SUFFIX) else None
-    card = registered_card(base) if base else None
+    card = registered_card(base, on_the_fly=False) if base else None  # tiny of a named card
     return remember(name, tiny_card(card)) if card is not None else None
 
 

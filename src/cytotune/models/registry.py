@@ -77,14 +77,15 @@ def registered_cards() -> list[ModelCard]:
     return [_CARDS[k] for k in sorted(_CARDS)]
 
 
-def registered_card(name: str) -> ModelCard | None:
-    """The card registered (or resolved on the fly before) as ``name``, if any."""
-    return _CARDS.get(name) or _DYNAMIC.get(name)
+def registered_card(name: str, *, on_the_fly: bool = True) -> ModelCard | None:
+    """The card registered as ``name`` (or, with ``on_the_fly``, resolved on the fly before),
+    if any."""
+    card = _CARDS.get(name)
+    return card if card is not None or not on_the_fly else _DYNAMIC.get(name)
 
 
 def remember(name: str, card: ModelCard) -> ModelCard:
     """Keep a card built on the fly for ``name`` (a ``<family>:<model>`` or tiny variant)."""
-    validate_card(card)
     with _LOCK:
         _DYNAMIC[name] = card
     return card
@@ -101,5 +102,7 @@ def family_card(name: str) -> ModelCard | None:
     if sep and rest:
         families = {f.name: f for f in list_families() if f.naming_help}
         if prefix in families:
-            return remember(name, families[prefix].card_from_name(rest))
+            card = families[prefix].card_from_name(rest)
+            validate_card(card)
+            return remember(name, card)
     return None
