@@ -46,9 +46,11 @@ def test_plain_lines_show_each_phase_and_at_most_every_few_seconds_within_one():
     lines.run_text("training 0/10")
     lines.run_text("")
     now[0] += 10
-    lines.run_ended("run a", ok=True)
+    lines.run_ended("run a", ok=True, done=1)
     assert said[:3] == ["  decoding 0/50000", "  decoding 30000/50000", "  training 0/10"]
     assert said[3] == "[1/4] finished run a (elapsed 1 min 00 s, ETA 3 min 00 s)"
+    lines.run_ended("run b", ok=False, done=4)  # two more were settled by another sweep
+    assert said[4] == "[4/4] FAILED run b (elapsed 1 min 00 s)"
 
 
 def test_a_sweep_off_a_terminal_writes_lines_while_it_runs(synthetic_data, tiny_model_names,

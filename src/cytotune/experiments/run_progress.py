@@ -67,7 +67,6 @@ class PlainSweepLines:
                  clock: Callable[[], float] = time.monotonic):
         self.say, self.total, self.every_s, self.clock = say, total, every_s, clock
         self.started = clock()
-        self.done = 0
         self._phase, self._last = "", -float("inf")
 
     def run_text(self, text: str) -> None:
@@ -79,10 +78,11 @@ class PlainSweepLines:
             self._last = now
         self._phase = phase
 
-    def run_ended(self, label: str, ok: bool) -> None:
-        self.done += 1
+    def run_ended(self, label: str, ok: bool, done: int) -> None:
+        """A run ended; ``done`` runs of the sweep's are settled (those another sweep on the
+        store finished or recovered from their run directories included)."""
         elapsed = self.clock() - self.started
-        eta = (f", ETA {duration(elapsed / self.done * (self.total - self.done))}"
-               if self.done < self.total else "")
-        self.say(f"[{self.done}/{self.total}] {'finished' if ok else 'FAILED'} {label} "
+        eta = (f", ETA {duration(elapsed / done * (self.total - done))}"
+               if 0 < done < self.total else "")
+        self.say(f"[{done}/{self.total}] {'finished' if ok else 'FAILED'} {label} "
                  f"(elapsed {duration(elapsed)}{eta})")

@@ -394,7 +394,7 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
                    current=_current(in_flight))
         if plain:
             lines.run_ended(by_id[event.run_id].describe() if event.run_id in by_id else
-                            event.run_id, event.ok)
+                            event.run_id, event.ok, len(todo) - len(remaining))
 
     def skipped(run_id: str, why: str) -> None:
         remaining.discard(run_id)
