@@ -141,6 +141,6 @@ def head_from_tensors(method: str, tensors: dict[str, torch.Tensor]) -> nn.Modul
 PROBE_HEAD_KEYS: dict[str, tuple[str, ...]] = {
     "prototype": ("weight", "bias", "center"),
     "knn": ("keys", "labels", "k", "num_classes"),
-    "tip-adapter": ("keys", "values", "class_weights", "logit_scale", "alpha", "beta"),
-    "tip-adapter-f": ("keys", "values", "class_weights", "logit_scale", "alpha", "beta"),
+    **{method: ("keys", "values", "class_weights", "logit_scale", "alpha", "beta")
+       for method in TIP_ADAPTERS},
 }

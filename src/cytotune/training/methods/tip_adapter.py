@@ -70,6 +70,12 @@ def choose_alpha_beta(ctx: MethodContext, head: TipAdapterHead, f_val
     return (alpha, beta), history
 
 
+def fine_tune_steps(n_train: int, epochs: int = FINE_TUNE_EPOCHS,
+                    batch_size: int = FINE_TUNE_BATCH) -> int:
+    """Optimizer steps of :func:`fine_tune_keys` on ``n_train`` training features."""
+    return epochs * math.ceil(n_train / batch_size)
+
+
 def fine_tune_keys(head: TipAdapterHead, features: torch.Tensor, labels: torch.Tensor, seed: int,
                    epochs: int = FINE_TUNE_EPOCHS, lr: float = FINE_TUNE_LR,
                    batch_size: int = FINE_TUNE_BATCH) -> list[float]:
@@ -78,8 +84,8 @@ def fine_tune_keys(head: TipAdapterHead, features: torch.Tensor, labels: torch.T
     each epoch's mean training loss."""
     keys = head.keys.detach().clone().requires_grad_(True)
     optimizer = torch.optim.AdamW([keys], lr=lr, eps=1e-4)
-    steps = epochs * math.ceil(len(features) / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, max(1, fine_tune_steps(len(features), epochs, batch_size)))
     generator = torch.Generator().manual_seed(int(seed))
     losses = []
     for _ in range(epochs):
@@ -99,19 +105,28 @@ def fine_tune_keys(head: TipAdapterHead, features: torch.Tensor, labels: torch.T
     return losses
 
 
+def _training_free_head(ctx: MethodContext, f_train) -> TipAdapterHead:
+    """The head whose cache is the run's training features, with CLIP's class embeddings."""
+    return tip_adapter_head(f_train, ctx.train.labels.to(ctx.device), len(ctx.class_names),
+                            text_class_weights(ctx), float(ctx.text_encoder.logit_scale)
+                            ).to(ctx.device)
+
+
+def _chosen(alpha: float, beta: float) -> dict:
+    """What metrics.json records of the (alpha, beta) choice."""
+    return {"alpha": alpha, "beta": beta, "alpha_grid": list(ALPHA_GRID),
+            "beta_grid": list(BETA_GRID), "select_on": "val"}
+
+
 def run_tip_adapter(ctx: MethodContext) -> MethodResult:
     """Zero-shot logits plus the training images' cache; alpha and beta chosen on validation."""
     f_train, f_val, f_test, t_feat = probe_features(ctx)
     start = time.perf_counter()
-    head = tip_adapter_head(f_train, ctx.train.labels.to(ctx.device), len(ctx.class_names),
-                            text_class_weights(ctx), float(ctx.text_encoder.logit_scale)
-                            ).to(ctx.device)
+    head = _training_free_head(ctx, f_train)
     (alpha, beta), history = choose_alpha_beta(ctx, head, f_val)
     log.info("tip-adapter: alpha=%g beta=%g chosen on validation", alpha, beta)
     val = evaluate_head(ctx, head, f_val, ctx.val)
-    return probe_result(ctx, head, val, f_test, history,
-                        {"alpha": alpha, "beta": beta, "alpha_grid": list(ALPHA_GRID),
-                         "beta_grid": list(BETA_GRID), "select_on": "val"}, 0,
+    return probe_result(ctx, head, val, f_test, history, _chosen(alpha, beta), 0,
                         head.state_dict(), {"feature_extraction_s": t_feat,
                                             "training_s": time.perf_counter() - start})
 
@@ -120,24 +135,20 @@ def run_tip_adapter_f(ctx: MethodContext) -> MethodResult:
     """Tip-Adapter-F: the training-free head, its keys fine-tuned (:func:`fine_tune_keys`), then
     alpha and beta chosen again on validation."""
     f_train, f_val, f_test, t_feat = probe_features(ctx)
-    y_train = ctx.train.labels.to(ctx.device)
     start = time.perf_counter()
-    head = tip_adapter_head(f_train, y_train, len(ctx.class_names), text_class_weights(ctx),
-                            float(ctx.text_encoder.logit_scale)).to(ctx.device)
+    head = _training_free_head(ctx, f_train)
     (alpha0, beta0), _ = choose_alpha_beta(ctx, head, f_val)
-    losses = fine_tune_keys(head, f_train, y_train, ctx.config.seed)
+    losses = fine_tune_keys(head, f_train, ctx.train.labels.to(ctx.device), ctx.config.seed)
     log.info("tip-adapter-f: keys fine-tuned from alpha=%g beta=%g, training loss %.4f -> %.4f",
              alpha0, beta0, losses[0], losses[-1])
     (alpha, beta), history = choose_alpha_beta(ctx, head, f_val)
     log.info("tip-adapter-f: alpha=%g beta=%g chosen on validation", alpha, beta)
     val = evaluate_head(ctx, head, f_val, ctx.val)
-    steps = FINE_TUNE_EPOCHS * math.ceil(len(f_train) / FINE_TUNE_BATCH)
     return probe_result(ctx, head, val, f_test, history,
-                        {"alpha": alpha, "beta": beta, "alpha_grid": list(ALPHA_GRID),
-                         "beta_grid": list(BETA_GRID), "select_on": "val",
-                         "fine_tune_from": {"alpha": alpha0, "beta": beta0},
+                        {**_chosen(alpha, beta), "fine_tune_from": {"alpha": alpha0, "beta": beta0},
                          "fine_tune_lr": FINE_TUNE_LR, "fine_tune_epochs": FINE_TUNE_EPOCHS,
-                         "fine_tune_batch": FINE_TUNE_BATCH, "fine_tune_steps": steps,
+                         "fine_tune_batch": FINE_TUNE_BATCH,
+                         "fine_tune_steps": fine_tune_steps(len(f_train)),
                          "fine_tune_losses": losses},
                         head.keys.numel(), head.state_dict(),
                         {"feature_extraction_s": t_feat,
