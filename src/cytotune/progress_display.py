@@ -131,12 +131,11 @@ class PlainProgress(_Tracker):
 
     def status(self) -> str:
         count = f"{self.done}/{self.total}" if self.total else str(self.done)
-        percent = f" ({100 * self.done / self.total:.0f} %)" if self.total else ""
+        notes = ([f"{100 * self.done / self.total:.0f} %"] if self.total else []) + \
+            ([f"{self.reused_done} done before"] if self.reused_done else [])
+        notes_text = f" ({', '.join(notes)})" if notes else ""
         eta = self.eta()
-        if self.reused_done:
-            percent = percent[:-1] + f", {self.reused_done} done before)" if percent else \
-                f" ({self.reused_done} done before)"
-        parts = [f"{self.name} {count}{percent}", self.rate_text(),
+        parts = [f"{self.name} {count}{notes_text}", self.rate_text(),
                  f"elapsed {duration(self.elapsed())}",
                  *([f"ETA {duration(eta)}"] if eta is not None and self.done < (self.total or 0)
                    else []), *([self.metric] if self.metric and self.name == "training" else [])]
