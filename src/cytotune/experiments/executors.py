@@ -188,6 +188,8 @@ def _config_of(task: RunTask, device: Optional[str]):
         config.device = device
     node_cache = os.environ.get(NODE_CACHE_ENV)
     if node_cache and config.cache_dir is not None:
+        log.info("run %s: cache folder %s from %s (the sweep names %s)", task.run_id, node_cache,
+                 NODE_CACHE_ENV, config.cache_dir)
         config.cache_dir = node_cache
     return config
 
