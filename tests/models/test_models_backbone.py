@@ -72,3 +72,55 @@ def test_backbone_attributes_and_meta_device():
     assert next(backbone.parameters()).device.type == "meta"
     assert "clip-vit-l14" in repr(backbone)
     assert isinstance(backbone.weights_fingerprint(), str)
+
+
+# -- channels-last input for convolutional networks -------------------------------------------------
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "uni", "vit-b16", "clip-vit-b16"])
+def test_only_convolutional_networks_take_channels_last_input(name):
+    backbone = build_backbone(tiny_card(name), pretrained=False)
+    assert backbone.channels_last is (name == "efficientnet-lite0")  # a ViT's one conv: no
+
+
+def test_channels_last_gives_the_same_features_and_leaves_the_weights_alone():
+    from safetensors.torch import save
+
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_card("efficientnet-lite0"), pretrained=False)
+    pixels = torch.randn(3, 3, 32, 32)
+    seen = []
+    hook = backbone.model.conv_stem.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        backbone.channels_last = False
+        nchw = backbone(pixels)
+        backbone.channels_last = True
+        nhwc = backbone(pixels)
+    hook.remove()
+    assert seen == [False, True]  # the switch really changes what the network is fed
+    torch.testing.assert_close(nhwc, nchw, rtol=1e-5, atol=1e-5)
+    state = backbone.model.state_dict()
+    assert all(t.is_contiguous() for t in state.values())  # weights keep their own layout
+    save(state)  # safetensors refuses non-contiguous tensors
+
+
+def test_channels_last_gives_the_same_lora_gradients():
+    from cytotune.adapters import LoRAConfig, apply_lora, lora_parameters
+
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_card("efficientnet-lite0"), pretrained=False)
+    card = backbone.card
+    apply_lora(backbone.model, LoRAConfig(rank=2, alpha=1.0, targets=card.default_lora_targets),
+               card.lora_targets)
+    with torch.no_grad():  # non-zero B, so every adapter's A receives a gradient too
+        for p in lora_parameters(backbone.model):
+            p.normal_(0, 0.1)
+    pixels = torch.randn(4, 3, 32, 32)
+    grads = {}
+    for fmt in (False, True):
+        backbone.channels_last = fmt
+        backbone.zero_grad()
+        backbone(pixels).square().sum().backward()
+        grads[fmt] = [p.grad.clone() for p in lora_parameters(backbone.model)]
+    assert grads[True] and len(grads[True]) == len(grads[False])
+    for nhwc, nchw in zip(grads[True], grads[False]):
+        torch.testing.assert_close(nhwc, nchw, rtol=1e-4, atol=1e-5)

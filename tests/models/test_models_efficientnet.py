@@ -67,3 +67,18 @@ def test_package_file_as_local_weights(tmp_path, pretrained, package_state_dict)
     with pytest.raises(CheckpointMismatchError, match=r"blocks\.2\.0\.conv_dw\.weight"):
         build_backbone("efficientnet-lite0", weights=tmp_path / "broken.pth")
     assert get_card("efficientnet-lite0").feature_dim == 1280
+
+
+def test_channels_last_features_equal_nchw_with_the_real_weights(pretrained):
+    """The offline backbone is fed channels-last pixels by default (about 1.7x faster on a CPU,
+    ``scripts/bench_channels_last.py``); its ImageNet features must not change."""
+    assert pretrained.channels_last
+    x = torch.linspace(-1, 1, 2 * 3 * 224 * 224).reshape(2, 3, 224, 224)
+    with torch.no_grad():
+        nhwc = pretrained(x)
+        pretrained.channels_last = False
+        try:
+            nchw = pretrained(x)
+        finally:
+            pretrained.channels_last = True
+    torch.testing.assert_close(nhwc, nchw, rtol=1e-4, atol=1e-4)
