@@ -22,12 +22,13 @@ timing does not depend on them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 
 import torch
 from torch import nn
+
+from cytotune.training.features import autocast_for
 
 
 def _lora_classifier(card_name: str, classes: int):
@@ -76,13 +77,11 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             backbone(pixels)
 
-    def lora_step(bf16: bool):
-        def step() -> None:
-            autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
-                        else contextlib.nullcontext())
-            with autocast:
+    def lora_step(precision: str):
+        def step() -> None:  # the runs' own autocast; Classifier computes fp32 logits
+            with autocast_for(torch.device("cpu"), precision):
                 logits = model(pixels)
-            loss = nn.functional.cross_entropy(logits.float(), labels)
+            loss = nn.functional.cross_entropy(logits, labels)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -98,7 +97,7 @@ def main(argv=None) -> int:
     print(f"features: largest |NHWC - NCHW| = {difference:.2e} (largest |feature| "
           f"{reference.abs().max().item():.2f})")
 
-    cases = {"forward": forward, "lora_fp32": lora_step(False), "lora_bf16": lora_step(True)}
+    cases = {"forward": forward, "lora_fp32": lora_step("fp32"), "lora_bf16": lora_step("bf16")}
     times: dict[tuple[str, bool], list[float]] = {(c, f): [] for c in cases for f in (False, True)}
     for name, fn in cases.items():
         for fmt in (False, True):  # warm-up: first calls pick kernels and allocate
