@@ -54,18 +54,29 @@ def _time(fn, repeats: int) -> list[float]:
     return times
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--card", default="efficientnet-lite0")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per format")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per round")
+    parser.add_argument("--batch", type=_positive, default=32)
+    parser.add_argument("--rounds", type=_positive, default=4, help="interleaved rounds per format")
+    parser.add_argument("--repeats", type=_positive, default=3, help="timed calls per round")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    backbone, model = _lora_classifier(args.card, classes=4)
+    from cytotune.models.errors import UnknownModelError
+    try:
+        backbone, model = _lora_classifier(args.card, classes=4)
+    except UnknownModelError as exc:
+        parser.error(str(exc).splitlines()[0])
     size = backbone.card.preprocessing.image_size
     pixels = torch.randn(args.batch, 3, size, size)
     labels = torch.randint(0, 4, (args.batch,))
