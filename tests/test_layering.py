@@ -18,7 +18,7 @@ ROOT = Path(cytotune.__file__).parent
 LEVEL = {"data": 0, "models": 1, "adapters": 2, "training": 3, "inference": 4,
          "experiments": 4, "benchmark": 4, "api": 5, "demo": 6, "progress_display": 6,
          "cli": 7}
-ANYWHERE = {"_version", "_process", "_gc", "_lazy", "_flags"}
+ANYWHERE = {"_version", "_process", "_gc", "_lazy", "_flags", "_atomic"}
 
 
 def _imported(module: Path, package: str) -> set[str]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
 
+from cytotune._atomic import write_text_atomic
 from cytotune._flags import add_on_off
 from cytotune.benchmark.settings import CASES, EXTRA_CASES, BenchSettings
 from cytotune.training.config import PRECISIONS
@@ -184,12 +184,4 @@ def _mfu(u: dict[str, Any]) -> str:
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=2, default=str)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, lambda file: json.dump(value, file, indent=2, default=str))

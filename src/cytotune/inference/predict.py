@@ -10,8 +10,6 @@ than vanishing from the folder listing. The CSV is written atomically.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -19,6 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from cytotune._atomic import write_csv_atomic
 from cytotune.data import DataError, decode_images
 from cytotune.data.readers import IMAGE_EXTENSIONS, link_problem, list_images
 from cytotune.data.tables import read_csv_frame
@@ -112,21 +111,6 @@ def predict_files(model, paths: Sequence[Union[str, Path]], batch_size: int = 64
         frame[f"prob_{name}"] = probs[:, j]
     frame["status"] = status
     return frame
-
-
-def write_csv_atomic(frame: pd.DataFrame, out: Union[str, Path]) -> Path:
-    """Write ``frame`` to ``out`` through a temporary file in the same folder and ``os.replace``:
-    readers see the old file or the new one, never a partial one."""
-    out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            frame.to_csv(file, index=False)
-        os.replace(name, out)
-    finally:
-        Path(name).unlink(missing_ok=True)
-    return out
 
 
 def _check_out(out: Path, run_dir: Path) -> None:

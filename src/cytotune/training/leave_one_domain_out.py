@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 
+from cytotune._atomic import write_csv_atomic
 from cytotune.data import domain_names, load_dataset
 from cytotune.training.config import ConfigError, TrainConfig
 from cytotune.training.rundir import COMPLETE_MARKER
@@ -83,14 +82,3 @@ def side_by_side(metrics_by_domain: Mapping[str, Mapping[str, Any]]) -> pd.DataF
                 row[f"out_of_domain_{name}"] = metrics["test_ood"][name]
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def write_csv_atomic(frame: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            frame.to_csv(file, index=False)
-        os.replace(name, out)
-    finally:
-        Path(name).unlink(missing_ok=True)
