@@ -137,15 +137,7 @@ class OpenClipFamily(Family):
         if any(k.startswith("visual.") for k in state_dict):
             state_dict = {k[len("visual."):]: v for k, v in state_dict.items()
                           if k.startswith("visual.")}
-        expected = model.state_dict().keys()
-        out = {}
-        for key, value in state_dict.items():
-            if key not in expected:  # saved after MHA conversion: attn.in_proj.weight
-                alt = key.replace(".in_proj.weight", ".in_proj_weight").replace(
-                    ".in_proj.bias", ".in_proj_bias")
-                key = alt if alt in expected else key
-            out[key] = value
-        return out
+        return _native_in_proj_keys(state_dict, model)
 
     def _load(self, card: ModelCard, state_dict: dict, source: str,
               model_cfg: Optional[dict]) -> nn.Module:
@@ -305,15 +297,7 @@ class OpenClipFamily(Family):
                 f"{source} holds no text tower (no 'token_embedding.weight' or 'text.*' keys; "
                 f"found {preview}, ...): it is an image tower alone. Zero-shot, text-initialised "
                 f"heads and text LoRA need the full open_clip checkpoint")
-        expected = model.state_dict().keys()
-        out = {}
-        for key, value in sub.items():
-            if key not in expected:  # saved after MHA conversion: attn.in_proj.weight
-                alt = key.replace(".in_proj.weight", ".in_proj_weight").replace(
-                    ".in_proj.bias", ".in_proj_bias")
-                key = alt if alt in expected else key
-            out[key] = value
-        return out, (float(scale.float().exp().reshape(-1)[0]) if scale is not None else None)
+        return _native_in_proj_keys(sub, model), (float(scale.float().exp().reshape(-1)[0]) if scale is not None else None)
 
     def build_text_tower(self, card: ModelCard, *, pretrained: bool = True,
                          weights: Optional[Path] = None, tokenizer: Optional[str] = None):
@@ -420,3 +404,18 @@ class OpenClipFamily(Family):
         targets = matching_targets(model, OPEN_CLIP_TARGETS)
         return card.with_overrides(lora_targets=targets,
                                    default_lora_targets=pick_default_targets(targets))
+
+
+def _native_in_proj_keys(state_dict: dict, model: nn.Module) -> dict:
+    """``state_dict`` with the fused attention projection under the names ``model`` expects: a
+    checkpoint saved after cytotune's MHA conversion says ``attn.in_proj.weight`` where a
+    native ``nn.MultiheadAttention`` has ``attn.in_proj_weight`` (likewise the bias)."""
+    expected = model.state_dict().keys()
+    out = {}
+    for key, value in state_dict.items():
+        if key not in expected:
+            alt = key.replace(".in_proj.weight", ".in_proj_weight").replace(
+                ".in_proj.bias", ".in_proj_bias")
+            key = alt if alt in expected else key
+        out[key] = value
+    return out
