@@ -188,6 +188,15 @@ def _shots_axis(ax, shots: Iterable[int], zero: bool) -> None:
     ax.set_xlabel("shots per class")
 
 
+def _label_panel(ax, dataset: str, metric: str, xlabel: Optional[str] = None) -> None:
+    """One data set's panel: its name, the metric on the y axis, a light grid."""
+    ax.set_title(dataset)
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"test {METRIC_LABELS.get(metric, metric)} (%)")
+    ax.grid(alpha=0.3)
+
+
 def _chance_line(ax, metric: str, classes: Optional[int]) -> bool:
     level = chance_level(metric, classes)
     if level is None:
@@ -267,9 +276,7 @@ def draw_shots_figure(summary: pd.DataFrame, sweep: str, method: str, metric: st
         _shots_axis(ax, shots_all, zero_here)
         if ylims and dataset in ylims:
             ax.set_ylim(*ylims[dataset])
-        ax.set_title(dataset)
-        ax.set_ylabel(f"test {METRIC_LABELS.get(metric, metric)} (%)")
-        ax.grid(alpha=0.3)
+        _label_panel(ax, dataset, metric)
     from matplotlib.lines import Line2D
 
     extra = []
@@ -347,9 +354,7 @@ def draw_shots_comparison(summary: pd.DataFrame, sweep: str, metric: str,
         _shots_axis(ax, shots_all, zero_here)
         if ylims and dataset in ylims:
             ax.set_ylim(*ylims[dataset])
-        ax.set_title(dataset)
-        ax.set_ylabel(f"test {METRIC_LABELS.get(metric, metric)} (%)")
-        ax.grid(alpha=0.3)
+        _label_panel(ax, dataset, metric)
     _title(fig, f"{sweep}: methods compared, test {METRIC_LABELS.get(metric, metric)} vs shots "
                 f"per class (mean, shaded ± std over seeds)")
     _legend_below(fig, axes, [_chance_handle(metric)] if drew_chance else [])
@@ -395,10 +400,7 @@ def fractions_figure(summary: pd.DataFrame, sweep: str, method: str, metric: str
             ax.set_xticklabels([f"{t:g}" for t in ticks], fontsize=7 if len(ticks) > 10 else None)
         if sota and metric == "accuracy" and dataset in sota:
             ax.axhline(float(sota[dataset]), color="black", lw=1.5, label=sota_label)
-        ax.set_title(dataset)
-        ax.set_xlabel("training data (%)")
-        ax.set_ylabel(f"test {METRIC_LABELS.get(metric, metric)} (%)")
-        ax.grid(alpha=0.3)
+        _label_panel(ax, dataset, metric, xlabel="training data (%)")
         ax.legend(fontsize=8, loc="lower right")
     _title(fig, f"{sweep}: test {METRIC_LABELS.get(metric, metric)} vs training data used "
                 f"(mean ± std over seeds)")
@@ -442,10 +444,7 @@ def comparison_figure(summary: pd.DataFrame, ood: pd.DataFrame, sweep: str, metr
         ticks = sorted(part[part["dataset"] == dataset]["fraction"].unique())
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
-        ax.set_title(dataset)
-        ax.set_xlabel("training data (%)")
-        ax.set_ylabel(f"test {METRIC_LABELS.get(metric, metric)} (%)")
-        ax.grid(alpha=0.3)
+        _label_panel(ax, dataset, metric, xlabel="training data (%)")
         ax.legend(fontsize=7, loc="lower right")
     _title(fig, f"{sweep}: methods compared, test {METRIC_LABELS.get(metric, metric)} vs "
                 f"training data (mean ± std over seeds; dashed: out of domain)")
