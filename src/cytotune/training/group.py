@@ -139,7 +139,6 @@ class _Member:
         self.ctx: Optional[MethodContext] = None
         self.splits: dict[str, SplitTensors] = {}
         self.writer: Optional[RunWriter] = None
-        self.log_handler: Optional[logging.Handler] = None
 
     @property
     def key(self) -> int:
@@ -148,19 +147,9 @@ class _Member:
 
     def open_log(self) -> None:
         """The run's own train.log in its staging folder: the group's shared lines and this
-        run's lines, not the other runs'."""
+        run's lines, not the other runs'. Its writer closes it at commit or abort."""
         assert self.writer is not None
-        handler = logging.FileHandler(self.writer.path("train.log"), encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.addFilter(RunLogFilter(self.key))
-        log.addHandler(handler)
-        self.log_handler = handler
-
-    def close_log(self) -> None:
-        if self.log_handler is not None:
-            log.removeHandler(self.log_handler)
-            self.log_handler.close()
-            self.log_handler = None
+        self.writer.attach_log(log, [RunLogFilter(self.key)])
 
 
 def _run_group(configs: list[TrainConfig]) -> list[Outcome]:
@@ -172,7 +161,6 @@ def _run_group(configs: list[TrainConfig]) -> list[Outcome]:
     finally:
         set_current_run(None)
         for m in members:  # whatever was not committed (failed runs, a failed group)
-            m.close_log()
             if m.writer is not None:
                 m.writer.abort()
 
@@ -295,8 +283,7 @@ def _write(member: _Member, result: RunResult, backbone, tensors, adapter_writer
         with adapter_writer():  # the backbone holds this run's plain LoRA layers
             _write_run(writer, result, backbone, tensors)
     log.info("run written to %s", writer.out_dir)
-    member.close_log()  # before the staging folder is renamed
-    result.out_dir = writer.commit()
+    result.out_dir = writer.commit()  # closes train.log before the staging folder is renamed
     member.writer = None
 
 

@@ -31,9 +31,10 @@ import signal
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from cytotune._process import pid_alive
+from cytotune.training.run_log import RunLogHandler, close_run_log, open_run_log
 
 COMPLETE_MARKER = "metrics.json"
 # what identifies a finished cytotune run directory (and may therefore be overwritten)
@@ -209,21 +210,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-class _RunLogHandler(logging.FileHandler):
-    """The run's train.log; a failed write (full disk) is remembered and reported at commit
-    instead of printing logging's traceback on every later line."""
-
-    def __init__(self, path: Path):
-        super().__init__(path, encoding="utf-8")
-        self.error: Optional[BaseException] = None
-
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        import sys
-
-        if self.error is None:
-            self.error = sys.exc_info()[1]
-
-
 class RunWriter:
     """Collects a run's files in a staging folder; ``commit()`` publishes them atomically."""
 
@@ -245,7 +231,7 @@ class RunWriter:
             shutil.rmtree(self.staging, ignore_errors=True)
             raise RunDirError(f"cannot write in {parent} (for --out {self.out_dir}): "
                               f"{_describe(err)}; choose another --out") from None
-        self._log_handler: Optional[_RunLogHandler] = None
+        self._log_handler: Optional[RunLogHandler] = None
         self._logger: Optional[logging.Logger] = None
 
     def path(self, name: str) -> Path:
@@ -277,29 +263,26 @@ class RunWriter:
             raise RunDirError(f"could not write the run to {self.out_dir}: {problem}; nothing "
                               f"was written: free space or choose another --out") from err
 
-    def attach_log(self, logger: logging.Logger) -> None:
-        handler = _RunLogHandler(self.path("train.log"))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        self._log_handler = handler
+    def attach_log(self, logger: logging.Logger,
+                   filters: Sequence[logging.Filter] = ()) -> None:
+        """Write ``logger``'s lines (INFO and up, passing ``filters``) to the run's train.log
+        until commit or abort (see :mod:`cytotune.training.run_log`)."""
+        self._log_handler = open_run_log(self.path("train.log"), logger, filters)
         self._logger = logger
 
-    def _detach_log(self) -> Optional[BaseException]:
+    def detach_log(self) -> Optional[BaseException]:
+        """Close train.log now (a group closes each run's before renaming its folder);
+        returns its first write error. Commit and abort call it too."""
         handler, self._log_handler = self._log_handler, None
         if handler is None:
             return None
         assert self._logger is not None
-        self._logger.removeHandler(handler)
-        try:
-            handler.close()
-        except OSError as err:
-            handler.error = handler.error or err
-        return handler.error
+        return close_run_log(handler, self._logger)
 
     def commit(self) -> Path:
         """Publish the staged run under ``out_dir``; fails (the staged run stays for ``abort``)
         when something appeared there meanwhile that this writer may not replace."""
-        log_error = self._detach_log()
+        log_error = self.detach_log()
         if isinstance(log_error, OSError):
             with self.writing():
                 raise log_error
@@ -354,7 +337,7 @@ class RunWriter:
         shutil.rmtree(trash, ignore_errors=True)
 
     def abort(self) -> None:
-        self._detach_log()
+        self.detach_log()
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
