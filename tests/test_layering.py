@@ -58,33 +58,52 @@ def test_no_module_imports_from_a_layer_above_or_beside_it():
     assert offenders == []
 
 
-def _module_imports(package: str) -> dict[str, set[str]]:
-    """``cytotune.<package>`` module -> the modules of that package it imports, anywhere in it
-    (function-level imports included: a lazy import still makes a circle). ``package`` may be
-    dotted (``models.families``)."""
+def _module_name(module: Path) -> str:
+    parts = module.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(tree: ast.AST):
+    """Every import statement a module can execute, function-level ones included (a deferred
+    import still closes a circle), but not those under ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """cytotune module -> the cytotune modules it imports (``from pkg import name`` counts as an
+    import of ``pkg.name`` when that is a module, else of ``pkg``; relative imports resolved)."""
+    files = {_module_name(m): m for m in sorted(ROOT.rglob("*.py"))}
     graph: dict[str, set[str]] = {}
-    prefix = f"cytotune.{package}."
-    for module in sorted(ROOT.joinpath(*package.split(".")).glob("*.py")):
-        if module.stem == "__init__":
-            continue  # a package's lazy re-exports, not an import of its modules
-        name = prefix + module.stem
+    for name, module in files.items():
         graph[name] = set()
-        for node in ast.walk(ast.parse(module.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
+        package = name.split(".") if module.stem == "__init__" else name.split(".")[:-1]
+        for node in _runtime_imports(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
-                continue
-            graph[name] |= {t for t in targets if t.startswith(prefix) and t != name}
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package[:len(package) - node.level + 1]
+                                    + ([node.module] if node.module else []))
+                submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in files]
+                targets = submodules or [base]
+            graph[name] |= {t for t in targets if t in files and t != name}
     return graph
 
 
-@pytest.mark.parametrize("package", ["data", "models", "models.families", "adapters", "training",
-                                     "training.methods", "inference", "experiments", "benchmark"])
-def test_the_modules_of_a_package_import_each_other_without_circles(package):
-    graph = _module_imports(package)
-    graph = {m: {t for t in targets if t in graph} for m, targets in graph.items()}
+def test_no_import_circles_anywhere_in_the_package():
+    """Across packages too (e.g. a family -> the text tower -> the card catalog -> the family
+    registry), through package __init__ files and deferred imports alike."""
+    graph = _import_graph()
+    assert "cytotune.models.families.open_clip_family" in graph  # the walk found the modules
     circles, state = [], {}
 
     def visit(module: str, path: list[str]) -> None:

@@ -13,9 +13,8 @@ branches on a model's name.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +23,11 @@ from torch import nn
 from cytotune.models.card import LoraTarget, ModelCard
 from cytotune.models.errors import ModelError
 from cytotune.models.families import get_family
+from cytotune.models.families.base import TextTower
 from cytotune.models.catalog import get_card, list_cards
 from cytotune.models.targets import OPEN_CLIP_VIT_TARGETS, matching_targets
 
 log = logging.getLogger(__name__)
-
-Tokenizer = Callable[[Sequence[str]], torch.Tensor]  # prompts -> (N, context_length) int64
 
 # open_clip's TextTransformer after convert_multihead_attention() has the same block names as its
 # native ViT; Hugging Face BERT text towers (BiomedCLIP) sit under HFTextEncoder.transformer.
@@ -47,16 +45,6 @@ TEXT_TARGET_MAPS = (OPEN_CLIP_VIT_TARGETS, BERT_TARGETS)  # the first that match
 
 class NoTextTowerError(ModelError, ValueError):
     """A method needs a text encoder but the card is an image-only model."""
-
-
-@dataclass
-class TextTower:
-    """What a family hands back: the encoder module, its tokenizer, scale and weight origin."""
-
-    model: nn.Module  # tokens (N, L) -> features (N, D), unnormalised
-    tokenizer: Tokenizer
-    logit_scale: float  # exp of the checkpoint's learned log-scale
-    origin: str
 
 
 class TextEncoder(nn.Module):

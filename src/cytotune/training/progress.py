@@ -19,6 +19,8 @@ import contextlib
 import contextvars
 from typing import Iterator, Optional
 
+from cytotune.training.method_registry import FEATURE_PROBES, TRAINING_FREE
+
 PHASES = ("decoding", "features", "training", "evaluation")
 
 
@@ -111,9 +113,6 @@ def step_plan(config, num_train: int) -> tuple[int, str]:
     """The optimizer steps a run will take on ``num_train`` training images, and why (the rule
     that set them), known before any image is decoded so a user can stop a run that is too long.
     ``config``: a TrainConfig (not imported here: methods import this module)."""
-    from cytotune.training.method_registry import FEATURE_PROBES
-    from cytotune.training.methods import TRAINING_FREE
-
     o = config.optim
     if config.method in TRAINING_FREE:
         return 0, f"{config.method}: no training"

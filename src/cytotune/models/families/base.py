@@ -1,8 +1,9 @@
 """What a family (one way of building and loading a kind of model) has to provide."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 from cytotune.models.card import ModelCard
 from cytotune.models.errors import UnknownModelError
@@ -11,6 +12,22 @@ from cytotune.models.hub import WeightsSource
 if TYPE_CHECKING:  # torch is imported where a model is built or run, not here
     import torch
     from torch import nn
+
+# prompts -> (N, context_length) int64 token ids
+Tokenizer = Callable[[Sequence[str]], "torch.Tensor"]
+
+
+@dataclass
+class TextTower:
+    """What :meth:`Family.build_text_tower` hands back: the encoder module, its tokenizer, scale
+    and weight origin (wrapped by ``cytotune.models.text.TextEncoder``; kept here, with the family
+    contract, so families need not import the text module, which imports the card catalog)."""
+
+    model: "nn.Module"  # tokens (N, L) -> features (N, D), unnormalised
+    tokenizer: Tokenizer
+    logit_scale: float  # exp of the checkpoint's learned log-scale
+    origin: str
+
 
 PathLike = Union[str, Path]
 
@@ -77,7 +94,7 @@ class Family:
 
     def build_text_tower(self, card: ModelCard, *, pretrained: bool = True,
                          weights: Optional[Path] = None, tokenizer: Optional[str] = None):
-        """The card's text encoder (a ``cytotune.models.text.TextTower``), from the same weights.
+        """The card's text encoder (a :class:`TextTower`), from the same weights.
 
         Only vision-language families implement it; ``card.text_tower`` says whether a card has one.
         """

@@ -28,7 +28,7 @@ from cytotune.models.card import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ModelCard, P
 from cytotune.models.checkpoint import (config_file, load_strict, read_json, read_state_dict_file,
                                         read_weights)
 from cytotune.models.errors import CheckpointError, UnknownModelError, WeightsUnavailableError
-from cytotune.models.families.base import Family
+from cytotune.models.families.base import Family, TextTower
 from cytotune.models.targets import (OPEN_CLIP_VIT_TARGETS, matching_targets, merge_targets,
                                      pick_default_targets, timm_vit_targets)
 
@@ -302,7 +302,6 @@ class OpenClipFamily(Family):
     def build_text_tower(self, card: ModelCard, *, pretrained: bool = True,
                          weights: Optional[Path] = None, tokenizer: Optional[str] = None):
         from cytotune.models.attention import convert_multihead_attention
-        from cytotune.models.text import TextTower
 
         state_dict, source, model_cfg = None, "", None
         if weights is not None:
