@@ -17,7 +17,8 @@ For each N it times, one line per stage, and records the peak resident set (RSS)
   from a feature bank holding them in one chunk file, and in 32 (the most before a merge): all
   N, then a 10 % sample; their peak RSS shows whether a lookup's memory follows the chunks;
 - ``plan`` / ``store_write`` / ``report``: planning a 1,440-run sweep, writing N/5 result rows
-  (10,000 at N = 50k) through the store's API, and ``cytotune report`` over them.
+  (10,000 at N = 50k, each with 100 per-image test predictions) through the store's API, and
+  ``cytotune report`` over them (its bootstrap intervals and paired comparisons included).
 
 Images come from the demo generator (``cytotune.data.synthetic.render_image``) at ``--stored-size``
 px, saved as JPEG once under ``--work`` and reused by later runs: the largest N is drawn and each
@@ -42,6 +43,8 @@ from typing import Any, Callable, Optional
 IMAGE_STAGES = ("index_folder", "index_csv", "split_sample", "decode_cache", "plain_forward",
                 "features", "linear_all", "linear_10pct", "lora_fraction")
 STORE_STAGES = ("plan", "store_write", "report")
+TEST_IMAGES = [f"test/{j:03d}.png" for j in range(100)]  # the store-stage runs' test set
+CLASSES = ["a", "b", "c", "d"]
 BANK_STAGES = ("bank_1_chunk", "bank_32_chunks")
 BANK_DIM = 1280  # EfficientNet-Lite0's feature size
 STAGES = IMAGE_STAGES + BANK_STAGES + STORE_STAGES
@@ -359,10 +362,17 @@ def run_store_stage(name: str, ctx: Context) -> dict[str, Any]:
                 acc = 0.25 + 0.7 * ((i * 7919) % 1000) / 1000
                 metrics = {s: {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc,
                                "loss": 1 - acc, "n": 100} for s in ("val", "test")}
+                # 100 test images in 4 classes, the first round(100 * acc) right: as a run
+                # records them, so the report's bootstrap over test images is measured too
+                right = round(100 * acc)
+                labels = [j % 4 for j in range(100)]
+                predicted = [c if j < right else (c + 1) % 4 for j, c in enumerate(labels)]
                 batch.append({**run.key_fields(), "run_id": f"{run.run_id}-{copy}",
                               "sweep": f"scale{copy}", "config": run.config.to_dict(),
                               "metrics": metrics, "timings": {"total_s": 1.0},
-                              "trainable_parameters": {"total": 1000}})
+                              "trainable_parameters": {"total": 1000},
+                              "predictions": {"images": TEST_IMAGES, "classes": CLASSES,
+                                              "labels": labels, "predicted": predicted}})
                 if len(batch) == 64:  # a sweep records runs as they finish, in small batches
                     store.insert_many(batch)
                     batch.clear()

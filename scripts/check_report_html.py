@@ -3,13 +3,19 @@
 
     python scripts/check_report_html.py REPORT_DIR [--screenshot docs/report_screenshot.png]
 
-Checks, in the rendered page (not the HTML source):
+Checks, in the rendered page (not the HTML source), in a window 1,366 px wide (``--width``):
 
 - every figure of the report (``figures/*.png``) is an image that loaded (decoded, with a width
   and a height, laid out on the page), and no image on the page failed;
 - every table of the report (``tables/*.csv`` and the summary ``best__*.csv``) is a table on the
   page, with rows, laid out;
-- the page opens with the summary: its first section heading is "Best method per data set ...".
+- the page opens with the summary: its first section heading is "Best method per data set ...";
+- nothing overflows sideways: the document's scroll width is at most the window's width and
+  its client width (no horizontal scroll bar), both as the page opens and with every folded
+  section (``<details>``) opened.
+
+It prints the page's scroll width and height (the height as the page opens, folded sections
+closed, and with every one opened).
 
 The page is rendered from a copy with a small script added that writes these facts into the DOM
 once the page has loaded; ``--dump-dom`` hands them back. Nothing but Chromium is needed (no
@@ -38,10 +44,21 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
             "headless_shell")
 MARKER = "cytotune-check"
 SUMMARY_HEADING = "Best method per data set"
+WINDOW_WIDTH, WINDOW_HEIGHT = 1366, 768  # a common laptop screen: the page must fit its width
 _PROBE = """
 <script>
 window.addEventListener('load', function () {
   var box = function (e) { var r = e.getBoundingClientRect(); return [r.width, r.height]; };
+  var doc = document.documentElement;
+  var size = function () {
+    return {scroll_width: Math.max(doc.scrollWidth, document.body.scrollWidth),
+            scroll_height: Math.max(doc.scrollHeight, document.body.scrollHeight),
+            client_width: doc.clientWidth, window_width: window.innerWidth};
+  };
+  var closed = size();
+  Array.prototype.forEach.call(document.querySelectorAll('details'),
+                               function (d) { d.open = true; });
+  var opened = size();
   var images = Array.prototype.map.call(document.images, function (i) {
     return {figure: i.getAttribute('data-figure'), complete: i.complete,
             width: i.naturalWidth, height: i.naturalHeight, shown: box(i)};
@@ -53,7 +70,8 @@ window.addEventListener('load', function () {
   var out = document.createElement('pre');
   out.id = '%s';
   out.textContent = JSON.stringify({title: document.title, images: images, tables: tables,
-                                    first_heading: h2 ? h2.textContent : null});
+                                    first_heading: h2 ? h2.textContent : null,
+                                    layout: closed, layout_opened: opened});
   document.body.appendChild(out);
 });
 </script>
@@ -67,6 +85,8 @@ class PageCheck:
     images: list[dict] = field(default_factory=list)
     tables: list[dict] = field(default_factory=list)
     first_heading: Optional[str] = None
+    layout: dict = field(default_factory=dict)  # sizes as the page opens (folded sections shut)
+    layout_opened: dict = field(default_factory=dict)  # with every <details> opened
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -79,6 +99,12 @@ class PageCheck:
         out = [f"images loaded: {loaded}/{len(self.images)}",
                f"tables with rows: {shown}/{len(self.tables)}",
                f"first section: {self.first_heading!r}"]
+        if self.layout:
+            out.append(f"window {self.layout.get('window_width')} px wide: scroll width "
+                       f"{self.layout.get('scroll_width')} px, height "
+                       f"{self.layout.get('scroll_height')} px (folded sections opened: "
+                       f"{self.layout_opened.get('scroll_width')} x "
+                       f"{self.layout_opened.get('scroll_height')} px)")
         out += [f"PROBLEM: {p}" for p in self.problems] or ["all checks passed"]
         return out
 
@@ -113,7 +139,8 @@ def evaluate(facts: dict, tables: Sequence[str], figures: Sequence[str]) -> Page
     """Compare what the page showed (``facts``, from the probe) with the expected tables and
     figures."""
     check = PageCheck(images=facts.get("images", []), tables=facts.get("tables", []),
-                      first_heading=facts.get("first_heading"))
+                      first_heading=facts.get("first_heading"), layout=facts.get("layout") or {},
+                      layout_opened=facts.get("layout_opened") or {})
     by_figure = {i.get("figure"): i for i in check.images}
     for name in figures:
         image = by_figure.get(name)
@@ -137,11 +164,24 @@ def evaluate(facts: dict, tables: Sequence[str], figures: Sequence[str]) -> Page
     if tables and not heading.startswith(SUMMARY_HEADING):
         check.problems.append(f"the page does not open with the summary (first section: "
                               f"{heading!r})")
+    for state, layout in (("", check.layout), (" with its folded sections opened",
+                                               check.layout_opened)):
+        if not layout:
+            check.problems.append(f"the page's size{state} was not measured")
+            continue
+        limit = min(layout.get("window_width") or 0, layout.get("client_width") or 0)
+        if layout.get("scroll_width", 0) > limit:
+            check.problems.append(f"the page{state} overflows sideways: scroll width "
+                                  f"{layout.get('scroll_width')} px in a window "
+                                  f"{layout.get('window_width')} px wide (client width "
+                                  f"{layout.get('client_width')} px)")
     return check
 
 
-def render_facts(page: Path, chromium: str, timeout: float = 120.0) -> dict:
-    """Load ``page`` in headless Chromium and return what the probe recorded."""
+def render_facts(page: Path, chromium: str, timeout: float = 120.0, width: int = WINDOW_WIDTH,
+                 height: int = WINDOW_HEIGHT) -> dict:
+    """Load ``page`` in headless Chromium, in a ``width`` x ``height`` window, and return what
+    the probe recorded."""
     with tempfile.TemporaryDirectory(prefix="cytotune-check-") as tmp:
         copy = Path(tmp) / "page.html"
         text = page.read_text(encoding="utf-8")
@@ -150,7 +190,8 @@ def render_facts(page: Path, chromium: str, timeout: float = 120.0) -> dict:
                         encoding="utf-8")
         command = [chromium, "--headless", "--no-sandbox", "--disable-gpu",
                    "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={tmp}/profile",
-                   "--virtual-time-budget=15000", "--dump-dom", copy.as_uri()]
+                   f"--window-size={width},{height}", "--virtual-time-budget=15000",
+                   "--dump-dom", copy.as_uri()]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     match = re.search(rf'<pre id="{MARKER}">(.*?)</pre>', done.stdout, re.S)
     if match is None:
@@ -159,7 +200,8 @@ def render_facts(page: Path, chromium: str, timeout: float = 120.0) -> dict:
     return json.loads(html.unescape(match.group(1)))
 
 
-def screenshot(page: Path, chromium: str, out: Path, width: int = 1200, height: int = 1500,
+def screenshot(page: Path, chromium: str, out: Path, width: int = WINDOW_WIDTH,
+               height: int = 1500,
                timeout: float = 120.0, colours: int = 64) -> Path:
     """A PNG of the top of ``page`` (``width`` x ``height``), reduced to ``colours`` colours
     (Pillow, when installed) to stay small enough for the docs."""
@@ -190,8 +232,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--screenshot", type=Path, help="also save a PNG of the page's top here")
     parser.add_argument("--chromium", help="the browser executable (default: $CHROMIUM, then "
                                            "chromium, chromium-browser, google-chrome ...)")
-    parser.add_argument("--width", type=int, default=1200)
-    parser.add_argument("--height", type=int, default=1500)
+    parser.add_argument("--width", type=int, default=WINDOW_WIDTH,
+                        help="window width in px for the checks and the screenshot (default "
+                             "%(default)s)")
+    parser.add_argument("--height", type=int, default=1500, help="screenshot height in px")
     args = parser.parse_args(argv)
     page = args.report if args.report.suffix == ".html" else args.report / "report.html"
     if not page.is_file():
@@ -203,7 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "e.g. apt-get install chromium", file=sys.stderr)
         return 2
     tables, figures = expected_from_dir(page.parent)
-    check = evaluate(render_facts(page, chromium), tables, figures)
+    check = evaluate(render_facts(page, chromium, width=args.width), tables, figures)
     print(f"{page} in {chromium}:")
     for line in check.lines():
         print(f"  {line}")

@@ -1,30 +1,43 @@
 #!/usr/bin/env python
-"""Kill a small sweep at random points, resume it, then run two copies of it on one store.
+"""Kill a small sweep at points spread over all of its work, resume it, and check what is left;
+then run two copies of it on one store.
 
-What it shows (issue 16): a sweep killed at any moment (SIGKILL and SIGTERM, alternately) and
-resumed loses no run, records none twice, leaves no partial file behind and keeps its SQLite
-store intact; two sweep processes on one store split the runs (each run trained once).
+What it shows (issues 16 and 31): a sweep killed at any moment (SIGKILL and SIGTERM, in turn)
+and resumed loses no run, trains no run again once it was published, leaves no partial file
+behind and keeps its SQLite store intact; two sweep processes on one store split the runs.
 
-Each *round* runs the sweep from scratch (fresh store, run directories and cache) as
-``cytotune sweep`` processes: one is started, killed after a random delay, and started again,
-until it finishes without being killed; rounds repeat until ``--kills`` kills were made. A kill
-comes a random time after the process claimed its first runs in the store (a lease of its pid):
-uniform over the work still left (the time an uninterrupted sweep works, measured first, times
-the share of runs not yet in the store), so kills land in the sweep's work (training, cache and
-run-directory writes, store commits), not in its imports. Each round is
-then checked: runs expected (the sweep's plan), runs in the store, duplicated rows, lost runs.
-At the end, leftovers are counted under every round's folders (hidden ``.*.partial-*`` /
-``.*.old-*`` staging folders, ``*.tmp`` files, kept-records folders of the store) and
-``PRAGMA integrity_check`` is run on every store. Then two sweep processes run at once on one
-fresh store and report which runs each trained.
+Each *round* runs the sweep from scratch (fresh store, run folders and cache): one ``cytotune
+sweep`` process is started and killed once, then a second one finishes the sweep unkilled,
+and the round is checked. Rounds take turns between two ways of choosing the kill:
+
+* uniform: at a time drawn uniformly over the work of an unkilled sweep (from its first store
+  claim to its last store release: the shortest of the last three whole sweeps seen, two
+  unkilled calibration rounds first, then the first processes that did all the work, so the
+  window follows the machine's load), after the killed process's own first claim;
+* at a named phase: the K-th time the process enters a phase (store claim, store commit,
+  lease renewal, run-folder staging, writing and publishing, cache write, decoding, features,
+  training, evaluation, ...), K drawn over that phase's occurrences in the calibration sweep,
+  plus a delay drawn over that occurrence's length there (0 for phases under 5 ms: hit at
+  their start; a delay that outlasts the phase this time is carried to its next occurrence,
+  halved), or just after a phase ended ("after publishing the run folder": published, not
+  yet in the store). The phases cycle, so each one is aimed at.
+
+The sweep processes import ``scripts/fault_phases.py`` first, which marks every phase boundary
+in a per-round log (cytotune itself is not changed); the phase a kill *landed in* is read from
+that log at the kill's time, whatever the plan was. The same logs give the runs trained again:
+a run whose training started after it had been published is duplicate work (the store's
+run_id is a primary key, so duplicates can never show there). The kill rounds run with
+``CYTOTUNE_LEASE_TTL`` = ``--lease-ttl`` (1 s: a renewal every 1/3 s) so several lease
+renewals happen within the short sweep and can be hit.
 
     python scripts/fault_injection.py                # a quick check: 5 kills
-    python scripts/fault_injection.py --kills 50     # the issue's target (several minutes)
+    python scripts/fault_injection.py --kills 40     # the measurement in docs/measurements.md
 
-Exit code 0 when every figure meets the target (0 lost, 0 duplicated, 0 leftovers, integrity
-ok, each run trained once by the two processes), else 1. ``--json FILE`` writes the figures.
-The sweep is tiny (a random-init ``uni-tiny`` backbone, 32 px generated images, linear probes
-and LoRA, 18 runs), so a kill cycle takes a few seconds, most of it Python and torch starting.
+Exit code 0 when every figure meets the target (0 lost, 0 trained again after publishing, 0
+store rows without their run folder, 0 leftovers, integrity ok, every resumed sweep ends with
+0, each run trained once by the two processes), else 1. ``--json FILE`` writes the figures. The
+sweep is tiny (a random-init ``uni-tiny`` backbone, 32 px generated images, linear probes and
+LoRA, 18 runs), so a round takes seconds, most of it Python and torch starting.
 """
 from __future__ import annotations
 
@@ -38,10 +51,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fault_phases as fp  # noqa: E402 - the phase markers, beside this script
+
+SWEEP_CHILD = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+               "import fault_phases; fault_phases.install(); from cytotune.cli import main; "
+               "sys.exit(main(sys.argv[1:]))")
+# the phases kills are aimed at, in turn (the ones a uniform kill rarely hits first)
+TARGETS = ("store commit", "after publishing the run folder", "publishing the run folder",
+           "cache write", fp.LEASE_RENEWAL, "writing the run folder", "store claim",
+           "decoding into the image cache", "features", "training", "evaluation",
+           "run-folder staging", "after store commit", "store release", "decoding")
+SHORT_S = 0.005  # a phase shorter than this is hit at its start (a timer would overshoot it)
 
 TWO_PROCESS_CHILD = """
 import json, sys
@@ -93,77 +120,147 @@ def write_sweep(root: Path, data: Path) -> tuple[Path, list[str]]:
     return path, [r.run_id for r in load_sweep(path).runs()]
 
 
-def start_sweep(sweep: Path, store: Path, log: Path) -> subprocess.Popen:
+def start_sweep(sweep: Path, store: Path, log: Path, phases: Path, lease_ttl: float,
+                kill_at: str = "") -> subprocess.Popen:
+    """A ``cytotune sweep`` process marking its phases in ``phases`` (killing itself at
+    ``kill_at``, see scripts/fault_phases.py, when given)."""
+    env = {**child_env(), fp.LOG_ENV: str(phases), "CYTOTUNE_LEASE_TTL": str(lease_ttl)}
+    if kill_at:
+        env[fp.KILL_ENV] = kill_at
     out = open(log, "ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "cytotune.cli", "sweep", str(sweep),
+        return subprocess.Popen([sys.executable, "-c", SWEEP_CHILD, "sweep", str(sweep),
                                  "--store", str(store), "--quiet"], stdout=out,
-                                stderr=subprocess.STDOUT, env=child_env(), cwd=sweep.parent)
+                                stderr=subprocess.STDOUT, env=env, cwd=sweep.parent)
     finally:
         out.close()
 
 
 def wait(proc: subprocess.Popen, timeout: float) -> Optional[int]:
     try:
-        return proc.wait(timeout)
+        return proc.wait(max(0.0, timeout))
     except subprocess.TimeoutExpired:
         return None
 
 
-def done_count(store: Path) -> int:
-    if not store.exists():
-        return 0
-    con = sqlite3.connect(store)
-    try:
-        return int(con.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
-    except sqlite3.Error:
-        return 0
-    finally:
-        con.close()
-
-
-def wait_for_work(proc: subprocess.Popen, store: Path, timeout: float) -> bool:
-    """Wait until ``proc`` holds a lease in ``store`` (it is working); False when it ended (or
+def wait_for_claim(proc: subprocess.Popen, phases: Path, timeout: float) -> Optional[float]:
+    """The time ``proc`` began its first store claim (it is working); None when it ended (or
     the timeout passed) first."""
-    import socket
-
-    owner = f"{socket.gethostname()}:{proc.pid}:%"
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        if store.exists():
-            try:
-                con = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1.0)
-                try:
-                    if con.execute("SELECT 1 FROM leases WHERE owner LIKE ?", (owner,)).fetchone():
-                        return True
-                finally:
-                    con.close()
-            except sqlite3.Error:
-                pass  # not created yet, or busy
-        time.sleep(0.02)
-    return False
+        claimed = fp.first_claim(fp.read_log(phases), proc.pid)
+        if claimed is not None:
+            return claimed
+        time.sleep(0.05)
+    return None
 
 
-def sweep_seconds(log: Path) -> float:
-    """The time the last sweep reported working (its summary line ends with '; N s')."""
-    import re
+def finish(proc: subprocess.Popen, timeout: float, log: Path) -> int:
+    code = wait(proc, timeout)
+    if code is None:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"a sweep process ran past --timeout {timeout:.0f} s; see {log}")
+    return code
 
-    found = re.findall(r"; ([0-9.]+) s\s*$", log.read_text(errors="replace"), re.M)
-    if not found:
-        raise RuntimeError(f"no sweep summary line in {log}")
-    return float(found[-1])
+
+def run_round(root: Path, data: Path, kill: Optional[dict[str, Any]], timeout: float,
+              lease_ttl: float) -> dict[str, Any]:
+    """One sweep from scratch: a process killed once as ``kill`` says (None: not killed), then,
+    when it was killed, a second one that must finish the sweep."""
+    sweep, planned = write_sweep(root, data)
+    store, log, phases = root / "results.sqlite", root / "sweeps.log", root / "phases.log"
+    sig = kill["signal"] if kill else 0
+    proc = start_sweep(sweep, store, log, phases, lease_ttl,
+                       kill["kill_at"] if kill and kill["mode"] == "phase" else "")
+    killed_at: Optional[float] = None
+    started = time.time()
+    if kill and kill["mode"] == "uniform":
+        claimed = wait_for_claim(proc, phases, timeout)
+        if claimed is not None and wait(proc, claimed + kill["after_s"] - time.time()) is None:
+            killed_at = time.time()
+            proc.send_signal(sig)
+            if wait(proc, 60.0) is None:  # a SIGTERM not obeyed within a minute
+                proc.kill()
+    code = finish(proc, timeout, log)
+    first_s = time.time() - started
+    marks = fp.read_log(phases)
+    if kill and kill["mode"] == "phase":
+        mark = fp.kill_mark(marks, proc.pid)
+        killed_at = mark.time if mark else None
+    claimed = fp.first_claim(marks, proc.pid)
+    ended = [m.time for m in marks if m.pid == proc.pid and m.event == "E"
+             and m.name == fp.SWEEP_END]
+    result: dict[str, Any] = {"root": str(root), **{k: v for k, v in (kill or {}).items()
+                                                      if k != "signal"},
+                              "signal": signal.Signals(sig).name if killed_at else None,
+                              "killed": killed_at is not None, "first_process_s": first_s,
+                              "first_pid": proc.pid,  # its whole work, when it did all
+                              "first_work_s": ended[0] - claimed
+                              if ended and claimed and killed_at is None else None}
+    if killed_at is not None:
+        result["phase"] = fp.phase_at(marks, proc.pid, killed_at)
+        code = finish(start_sweep(sweep, store, log, phases, lease_ttl), timeout, log)
+        if code != 0:
+            raise RuntimeError(f"the resumed sweep in {root} ended with code {code}; see {log}")
+    elif code != 0:
+        raise RuntimeError(f"the sweep in {root} ended with code {code}; see {log}")
+    again, redone = fp.trained_again(fp.read_log(phases))
+    return {**result, **store_figures(store, planned), "trained_again": again, "redone": redone,
+            "leftovers": leftovers(root, store)}
+
+
+def calibrate(root: Path, data: Path, timeout: float, lease_ttl: float) -> dict[str, Any]:
+    """An unkilled sweep: how long a process takes to start (to its first store claim) and to
+    work (first claim to its last phase mark: the exit is left out), and each phase's
+    occurrences and their lengths."""
+    started = time.time()
+    figures = run_round(root, data, None, timeout, lease_ttl)
+    ended = time.time()
+    marks = fp.read_log(root / "phases.log")
+    pid = figures["first_pid"]
+    claimed = fp.first_claim(marks, pid)
+    if claimed is None:
+        raise RuntimeError(f"no phase marks in {root / 'phases.log'}: the markers did not load")
+    last = max(m.time for m in marks if m.pid == pid)
+    return {**figures, "startup_s": claimed - started, "work_s": last - claimed,
+            "exit_s": ended - last,
+            "occurrences": fp.occurrences(marks, pid)}
+
+
+def plan_kill(index: int, made: int, calibration: Optional[dict[str, Any]], work_s: float,
+              rng: random.Random) -> dict[str, Any]:
+    """The kill of round ``index``: even rounds uniform over the work, odd rounds at the next
+    named phase; signals go SIGKILL, SIGTERM, SIGTERM, SIGKILL, ... with the kills made so far
+    (so each way of choosing the kill gets both)."""
+    sig = signal.SIGKILL if made % 4 in (0, 3) else signal.SIGTERM
+    if index % 2 == 0:
+        return {"mode": "uniform", "after_s": round(rng.uniform(0.0, work_s), 3),
+                "window_s": round(work_s, 3), "signal": sig}
+    found = (calibration or {}).get("occurrences", {})
+    targets = ([t for t in TARGETS if found.get(t.removeprefix("after "))] if found
+               else list(TARGETS))
+    target = targets[(index // 2) % len(targets)]
+    lengths = found.get(target.removeprefix("after "))
+    k = rng.randint(1, len(lengths)) if lengths else 1
+    length = lengths[k - 1] if lengths and not target.startswith("after ") else 0.0
+    delay = round(rng.uniform(0.0, length), 4) if length >= SHORT_S else 0.0
+    return {"mode": "phase", "target": target, "occurrence": k, "delay_s": delay,
+            "signal": sig, "kill_at": f"{target}|{k}|{delay}|{int(sig)}"}
 
 
 def store_figures(store: Path, planned: list[str]) -> dict[str, Any]:
+    """Runs in the store, lost, store rows whose run folder is not a whole run, integrity."""
     con = sqlite3.connect(store)
     try:
-        ids = [r[0] for r in con.execute("SELECT run_id FROM runs")]
+        rows = list(con.execute("SELECT run_id, out_dir FROM runs"))
         integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         con.close()
-    return {"expected": len(planned), "in_store": len(ids),
-            "duplicates": len(ids) - len(set(ids)) + len(set(ids) - set(planned)),
-            "lost": len(set(planned) - set(ids)), "integrity_check": integrity}
+    ids = {r[0] for r in rows}
+    missing = [r[0] for r in rows if not r[1] or not (Path(r[1]) / "metrics.json").is_file()]
+    return {"expected": len(planned), "in_store": len(rows), "lost": len(set(planned) - ids),
+            "without_run_folder": missing, "integrity_check": integrity}
 
 
 def leftovers(root: Path, store: Path) -> list[str]:
@@ -179,38 +276,6 @@ def leftovers(root: Path, store: Path) -> list[str]:
             found.append(str(path))
     found += [str(p) for p in pending_dirs(store) if p.exists()]
     return sorted(found)
-
-
-def run_round(root: Path, data: Path, kills_left: int, work: float, rng: random.Random,
-              next_signal: list[int], timeout: float) -> dict[str, Any]:
-    """One sweep from scratch, killed until it finishes (or ``kills_left`` kills were made, then
-    run to the end)."""
-    sweep, planned = write_sweep(root, data)
-    store, log = root / "results.sqlite", root / "sweeps.log"
-    kills = {"SIGKILL": 0, "SIGTERM": 0}
-    while True:
-        left = 1.0 - done_count(store) / max(1, len(planned))
-        proc = start_sweep(sweep, store, log)
-        if sum(kills.values()) >= kills_left:
-            code = wait(proc, timeout)
-            break
-        if not wait_for_work(proc, store, timeout):
-            code = wait(proc, timeout)
-            break
-        code = wait(proc, rng.uniform(0.0, max(0.2, work * left)))
-        if code is not None:  # finished before the kill
-            break
-        sig = next_signal[0]
-        next_signal[0] = signal.SIGTERM if sig == signal.SIGKILL else signal.SIGKILL
-        proc.send_signal(sig)
-        kills[signal.Signals(sig).name] += 1
-        if wait(proc, 60.0) is None:  # a SIGTERM not obeyed within a minute
-            proc.kill()
-            proc.wait()
-    if code != 0:
-        raise RuntimeError(f"the sweep in {root} ended with code {code}; see {log}")
-    return {"root": str(root), "kills": kills, **store_figures(store, planned),
-            "leftovers": leftovers(root, store)}
 
 
 def two_processes(root: Path, data: Path, timeout: float) -> dict[str, Any]:
@@ -237,22 +302,37 @@ def two_processes(root: Path, data: Path, timeout: float) -> dict[str, Any]:
             "leftovers": leftovers(root, store)}
 
 
+def phase_table(rounds: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Kills per phase landed in: {phase: {"uniform": n, "phase": n}}."""
+    table: dict[str, Counter] = {}
+    for r in rounds:
+        if r["killed"]:
+            table.setdefault(r["phase"], Counter())[r["mode"]] += 1
+    return {p: {"uniform": c["uniform"], "aimed": c["phase"]}
+            for p, c in sorted(table.items(), key=lambda item: -sum(item[1].values()))}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=5, help="kills to make (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where to work (default: a temporary folder, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds one uninterrupted sweep may take")
+                        help="seconds one sweep process may take")
+    parser.add_argument("--lease-ttl", type=float, default=1.0,
+                        help="CYTOTUNE_LEASE_TTL of the sweeps killed (default 1 s: a renewal "
+                             "every 1/3 s, several in one short sweep)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--work-seconds", type=float, default=None,
-                        help="how long an uninterrupted sweep works (skips measuring it with a "
-                             "first, unkilled sweep)")
+                        help="how long an unkilled sweep works; skips the calibration sweep "
+                             "(aimed kills then come at once, at each phase's first occurrence)")
     args = parser.parse_args(argv)
     if args.kills < 0:
         parser.error("--kills must be >= 0")
+    if not args.lease_ttl > 0:
+        parser.error("--lease-ttl must be > 0")
 
     import shutil
 
@@ -266,63 +346,100 @@ def main(argv: Optional[list[str]] = None) -> int:
         data = work / "data"
         if not data.exists():
             generate_cytology_dataset(data, n_per_class=12, image_size=32, seed=0)
-        # an uninterrupted sweep: how long its process starts and how long it works
-        calibrated = []
-        if args.work_seconds is None:
-            t0 = time.perf_counter()
-            calibrated.append(run_round(work / "calibration", data, 0, 0.0, rng,
-                                        [signal.SIGKILL], args.timeout))
-            total_s = time.perf_counter() - t0
-            work_s = sweep_seconds(work / "calibration" / "sweeps.log")
-            startup_s = max(0.0, total_s - work_s)
+        calibration: Optional[dict[str, Any]] = None
+        calibrations: list[dict[str, Any]] = []
+        if args.work_seconds is None:  # the shorter of two: this machine's load varies
+            calibrations = [calibrate(work / f"calibration-{i}", data, args.timeout,
+                                      args.lease_ttl) for i in (1, 2)]
+            calibration = min(calibrations, key=lambda c: c["work_s"])
+            work_s, startup_s = calibration["work_s"], calibration["startup_s"]
         else:
             work_s, startup_s = float(args.work_seconds), float("nan")
-        rounds, next_signal = [], [signal.SIGKILL]
-        while sum(sum(r["kills"].values()) for r in rounds) < args.kills or not rounds:
-            made = sum(sum(r["kills"].values()) for r in rounds)
-            if len(rounds) > 3 * args.kills + 3:
+        rounds: list[dict[str, Any]] = []
+        made = 0
+        calibrated_work_s = work_s
+        works = [c["work_s"] for c in calibrations] or [work_s]
+        while made < args.kills:
+            # the uniform window follows the machine's load: the shortest of the last three
+            # whole sweeps seen (calibrations, first processes that did all the work)
+            work_s = min(works[-3:])
+            if len(rounds) > 2 * args.kills + 5:
                 raise RuntimeError(f"only {made} kills in {len(rounds)} rounds: the sweep "
                                    f"finishes before a kill lands")
-            rounds.append(run_round(work / f"round-{len(rounds) + 1:03d}", data,
-                                    args.kills - made, work_s, rng, next_signal, args.timeout))
+            kill = plan_kill(len(rounds), made, calibration, work_s, rng)
+            rounds.append(run_round(work / f"round-{len(rounds) + 1:03d}", data, kill,
+                                    args.timeout, args.lease_ttl))
+            made += rounds[-1]["killed"]
+            r = rounds[-1]
+            if r["first_work_s"] is not None:
+                works.append(r["first_work_s"])
+            print(f"round {len(rounds)}: {r['mode']:7} " + (
+                f"{r['signal']} in {r['phase']!r}" if r["killed"] else "not killed (the "
+                "process finished first)") + f"; lost {r['lost']}, trained again "
+                f"{len(r['trained_again'])}", flush=True)
         pair = two_processes(work / "two-processes", data, args.timeout)
         seconds = time.perf_counter() - started
-        kills = {s: sum(r["kills"][s] for r in rounds) for s in ("SIGKILL", "SIGTERM")}
-        total = {k: sum(r[k] for r in rounds) for k in ("expected", "in_store", "duplicates",
-                                                        "lost")}
-        left = [p for r in (*calibrated, *rounds) for p in r["leftovers"]] + pair["leftovers"]
-        integrity = sorted({r["integrity_check"] for r in (*calibrated, *rounds)}
-                           | {pair["integrity_check"]})
-        figures = {"kills": kills, "rounds": len(rounds), "runs_per_sweep": rounds[0]["expected"],
-                   "startup_s": round(startup_s, 1), "work_s": round(work_s, 1),
-                   **{f"runs_{k}" if k in ("expected", "in_store") else k: v
-                      for k, v in total.items()},
+        killed = [r for r in rounds if r["killed"]]
+        kills = {s: sum(r["signal"] == s for r in killed) for s in ("SIGKILL", "SIGTERM")}
+        phases = phase_table(rounds)
+        total = {k: sum(r[k] for r in rounds) for k in ("expected", "in_store", "lost")}
+        again = sum(len(r["trained_again"]) for r in rounds)
+        redone = sum(len(r["redone"]) for r in rounds)
+        no_folder = sum(len(r["without_run_folder"]) for r in rounds)
+        checked = calibrations + rounds
+        left = [p for r in checked for p in r["leftovers"]] + pair["leftovers"]
+        integrity = sorted({r["integrity_check"] for r in checked} | {pair["integrity_check"]})
+        figures = {"kills": kills, "rounds": len(rounds), "rounds_not_killed":
+                   len(rounds) - len(killed), "runs_per_sweep": calibration["expected"]
+                   if calibration else (rounds[0]["expected"] if rounds else None),
+                   "startup_s": round(startup_s, 1), "work_s": round(calibrated_work_s, 1),
+                   "uniform_windows_s": [r["window_s"] for r in rounds
+                                         if r["mode"] == "uniform"],
+                   "kills_by_phase": phases,
+                   **{f"runs_{k}" if k != "lost" else k: v for k, v in total.items()},
+                   "trained_again_after_publishing": again, "runs_redone_after_a_kill": redone,
+                   "store_rows_without_run_folder": no_folder,
                    "leftover_partial_files": len(left), "leftovers": left,
                    "integrity_check": integrity, "two_processes": pair,
+                   "per_round": [{k: v for k, v in r.items() if k not in ("root", "leftovers")}
+                                 for r in rounds],
+                   "calibration_occurrences": {k: len(v) for k, v in
+                                               (calibration or {}).get("occurrences", {}).items()},
                    "seconds": round(seconds, 1)}
-        print(f"fault injection: {sum(kills.values())} kills ({kills['SIGKILL']} SIGKILL, "
-              f"{kills['SIGTERM']} SIGTERM) in {len(rounds)} rounds of a {rounds[0]['expected']}"
-              f"-run sweep (a sweep process: {startup_s:.1f} s start-up, {work_s:.1f} s work; "
-              f"kills at U(0, work left) after its first claim), {seconds:.0f} s in all")
-        print(f"runs expected:           {total['expected']}")
-        print(f"runs in the store:       {total['in_store']}")
-        print(f"duplicates:              {total['duplicates']}")
-        print(f"lost runs:               {total['lost']}")
-        print(f"leftover partial files:  {len(left)}")
+        print(f"fault injection: {len(killed)} kills ({kills['SIGKILL']} SIGKILL, "
+              f"{kills['SIGTERM']} SIGTERM) in {len(rounds)} rounds of a "
+              f"{figures['runs_per_sweep']}-run sweep (a sweep process: {startup_s:.1f} s "
+              f"start-up, {calibrated_work_s:.1f} s work; uniform kills over windows of "
+              f"{min(figures['uniform_windows_s'] or [0]):.1f}-"
+              f"{max(figures['uniform_windows_s'] or [0]):.1f} s), {seconds:.0f} s in all")
+        print(f"{'phase the kill landed in':38} {'uniform':>7} {'aimed':>6}")
+        for phase, n in phases.items():
+            print(f"{phase:38} {n['uniform']:7d} {n['aimed']:6d}")
+        print(f"runs expected:                       {total['expected']}")
+        print(f"runs in the store:                   {total['in_store']}")
+        print(f"lost runs:                           {total['lost']}")
+        print(f"trained again after publishing:      {again}")
+        print(f"runs redone after a kill (in flight): {redone}")
+        print(f"store rows without their run folder: {no_folder}")
+        print(f"leftover partial files:              {len(left)}")
         for path in left[:20]:
             print(f"  {path}")
-        print(f"PRAGMA integrity_check:  {', '.join(integrity)}")
+        print(f"PRAGMA integrity_check:              {', '.join(integrity)}")
         print(f"two processes, one store: {pair['expected']} runs expected, {pair['in_store']} "
               f"in the store, trained {pair['trained_by_each'][0]} + "
               f"{pair['trained_by_each'][1]}, trained twice {pair['trained_twice']}, not trained "
-              f"{pair['not_trained']}, read back {pair['read_back']}, duplicates "
-              f"{pair['duplicates']}, integrity {pair['integrity_check']}")
+              f"{pair['not_trained']}, read back {pair['read_back']}, integrity "
+              f"{pair['integrity_check']}")
         if args.json is not None:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        ok = (total["lost"] == 0 and total["duplicates"] == 0 and not left
+        ok = (total["lost"] == 0 and again == 0 and no_folder == 0 and not left
               and integrity == ["ok"] and pair["trained_twice"] == 0
-              and pair["not_trained"] == 0 and pair["lost"] == 0 and pair["duplicates"] == 0)
+              and pair["not_trained"] == 0 and pair["lost"] == 0
+              and not pair["without_run_folder"])
         return 0 if ok else 1
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         if args.workdir is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)

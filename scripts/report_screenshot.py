@@ -6,7 +6,8 @@ photographed in headless Chromium (scripts/check_report_html.py).
 
 The store holds made-up numbers (no training, no data): a shots sweep comparing the linear probe
 and LoRA on two backbones and two data sets, zero-shot runs of the vision-language backbone, and
-the linear probe on all data. It shows the page's layout, not results.
+the linear probe on all data. It shows the page's layout, not results: the top of the page in a
+1,366 px wide window (the width the page must fit, scripts/check_report_html.py).
 """
 from __future__ import annotations
 
@@ -99,7 +100,9 @@ def main(argv=None) -> int:
             [p.name for p in report.figures])
         for line in result.lines():
             print(line)
-        shot = check_report_html.screenshot(report.html, chromium, args.out, height=args.height)
+        shot = check_report_html.screenshot(report.html, chromium, args.out,
+                                            width=check_report_html.WINDOW_WIDTH,
+                                            height=args.height)
     print(f"screenshot: {shot} ({shot.stat().st_size // 1024} KiB)")
     return 0 if result.ok else 1
 

@@ -2,7 +2,7 @@
 
 The layers, bottom up: ``data`` (readers, splits, samplers, decoded images) -> ``models`` (model
 cards and loaders) -> ``adapters`` (LoRA) -> ``training`` (methods, loop, metrics, runs) ->
-``api`` / ``cli``. See ``cytotune.api`` for the entry points.
+``analysis`` (intervals, paired tests) -> ``inference`` / ``experiments`` -> ``api`` / ``cli``. See ``cytotune.api`` for the entry points.
 
 The public names below are imported lazily, so ``import cytotune.data`` does not pull in torch
 models, timm or open_clip.
@@ -22,6 +22,7 @@ _LAZY = {
     "TrainConfig": "cytotune.training.config",
     "RunResult": "cytotune.training.runner",
     "load": "cytotune.inference",
+    "compare_runs": "cytotune.inference.compare",
 }
 
 __all__ = ["__version__", *_LAZY]

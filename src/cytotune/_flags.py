@@ -60,3 +60,38 @@ class OnOffParser(argparse.ArgumentParser):
         if flags:
             argv = rewrite_legacy(argv, flags, self.prog.split()[0])
         return super().parse_known_args(argv, namespace)
+
+
+def _level(value: str) -> float:
+    try:
+        level = float(value)
+    except ValueError:
+        level = float("nan")
+    if not 0.5 <= level < 1.0:
+        raise argparse.ArgumentTypeError(f"--level takes a number in [0.5, 1), e.g. 0.95, got "
+                                         f"{value!r}")
+    return level
+
+
+def _whole(flag: str, minimum: int):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} takes a whole number >= {minimum}, got "
+                                             f"{value!r}")
+        return number
+    return parse
+
+
+def add_bootstrap_options(parser: argparse.ArgumentParser, default_resamples: int = 2000) -> None:
+    """``--level``, ``--resamples`` and ``--boot-seed``: how the intervals of ``report`` and
+    ``compare`` are drawn (one spelling, checked here so a bad value names its option)."""
+    parser.add_argument("--level", type=_level, default=0.95,
+                        help="interval level (default: 0.95)")
+    parser.add_argument("--resamples", type=_whole("--resamples", 100), default=default_resamples,
+                        help=f"bootstrap resamples (default: {default_resamples})")
+    parser.add_argument("--boot-seed", type=_whole("--boot-seed", 0), default=0,
+                        help="random seed of the bootstrap (default: 0)")

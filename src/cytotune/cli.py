@@ -296,7 +296,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DataError, ModelError, ConfigError, ValueError) as err:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)  # one line, however long
+        from rich.markup import escape
+
+        # escaped: a message quoting "[nan]" or "[bold]" must print as written
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)  # one line
         return 2
     except OSError as err:  # --out, cache or store: a file in the way, read-only, disk full
         if debug:

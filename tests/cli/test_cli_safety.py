@@ -67,6 +67,16 @@ def test_read_only_out_is_one_line(synthetic_data, tiny_model_names, tmp_path, c
     _one_error_line(capsys, str(read_only_folder), "not writable")
 
 
+def test_read_only_mount_point_as_out_is_refused_before_any_work(
+        synthetic_data, tiny_model_names, tmp_path, capsys, read_only_folder):
+    """Issue 31: the mount point itself as --out trained fully, then failed to publish and
+    suggested freeing space."""
+    assert main(_tiny(synthetic_data, tiny_model_names, tmp_path,
+                      "--out", str(read_only_folder))) == 2
+    _one_error_line(capsys, f"--out {read_only_folder}", "not writable")
+    assert not (tmp_path / "cache").exists()  # refused before decoding or training
+
+
 def test_full_disk_at_out_is_one_line_and_leaves_nothing(synthetic_data, tiny_model_names,
                                                          tmp_path, capsys, full_disk):
     out = full_disk / "run"
@@ -88,6 +98,8 @@ def test_debug_shows_the_traceback(synthetic_data, tiny_model_names, tmp_path):
                                           (["--steps", "-5"], "optim.steps"),
                                           (["--lr", "nan"], "optim.lr"),
                                           (["--lr", "inf"], "optim.lr"),
+                                          (["--lr", "1e300"], "optim.lr"),  # overflowed
+                                          (["--lr", "5"], "optim.lr"),
                                           (["--linear-epochs", "0"], "optim.linear_epochs"),
                                           (["--weight-decay", "-1"], "optim.weight_decay"),
                                           (["--val-every", "0"], "optim.val_every")])

@@ -37,6 +37,39 @@ def test_commands_without_a_model_do_not_import_torch(argv):
     assert not {"cytotune.training.runner", "cytotune.benchmark.cases"} & modules
 
 
+# third-party top-level modules `cytotune ... --help` may import: rich (the CLI's console and
+# tables) and yaml (with its C loader's Cython runtime; through cytotune.training.config,
+# which the bench parser reads its precisions from). Nothing else: pandas, numpy, sklearn or
+# matplotlib there make --help several times slower without anyone noticing.
+HELP_THIRD_PARTY = {"cytotune", "rich", "yaml", "_yaml", "cython_runtime"}
+
+
+def _bare_interpreter_modules() -> set[str]:
+    """Top-level modules a bare interpreter holds at start (site hooks, .pth files)."""
+    done = subprocess.run([sys.executable, "-c", "import json, sys; "
+                           "print(json.dumps(sorted(sys.modules)))"], capture_output=True,
+                          text=True, timeout=60, check=True)
+    return {m.split(".")[0] for m in json.loads(done.stdout)}
+
+
+def test_help_imports_only_the_allowed_modules():
+    """`cytotune --help` and every sub-command's --help import the standard library, cytotune,
+    rich and yaml only: an allow-list, so any new heavy import on the start-up path fails here
+    (pandas came in through cytotune._atomic)."""
+    import argparse
+
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"train", "sweep", "predict", "bench"} <= set(commands)
+    allowed = set(sys.stdlib_module_names) | _bare_interpreter_modules() | HELP_THIRD_PARTY
+    for argv in [("--help",), *((name, "--help") for name in commands)]:
+        code, modules = _modules_after(*argv)
+        assert code == 0, argv
+        extra = {m.split(".")[0] for m in modules} - allowed
+        extra = {m for m in extra if not m.startswith("_cython_")}  # yaml's Cython runtime
+        assert not extra, f"cytotune {' '.join(argv)} imports {sorted(extra)}"
+
+
 def test_listing_and_checking_models_do_not_import_torch():
     """The cards, their families and the weights check are plain data and file look-ups."""
     code, modules = _modules_after("models")

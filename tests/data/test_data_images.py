@@ -371,3 +371,45 @@ def test_store_removes_temp_files_of_dead_processes_when_it_writes(tmp_path, ima
         path.write_bytes(b"partial")
     ImageStore(cache).get(images, 36, 32, "bicubic")
     assert not dead.exists() and alive.exists() and other_host.exists()
+
+
+# ---- issue 31 item 10: tiny and huge images are named in one cytotune line each ----------------
+def test_images_below_the_minimum_side_are_decoded_and_named_in_one_warning(tmp_path, make_image,
+                                                                           caplog):
+    from cytotune.data.images import MIN_IMAGE_SIDE
+
+    paths = [make_image(tmp_path / "ok.png", size=(MIN_IMAGE_SIDE, 40)),
+             make_image(tmp_path / "dot.png", size=(1, 1)),
+             make_image(tmp_path / "strip.png", size=(64, MIN_IMAGE_SIDE - 1))]
+    with caplog.at_level("WARNING", logger="cytotune.data.images"):
+        decoded = decode_images(paths, 32, 32, "bilinear", num_workers=2)
+    assert list(decoded.kept) == [0, 1, 2]  # accepted, as Pillow can decode them
+    lines = [r.getMessage() for r in caplog.records if "smaller than" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"{paths[1]} (1x1)" in lines[0] and f"{paths[2]} (64x{MIN_IMAGE_SIDE - 1})" in lines[0]
+    assert str(paths[0]) not in lines[0]
+
+
+def test_a_decompression_bomb_warning_becomes_one_line_naming_the_file(tmp_path, make_image,
+                                                                       caplog, monkeypatch):
+    """Pillow's two raw lines (a library path, no file name) become one cytotune warning. The
+    limit is lowered instead of writing a 12000x12000 file: 40x40 is above 1,000 pixels and
+    below twice that (where Pillow refuses the file, reported as undecodable)."""
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    big = make_image(tmp_path / "big.png", size=(40, 40))
+    small = make_image(tmp_path / "small.png", size=(30, 30))
+    with caplog.at_level("WARNING", logger="cytotune.data.images"), \
+            warnings.catch_warnings(record=True) as raw:
+        warnings.simplefilter("always")
+        decoded = decode_images([big, small], 16, 16, "bilinear", num_workers=2)
+        load_rgb(big)
+    assert list(decoded.kept) == [0, 1]
+    assert not [w for w in raw if issubclass(w.category, Image.DecompressionBombWarning)]
+    lines = [r.getMessage() for r in caplog.records if "decompression-bomb" in r.getMessage()]
+    assert len(lines) == 2 and all(f"{big} (40x40)" in line for line in lines), lines
+    assert all(str(small) not in line for line in lines)
+    huge = make_image(tmp_path / "huge.png", size=(50, 50))  # 2,500 > 2 x 1,000: refused
+    with pytest.raises(ImageDecodeError, match="huge.png"):
+        decode_images([huge], 16, 16, "bilinear")

@@ -67,7 +67,7 @@ def test_one_path_in_two_splits_is_an_error(tmp_path, make_image):
 def test_labels_differing_only_in_case_or_spaces_name_both_spellings(tmp_path, make_image):
     csv = _manifest(tmp_path, make_image, ["path,label", "a.png,HSIL", "b.png,NL",
                                            'c.png," hsil "'])
-    with pytest.raises(DataError, match=r"labels 'HSIL' \(.*m.csv row 2\) and 'hsil' \(.*m.csv "
+    with pytest.raises(DataError, match=r"labels 'HSIL' \(.*m.csv row 2\) and ' hsil ' \(.*m.csv "
                                         r"row 4\) differ only in case or surrounding spaces"):
         read_csv(csv)
 

@@ -158,3 +158,29 @@ def test_read_csv_labels_are_strings_not_nan(csv_tree):
     data = read_csv(csv)
     assert data.class_names == ["1", "NA"]
     np.testing.assert_array_equal(data.labels, [1, 0])
+
+
+# ---- issue 31 item 6: a label with spaces beside the same label without ------------------------
+@pytest.mark.parametrize("cell", [" HSIL", '" HSIL"', "HSIL ", ' "HSIL "'])
+def test_read_csv_label_differing_by_spaces_is_an_error_naming_file_rows_and_labels(
+        csv_tree, cell):
+    csv = csv_tree / "t.csv"
+    csv.write_text("path,label\nimages/a/img_000.png,HSIL\nimages/a/img_001.png,LSIL\n"
+                   f"images/b/img_000.png,{cell}\n")
+    with pytest.raises(DataError) as caught:
+        read_csv(csv)
+    message = str(caught.value)
+    assert str(csv) in message and "row 2" in message and "row 4" in message
+    as_read = {" HSIL": " HSIL", '" HSIL"': " HSIL", "HSIL ": "HSIL ", ' "HSIL "': "HSIL "}[cell]
+    assert "'HSIL'" in message and repr(as_read) in message
+
+
+def test_read_csv_spaces_written_the_same_way_on_every_row_or_around_quotes_are_formatting(
+        csv_tree):
+    csv = csv_tree / "t.csv"
+    csv.write_text('path, label , split\nimages/a/img_000.png, HSIL, train\n'
+                   'images/a/img_001.png, HSIL, val\nimages/b/img_000.png, "LSIL", test\n')
+    data = read_csv(csv)
+    assert data.class_names == ["HSIL", "LSIL"] and list(data.labels) == [0, 0, 1]
+    assert list(data.splits) == ["train", "val", "test"]
+    assert data.paths[0] == csv_tree / "images/a/img_000.png"

@@ -35,10 +35,11 @@ def test_lr_is_chosen_on_validation_not_test(tmp_path):
     assert row["seeds"] == 2 and row["lrs"] == "0.01,0.01"
     assert summarize(selected, ["accuracy"], ddof=1).iloc[0]["std"] == pytest.approx(
         np.std([60.0, 70.0], ddof=1))
-    report = make_report(store, tmp_path / "out")
+    # the subject is the selection, not the statistics: cells as mean ± std (no intervals)
+    report = make_report(store, tmp_path / "out", metrics=("accuracy",), intervals=None)
     (table,) = report.tables.values()
     assert table.loc["d", "b"] == "65.00±5.00"
-    assert table.loc["Average", "b"] == "65.00"
+    assert "Average" not in table.index  # one data set: nothing to average (issue 30)
 
 
 def test_ties_go_to_lower_validation_loss_then_smaller_lr(tmp_path):
@@ -81,7 +82,9 @@ def test_table1_layout_average_row_and_markdown(tmp_path):
                                            dataset=dataset, backbone=backbone, seed=seed,
                                            val=acc, test=acc))
     store = _store(tmp_path, records)
-    report = make_report(store, tmp_path / "out", metrics=("accuracy", "macro_f1"))
+    # the subject is the layout: cells as mean ± std (intervals: test_report_layout.py)
+    report = make_report(store, tmp_path / "out", metrics=("accuracy", "macro_f1"),
+                         intervals=None)
     table = report.tables["exp1__linear__all__accuracy"]
     assert list(table.index) == ["bcfc", "mlcc", "Average"]
     assert list(table.columns) == ["clip", "uni", "vit"]
@@ -118,18 +121,61 @@ def test_figures_with_linear_baseline_and_sota_line(tmp_path):
                                        dataset="hicervix", backbone="clip-l14", fraction=fraction,
                                        seed=seed, val=0.6 + fraction / 1000, test=0.6 + fraction / 1000))
     store = _store(tmp_path, records)
-    report = make_report(store, tmp_path / "out", sota={"hicervix": 75.0})
+    report = make_report(store, tmp_path / "out", metrics=("accuracy",),
+                         sota={"hicervix": 75.0})
     names = {p.name for p in report.figures}
-    assert "shots__exp2__lora__accuracy.png" in names
-    assert "fractions__exp3__lora__accuracy.png" in names
-    assert all(p.stat().st_size > 1000 for p in report.figures)
+    assert {"shots__exp2__lora__accuracy.png", "fractions__exp3__lora__accuracy.png",
+            "results__exp1__accuracy.png"} <= names
     page = report.html.read_text()
     assert page.count("data:image/png;base64,") == len(report.figures)
     assert "<img" in page and "src='figures/" not in page  # self-contained
-    fraction_rows = report.summary[report.summary["fraction"].notna()]
+    fraction_rows = report.summary[report.summary["fraction"].notna()
+                                   & (report.summary["metric"] == "accuracy")]
     assert list(fraction_rows.sort_values("fraction")["mean"].round(2)) == [60.5, 65.0, 70.0]
+    # what the figures draw (issue 31, item 13): the shots figure's axes, lines and points
+    from matplotlib.colors import to_rgba
+
+    from cytotune.experiments.report_figures import draw_fractions, draw_shots_figure
+
+    fig = draw_shots_figure(report.summary, "exp2", "lora", "accuracy")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["mlcc", "hicervix"]
+    for ax in axes:
+        assert ax.get_ylabel() == "test accuracy (%)"
+        assert ax.get_xlabel() == "training images per class (shots)"
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+        curves = {line.get_label(): line for line in ax.get_lines()
+                  if line.get_marker() not in ("None", "", None) and line.get_label()[0] != "_"}
+        assert set(curves) == {"clip", "uni"}
+        for line in curves.values():
+            assert list(np.round(line.get_ydata(), 2)) == [55.0, 60.0, 70.0]
+        # each backbone's linear probe on all data (sweep exp1): dotted, in its colour, at 70
+        refs = [line for line in ax.get_lines() if line.get_label().startswith("linear probe")]
+        assert len(refs) == 2 and all(r.get_linestyle() == ":" for r in refs)
+        assert {to_rgba(r.get_color()) for r in refs} == {to_rgba(c.get_color())
+                                                          for c in curves.values()}
+        assert all(float(r.get_ydata()[0]) == pytest.approx(70.0) for r in refs)
+    assert len(fig.drawn.points) == 2 * 2 * 3
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    # the fractions figure: one line through 5, 50 and 100 %, and the state of the art at 75
+    fig = draw_fractions(report.summary, "exp3", "lora", "accuracy", sota={"hicervix": 75.0})
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    assert ax.get_title() == "hicervix" and ax.get_xlabel() == "training data used (%)"
+    assert [(p["fraction"], round(p["mean"], 2)) for p in fig.drawn.points] == [
+        (5.0, 60.5), (50.0, 65.0), (100.0, 70.0)]
+    (sota,) = [line for line in ax.get_lines() if line.get_label().startswith("HierSwin")]
+    assert sota.get_label() == "HierSwin (state of the art): 75.0"
+    assert float(sota.get_ydata()[0]) == 75.0
+    plt.close(fig)
+    # the linear probe on all data, run alone (exp1), is a figure of its own: every cell drawn
+    drawn = pd.read_csv(tmp_path / "out" / "figures" / "results__exp1__accuracy.csv")
+    assert sorted(zip(drawn["dataset"], drawn["backbone"], drawn["mean"].round(2))) == [
+        ("hicervix", "clip", 70.0), ("hicervix", "uni", 70.0), ("mlcc", "clip", 70.0),
+        ("mlcc", "uni", 70.0)]
     # without a state-of-the-art value the line is left out and the page says so
-    plain = make_report(store, tmp_path / "plain")
+    plain = make_report(store, tmp_path / "plain", metrics=("accuracy",))
     assert "No state-of-the-art reference given" in plain.html.read_text()
 
 
@@ -183,7 +229,13 @@ def test_zero_shot_is_the_0_shot_point_of_the_shots_figure(tmp_path):
     assert list(points["shots"]) == [0, 1, 4] and set(points["backbone"]) == {"clip"}
     assert points.iloc[0]["mean"] == pytest.approx(35.0)
     names = {p.name for p in report.figures}
-    assert "shots__vl__lora__accuracy.png" in names
+    assert "shots__vl__lora__balanced_accuracy.png" in names  # the headline metric's figure
+    drawn = pd.read_csv(tmp_path / "out" / "figures" / "shots__vl__lora__balanced_accuracy.csv")
+    star = drawn[drawn["method"] == "zero-shot"]
+    assert list(star["backbone"]) == ["clip"] and list(star["x"]) == [0.0]
+    assert list(star["mean"]) == [pytest.approx(35.0)]
     assert not any("zero-shot" in n for n in names)  # no curve of its own
-    # zero-shot still gets its Table 1 (one run, no learning rate to choose)
-    assert report.tables["vl__zero-shot__all__accuracy"].loc["mlcc", "clip"] == "35.00±0.00"
+    # zero-shot still gets its cell (one run, no learning rate to choose): a row of the
+    # sweep's methods table, under "zero-shot"
+    assert report.tables["vl__mlcc__clip__accuracy"].loc["zero-shot", "zero-shot"] == \
+        "35.00±0.00"

@@ -49,7 +49,7 @@ def test_train_cv_runs_choose_their_lr_on_the_cv_score(tmp_path):
     assert selected.loc["3b", "lr_chosen_on"] == "val"
     assert selected.loc["v2", "lr_chosen_on"] == "val"
     assert selected.loc["1a", "variant"] != selected.loc["v2", "variant"]
-    report = make_report(store, tmp_path / "out")
+    report = make_report(store, tmp_path / "out", metrics=("accuracy",))
     summary = report.summary.set_index("variant")
     cv_row = summary.loc[selected.loc["1a", "variant"]]
     assert cv_row["lrs"] == "0.001,0.01,0.01"

@@ -11,6 +11,7 @@ import pytest
 from cytotune.experiments import ResultStore, make_report
 from cytotune.experiments.report import (best_table, chance_level, class_counts,
                                          draw_shots_comparison, draw_shots_figure, shots_ylims)
+from cytotune.experiments.report_figure_parts import class_sizes
 from experiments_helpers import hand_record
 
 CLASSES = {"mlcc": 4, "bcfc": 2}
@@ -55,7 +56,10 @@ def shots_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("shots")
     store = ResultStore(root / "r.sqlite")
     store.insert_many(shots_sweep_records())
-    return store, make_report(store, root / "out")
+    # balanced accuracy heads the tables (the default); the figures this file inspects are of
+    # accuracy, so both are drawn (by default only the headline metric is)
+    return store, make_report(store, root / "out",
+                              figure_metrics=["balanced_accuracy", "accuracy"])
 
 
 def test_a_shots_sweep_with_two_methods_gets_a_comparison_figure(shots_report):
@@ -72,9 +76,18 @@ def test_a_shots_sweep_with_two_methods_gets_a_comparison_figure(shots_report):
 
 def test_comparison_figure_draws_the_methods_on_one_axis(shots_report):
     store, report = shots_report
-    classes = class_counts(store.records(full=True))
+    classes = class_sizes(store.records(full=True))  # test images per class
     ylims = shots_ylims(report.summary, "accuracy", classes)
-    fig = draw_shots_comparison(report.summary, "fs", "accuracy", ylims, classes)
+    # the report's summary carries intervals (bars: ci); without them the bars are mean ± std
+    plain = report.summary.drop(columns=["ci_low", "ci_high", "ci_basis", "ci_level"])
+    for summary, kind in ((report.summary, "ci"), (plain, "std")):
+        _check_comparison_figure(summary, kind, ylims, classes)
+
+
+def _check_comparison_figure(summary, kind, ylims, classes) -> None:
+    """The comparison figure of ``summary``: both methods per axis, zero-shot stars, a bar of
+    ``kind`` ("ci": the summary's interval, "std": mean ± std) at every point, the chance line."""
+    fig = draw_shots_comparison(summary, "fs", "accuracy", ylims, classes)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["mlcc", "bcfc"]
     for ax, dataset in zip(axes, ("mlcc", "bcfc")):
@@ -88,11 +101,26 @@ def test_comparison_figure_draws_the_methods_on_one_axis(shots_report):
         stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
         assert {tuple(line.get_xdata()) for line in stars} == {(0,)}
         assert sorted(round(float(line.get_ydata()[0]), 2) for line in stars) == [28.0, 30.0]
-        # a mean ± std band per line
-        bands = [c for c in ax.collections if type(c).__name__ in ("PolyCollection",
-                                                                    "FillBetweenPolyCollection")]
-        assert len(bands) == 4
-        # the dashed chance line at 1/C
+        # an error bar (the interval, else mean ± std) at every point: 4 lines x 4 shots, and
+        # 2 stars
+        points = [p for p in fig.drawn.points if p["dataset"] == dataset]
+        assert len(points) == 4 * len(SHOTS) + 2
+        segments = [seg for c in ax.collections for seg in c.get_segments()]
+        assert len(segments) == len(points)
+        for p in points:  # the seeds differ on the curves; zero-shot scores the same each seed
+            assert p["interval"] == kind and p["low"] <= p["mean"] <= p["high"]
+            assert pd.isna(p["shots"]) or p["low"] < p["mean"] < p["high"]
+            cell = summary[(summary["metric"] == "accuracy") & (summary["sweep"] == "fs")
+                           & (summary["dataset"] == dataset)
+                           & (summary["backbone"] == p["backbone"])
+                           & (summary["method"] == p["method"])
+                           & (summary["shots"].isna() if pd.isna(p["shots"])
+                              else summary["shots"] == p["shots"])]
+            (mean,) = cell["mean"]
+            low, high = ((cell["ci_low"].item(), cell["ci_high"].item()) if kind == "ci"
+                         else (mean - cell["std"].item(), mean + cell["std"].item()))
+            assert (p["mean"], p["low"], p["high"]) == pytest.approx((mean, low, high))
+        # the dashed chance line at 1/C (identity confusion matrices: the majority class too)
         chance = [line for line in ax.get_lines() if line.get_linestyle() == "--"
                   and len(set(line.get_ydata())) == 1]
         assert [float(line.get_ydata()[0]) for line in chance] == [pytest.approx(
@@ -105,7 +133,7 @@ def test_comparison_figure_draws_the_methods_on_one_axis(shots_report):
 
 def test_shots_figures_share_one_y_range_per_data_set(shots_report):
     store, report = shots_report
-    classes = class_counts(store.records(full=True))
+    classes = class_sizes(store.records(full=True))  # test images per class
     ylims = shots_ylims(report.summary, "accuracy", classes)
     assert set(ylims) == {"mlcc", "bcfc"}
     # each range holds every method's mean ± std, the zero-shot points, the all-data probe and
@@ -152,11 +180,9 @@ def test_chance_level_and_the_number_of_classes(shots_report):
 
 def test_one_shot_is_singular_in_tables_figures_and_page(shots_report):
     _, report = shots_report
-    heading = report.titles["fs__lora__1shot__accuracy"]
-    assert "1 shot per class" in heading and "1 shots" not in heading
-    assert "2 shots per class" in report.titles["fs__lora__2shot__accuracy"]
-    comparison = report.tables["comparison__fs__accuracy"]
-    assert "1 shot per class" in comparison.columns and "2 shots per class" in comparison.columns
+    table = report.tables["fs__mlcc__clip__accuracy"]  # methods x training sizes (issue 30)
+    assert "1 shot" in table.columns and "2 shots" in table.columns
+    assert "1 shots" not in table.columns
     best = report.best["accuracy"]
     assert ("mlcc", "1 shot per class") in best.index
     out = report.out_dir
@@ -174,19 +200,35 @@ def test_the_page_opens_with_the_best_method_per_data_set_and_shots(shots_report
         "no training images", "1 shot per class", "2 shots per class", "4 shots per class",
         "8 shots per class", "all training data"]
     row = best.loc[("mlcc", "4 shots per class")]
-    # lora ahead on mlcc, uni ahead of clip; seeds 1-3 give ± 0.82 (population std)
-    assert row["best"] == "lora · uni (fs)"
-    assert row["test accuracy (%)"] == "46.00±0.82" and row["seeds"] == 3
-    assert row["runner-up"] == "lora · clip (fs)" and row["lead (points)"] == "1.00"
+    # lora ahead on mlcc, uni ahead of clip by 1 point at every seed (resolved); seeds 1-3
+    # give 45, 46, 47: ± 0.82 (population std), a bootstrap interval over seeds of [45, 47]
+    assert row["verdict"] == "best (resolved)" and row["best"] == "lora · uni (fs)"
+    assert row["test accuracy (%) [interval]"] == "46.00 [45.00, 47.00]" and row["seeds"] == 3
+    assert row["tied within the interval"] == ""
+    assert row["runner-up"] == "lora · clip (fs)"
+    assert row["lead (points) [interval]"] == "1.00 [1.00, 1.00]"
+    cell = report.summary[(report.summary["metric"] == "accuracy")
+                          & (report.summary["method"] == "lora")
+                          & (report.summary["backbone"] == "uni")
+                          & (report.summary["dataset"] == "mlcc")
+                          & (report.summary["shots"] == 4)]
+    assert cell["std"].item() == pytest.approx(0.8165, abs=1e-4)
     assert best.loc[("bcfc", "4 shots per class"), "best"] == "linear · uni (fs)"
     assert best.loc[("mlcc", "no training images"), "best"] == "zero-shot · uni (fs)"
-    assert best.loc[("mlcc", "all training data"), "test accuracy (%)"] == "87.00±0.82"
+    # the all-data probe scores the same on both backbones at every seed: an exact tie, no win
+    tie = best.loc[("mlcc", "all training data")]
+    assert tie["test accuracy (%) [interval]"] == "87.00 [86.00, 88.00]"
+    assert tie["verdict"] == "no winner: tied"
+    assert tie["best"] == "linear · clip (all) (equal highest mean)"
+    assert tie["tied within the interval"] == "linear · uni (all)"
+    assert tie["lead (points) [interval]"] == "0.00 [0.00, 0.00]"
     page = report.html.read_text()
     first = page.index("<h2")
-    assert page[first:].startswith("<h2>Best method per data set and training data: test "
-                                   "accuracy</h2>")
-    assert page.index("data-table='best__accuracy'") < page.index("id='figures'") \
-        < page.index("id='tables'")
+    # the headline metric (the first; balanced accuracy by default, issue 30) opens the page
+    assert page[first:].startswith("<h2 id='best-balanced_accuracy'>Best method per data set "
+                                   "and training data: test balanced accuracy</h2>")
+    assert page.index("data-table='best__balanced_accuracy'") < page.index("id='figures'") \
+        < page.index("id='tables'") < page.index("data-table='best__accuracy'")
     csv = pd.read_csv(report.out_dir / "best__accuracy.csv", index_col=[0, 1])
     assert csv.loc[("mlcc", "4 shots per class"), "best"] == "lora · uni (fs)"
 
@@ -210,11 +252,14 @@ def test_report_lists_every_table_and_figure_it_wrote(shots_report, tmp_path, ca
     store, _ = shots_report
     out = tmp_path / "cli"
     assert main(["report", str(store.path), "--out", str(out), "--metrics", "accuracy",
-                 "macro_f1"]) == 0
+                 "macro_f1", "--figure-metrics", "accuracy", "macro_f1"]) == 0
     printed = capsys.readouterr().out
     tables = sorted((out / "tables").glob("*.csv"))
     figures = sorted((out / "figures").glob("*.png"))
     assert len(tables) > 4 and len(figures) >= 6
+    # --figure-metrics draws the second metric too (by default only the headline is drawn)
+    assert {"comparison__fs__accuracy.png", "comparison__fs__macro_f1.png"} <= \
+        {p.name for p in figures}
     for path in [out / "report.html", *tables, *figures, out / "best__accuracy.csv",
                  out / "best__macro_f1.csv", out / "tables.md", out / "runs.csv"]:
         assert str(path) in printed, path

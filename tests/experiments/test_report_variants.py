@@ -67,12 +67,21 @@ def test_runs_of_two_image_sizes_are_two_rows_with_their_own_lr_choice(tmp_path,
     assert set(summary["seeds"]) == {2}
 
     with caplog.at_level(logging.WARNING, logger="cytotune.experiments.report"):
-        report = make_report(store, tmp_path / "out")
-    (table,) = report.tables.values()
+        report = make_report(store, tmp_path / "out", metrics=("accuracy",))
+    table = report.tables["s__linear__all__accuracy"]
     assert list(table.index.names) == ["dataset", "setting"]
-    assert table.loc[("d", "model.image_size=112"), "b"] == "55.00±5.00"
-    assert table.loc[("d", "model.image_size=224"), "b"] == "85.00±5.00"
-    assert table.loc[("Average", "model.image_size=224"), "b"] == "85.00"
+    assert list(table.index) == [("d", "model.image_size=112"), ("d", "model.image_size=224")]
+    # seeds 1 and 2 give 50 and 60 at 112 px, 80 and 90 at 224 px: ± 5 over seeds
+    assert table.loc[("d", "model.image_size=112"), "b"] == "55.00 [50.00, 60.00]"
+    assert table.loc[("d", "model.image_size=224"), "b"] == "85.00 [80.00, 90.00]"
+    assert report.summary.set_index("variant")["std"].to_dict() == {
+        "model.image_size=112": pytest.approx(5.0), "model.image_size=224": pytest.approx(5.0)}
+    # the statistics keep the variants apart too: compared with each other, never pooled
+    paired = report.tables["paired__d__all_training_data__accuracy"]
+    assert list(zip(paired["better"], paired["other"])) == [
+        ("linear · b [model.image_size=224]", "linear · b [model.image_size=112]")]
+    assert report.best["accuracy"].loc[("d", "all training data"), "best"] == \
+        "linear · b [model.image_size=224]"
     # said on screen (a logged warning) and in the report's notes, page and Markdown
     (note,) = report.notes
     assert "model.image_size (112 vs 224)" in note and "d / b / linear / all data" in note
@@ -80,7 +89,8 @@ def test_runs_of_two_image_sizes_are_two_rows_with_their_own_lr_choice(tmp_path,
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [note]
     assert html.escape(note) in report.html.read_text()
     md = (tmp_path / "out" / "tables.md").read_text()
-    assert "| dataset | setting | b |" in md and "| d | model.image_size=224 | 85.00±5.00 |" in md
+    assert "| dataset | setting | b |" in md
+    assert "| d | model.image_size=224 | 85.00 [80.00, 90.00] |" in md
     csv = pd.read_csv(tmp_path / "out" / "tables" / "s__linear__all__accuracy.csv")
     assert list(csv.columns) == ["dataset", "setting", "b"]
     assert "variant" in pd.read_csv(tmp_path / "out" / "summary.csv").columns
@@ -91,7 +101,7 @@ def test_precision_variants_are_split_and_named(tmp_path):
     for seed in (1, 2, 3):
         records.append(run(f"fp32-{seed}", seed=seed, val=0.8, test=0.6))
         records.append(run(f"bf16-{seed}", precision="bf16", seed=seed, val=0.8, test=0.9))
-    report = make_report(store_of(tmp_path, records), tmp_path / "out")
+    report = make_report(store_of(tmp_path, records), tmp_path / "out", metrics=("accuracy",))
     means = report.summary.set_index("variant")["mean"]
     # "auto" is shown with what it meant on the run's device
     assert means["precision=auto (fp32)"] == pytest.approx(60.0)
@@ -116,7 +126,9 @@ def test_runs_differing_only_in_seed_and_execution_details_pool_in_one_cell(tmp_
                    config={"num_workers": seed, "cache_dir": f"/cache/{seed}",
                            "overwrite": bool(seed % 2)})
                for seed in (1, 2, 3) for lr in (1e-3, 1e-2)]
-    report = make_report(store_of(tmp_path, records), tmp_path / "out")
+    # the subject is pooling, not the statistics: cells as mean ± std (no intervals)
+    report = make_report(store_of(tmp_path, records), tmp_path / "out", metrics=("accuracy",),
+                         intervals=None)
     assert report.notes == []
     (row,) = report.summary.itertuples()
     assert row.variant == "" and row.seeds == 3 and row.mean == pytest.approx(70.0)
@@ -159,22 +171,29 @@ def test_a_recorded_environment_splits_by_version_and_fingerprints_not_by_machin
 
 def test_labels_line_up_across_backbones_and_sample_sizes(tmp_path):
     # backbone b1 was run at 112 and 224 px, b2 only at 112 px: b2's runs carry the label too,
-    # so the 112 px row holds both backbones; each setting has its own Average row
+    # so the 112 px row holds both backbones; each setting has its own Average row (over the
+    # two data sets d and e; e runs 2 points higher)
     records = []
-    for backbone, sizes in (("b1", (112, 224)), ("b2", (112,))):
-        for size in sizes:
-            for seed in (1, 2):
-                records.append(run(f"{backbone}{size}{seed}", backbone=backbone, image_size=size,
-                                   seed=seed, test=size / 400))
-    report = make_report(store_of(tmp_path, records), tmp_path / "out")
+    for dataset, lift in (("d", 0.0), ("e", 0.02)):
+        for backbone, sizes in (("b1", (112, 224)), ("b2", (112,))):
+            for size in sizes:
+                for seed in (1, 2):
+                    records.append(run(f"{dataset}{backbone}{size}{seed}", dataset=dataset,
+                                       backbone=backbone, image_size=size, seed=seed,
+                                       test=size / 400 + lift))
+    # the subject is the layout of variants: cells as mean ± std, no comparison tables
+    report = make_report(store_of(tmp_path, records), tmp_path / "out", metrics=("accuracy",),
+                         intervals=None)
     (table,) = report.tables.values()
     assert list(table.index) == [("d", "model.image_size=112"), ("d", "model.image_size=224"),
+                                 ("e", "model.image_size=112"), ("e", "model.image_size=224"),
                                  ("Average", "model.image_size=112"),
                                  ("Average", "model.image_size=224")]
     assert table.loc[("d", "model.image_size=112"), "b2"] == "28.00±0.00"
     assert table.loc[("d", "model.image_size=224"), "b2"] == ""
-    assert table.loc[("Average", "model.image_size=224"), "b1"] == "56.00"
-    assert len(report.notes) == 1 and "1 cell " in report.notes[0]
+    assert table.loc[("Average", "model.image_size=224"), "b1"] == "57.00"
+    assert table.loc[("Average", "model.image_size=224"), "b2"] == ""
+    assert len(report.notes) == 1 and "2 cells " in report.notes[0]
 
 
 def test_figures_draw_one_line_per_variant(tmp_path):
@@ -189,7 +208,8 @@ def test_figures_draw_one_line_per_variant(tmp_path):
                                    image_size=size, test=size / 400 + shots / 100))
         records.append(run(f"zs{size}", sweep="exp2", method="zero-shot", dataset="mlcc",
                            backbone="clip", image_size=size, test=size / 1000))
-    report = make_report(store_of(tmp_path, records), tmp_path / "out")
+    report = make_report(store_of(tmp_path, records), tmp_path / "out",
+                         figure_metrics=("accuracy",))
     points = shots_points(report.summary, "exp2", "lora", "accuracy")
     assert len(points) == 6  # 2 variants x (0, 1, 4 shots)
     for size in (112, 224):
@@ -198,6 +218,10 @@ def test_figures_draw_one_line_per_variant(tmp_path):
         assert mine.iloc[0]["mean"] == pytest.approx(size / 10)  # its own zero-shot point
         assert mine.iloc[2]["mean"] == pytest.approx(size / 4 + 4)
     assert "shots__exp2__lora__accuracy.png" in {p.name for p in report.figures}
+    drawn = pd.read_csv(tmp_path / "out" / "figures" / "shots__exp2__lora__accuracy.csv")
+    drawn["shots"] = drawn["shots"].fillna(0)  # the zero-shot point (x: dodged per variant)
+    assert drawn.groupby("variant")["shots"].apply(sorted).to_dict() == {
+        f"model.image_size={size}": [0.0, 1.0, 4.0] for size in (112, 224)}
 
 
 def test_comparison_table_keeps_variants_apart(tmp_path):
@@ -207,12 +231,18 @@ def test_comparison_table_keeps_variants_apart(tmp_path):
             for seed in (1, 2):
                 records.append(run(f"{method}{size}{seed}", sweep="cmp", method=method,
                                    fraction=10.0, seed=seed, image_size=size, test=size / 400))
-    report = make_report(store_of(tmp_path, records), tmp_path / "out")
-    table = report.tables["comparison__cmp__accuracy"]
-    assert list(table.index.names) == ["dataset / backbone / method", "setting"]
-    assert table.loc[("d / b / lora", "model.image_size=224"), "10% of the training data"] == \
-        "56.00±0.00"
-    assert "comparison__cmp__accuracy.png" in {p.name for p in report.figures}
+    # the subject is the layout of variants: cells as mean ± std (no intervals)
+    report = make_report(store_of(tmp_path, records), tmp_path / "out", intervals=None)
+    # two methods: one table per data set and backbone, methods x training sizes (issue 30)
+    table = report.tables["cmp__d__b__accuracy"]
+    assert list(table.index.names) == ["method", "setting"]
+    assert list(table.index) == [("linear", "model.image_size=112"),
+                                 ("linear", "model.image_size=224"),
+                                 ("lora", "model.image_size=112"), ("lora", "model.image_size=224")]
+    assert table.loc[("lora", "model.image_size=224"), "10%"] == "56.00±0.00"
+    assert table.loc[("lora", "model.image_size=112"), "10%"] == "28.00±0.00"
+    # the headline metric's figure (balanced accuracy by default)
+    assert "comparison__cmp__balanced_accuracy.png" in {p.name for p in report.figures}
 
 
 def test_selection_refuses_records_that_cannot_be_told_apart(tmp_path):
@@ -265,7 +295,7 @@ def test_the_recorded_device_resolves_auto_precision_before_the_configs(tmp_path
     read_back = run("back", device="cuda:0", seed=1)
     read_back["config"]["device"] = "auto"
     records = [read_back, run("live", device="cuda:0", seed=2)]
-    report = make_report(store_of(tmp_path, records), tmp_path / "out")
+    report = make_report(store_of(tmp_path, records), tmp_path / "out", metrics=("accuracy",))
     assert report.notes == [] and list(report.summary["seeds"]) == [2]
 
 

@@ -135,7 +135,7 @@ def test_a_run_is_claimed_once_until_done_released_or_its_lease_is_dead(tmp_path
     assert set(store.leases()["owner"]) == {a, c, other}  # "h" expired, not taken yet
 
 
-def test_a_schema_1_store_gains_the_leases_table(tmp_path):
+def test_a_schema_1_store_gains_the_leases_and_predictions_tables(tmp_path):
     path = tmp_path / "old.sqlite"
     con = sqlite3.connect(path)
     con.executescript("""
@@ -151,10 +151,14 @@ def test_a_schema_1_store_gains_the_leases_table(tmp_path):
     con.commit()
     con.close()
     store = ResultStore(path)
-    assert store._meta("schema_version") == "2"
+    assert store._meta("schema_version") == "3"  # leases (2), then per-image predictions (3)
     assert store.claim(["a"], "h:1:x", ttl=5) == {"a": "claimed"}
-    store.insert(hand_record("a"))
+    record = hand_record("a")
+    record["predictions"] = {"images": ["x.png", "y.png"], "classes": ["p", "q"],
+                             "labels": [0, 1], "predicted": [1, 1]}
+    store.insert(record)
     assert len(store) == 1 and integrity(path) == "ok"
+    assert store.predictions()["a"]["predicted"].tolist() == [1, 1]
 
 
 def integrity(path) -> str:
@@ -163,3 +167,77 @@ def integrity(path) -> str:
         return con.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         con.close()
+
+
+# ---- issue 31, items 7 and 8: opening what may not be a store ----------------------------------
+def test_a_read_only_store_reads_and_never_writes(tmp_path):
+    import pickle
+
+    import pytest
+
+    path = tmp_path / "s.sqlite"
+    ResultStore(path).insert(hand_record("a"))
+    before = path.read_bytes()
+    store = ResultStore.open_read_only(path)
+    assert len(store) == 1 and store.get("a")["run_id"] == "a" and store.failures().empty
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        store.insert(hand_record("b"))
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        pickle.loads(pickle.dumps(store)).insert(hand_record("b"))  # read-only travels along
+    assert path.read_bytes() == before and "b" not in ResultStore(path)
+
+
+def test_read_only_open_refuses_what_is_not_a_store_and_leaves_it_as_it_was(tmp_path):
+    import pytest
+
+    from cytotune.experiments.store import NotAStoreError
+
+    foreign = tmp_path / "other.sqlite"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE notes (text TEXT)")
+    con.commit()
+    con.close()
+    before = foreign.read_bytes()
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    cases = {foreign: "of something else", empty: "empty database", tmp_path: "is a folder"}
+    for path, says in cases.items():
+        with pytest.raises(NotAStoreError, match=says):
+            ResultStore.open_read_only(path)
+    with pytest.raises(FileNotFoundError, match="no result store"):
+        ResultStore.open_read_only(tmp_path / "missing.sqlite")
+    with pytest.raises(NotAStoreError, match="of something else"):
+        ResultStore(foreign)  # nor does a writing sweep add its tables to it
+    with pytest.raises(NotAStoreError, match="is a folder"):
+        ResultStore(tmp_path)
+    assert foreign.read_bytes() == before and empty.stat().st_size == 0
+    assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_read_only_open_of_a_newer_schema_is_one_clear_error(tmp_path):
+    import pytest
+
+    from cytotune.experiments.store import SCHEMA_VERSION, NotAStoreError
+
+    path = tmp_path / "s.sqlite"
+    ResultStore(path)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                (str(SCHEMA_VERSION + 1),))
+    con.commit()
+    con.close()
+    for opener in (ResultStore, ResultStore.open_read_only):
+        with pytest.raises(NotAStoreError, match="newer than this cytotune supports"):
+            opener(path)
+
+
+def test_a_store_from_before_predictions_opened_read_only_has_none(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    ResultStore(path).insert(hand_record("a"))
+    con = sqlite3.connect(path)
+    con.executescript("DROP TABLE predictions; DROP TABLE test_sets; "
+                      "UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    con.commit()
+    con.close()
+    store = ResultStore.open_read_only(path)
+    assert store.predictions() == {} and len(store) == 1

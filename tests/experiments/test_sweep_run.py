@@ -108,20 +108,29 @@ def test_sweep_killed_midway_resumes_without_duplicates_and_reports_the_store(
     assert again.completed == [] and again.already_done == 32
 
     report = make_report(store_path, tmp_path / "report")
+    # one method, two shot counts: one learning-curve table, (data set, backbone) x shots
+    table = report.tables["e2e__lora__accuracy"]
+    assert list(table.index) == [(d, b) for d in ("gen4", "gen3") for b in backbones] + \
+        [("Average", b) for b in backbones]
+    assert list(table.columns) == ["trainable parameters", "1 shot", "2 shots"]
     for shots in (1, 2):
-        table = report.tables[f"e2e__lora__{shots}shot__accuracy"]
-        assert list(table.index) == ["gen4", "gen3", "Average"]
-        assert list(table.columns) == backbones
+        column = "1 shot" if shots == 1 else "2 shots"
         expected = _expected_table(records, ["gen4", "gen3"], backbones, shots)
         for (dataset, backbone), (mean, std) in expected.items():
-            assert table.loc[dataset, backbone] == f"{mean:.2f}±{std:.2f}"
             row = report.summary[(report.summary["dataset"] == dataset)
                                  & (report.summary["backbone"] == backbone)
-                                 & (report.summary["shots"] == shots)].iloc[0]
+                                 & (report.summary["shots"] == shots)
+                                 & (report.summary["metric"] == "accuracy")].iloc[0]
             assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std)
+            # cells are mean [interval]; every run kept its predictions, so the interval is
+            # over seeds and test images
+            assert row["ci_basis"] == "seeds x test images"
+            assert row["ci_low"] <= mean <= row["ci_high"]
+            assert table.loc[(dataset, backbone), column] == \
+                f"{mean:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
         for backbone in backbones:
             average = np.mean([expected[(d, backbone)][0] for d in ("gen4", "gen3")])
-            assert table.loc["Average", backbone] == f"{average:.2f}"
+            assert table.loc[("Average", backbone), column] == f"{average:.2f}"
     assert report.html.is_file() and any(p.name.startswith("shots__e2e") for p in report.figures)
 
 
@@ -416,27 +425,74 @@ def test_a_dead_workers_lease_is_taken_over(synthetic_data, tiny_model_names, tm
     assert store.leases().empty
 
 
+def _fault_script(name: str):
+    """scripts/NAME.py imported as a module (the scripts folder is no package)."""
+    import importlib.util
+
+    path = HERE.parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_fault_injection_script_runs(tmp_path):
-    """scripts/fault_injection.py with two kills (one SIGKILL, one SIGTERM): nothing lost or
-    duplicated, the store intact, two processes on one store train each run once. (Leftover
-    staging folders of killed runs are cleaned by the run writer of the next run in the same
-    place; the figure is printed, not asserted here.)"""
+    """scripts/fault_injection.py with two kills, one uniform over the work (SIGKILL) and one
+    aimed at the first store commit (SIGTERM): it exits 0, the phase of each kill is read from
+    the sweep's phase log, nothing is lost or trained again, the store is intact, and two
+    processes on one store train each run once."""
     import json
 
     script = HERE.parents[1] / "scripts" / "fault_injection.py"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(HERE.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
     figures_file = tmp_path / "figures.json"
-    done = subprocess.run([sys.executable, str(script), "--kills", "2", "--work-seconds", "3",
+    done = subprocess.run([sys.executable, str(script), "--kills", "2", "--work-seconds", "1.5",
                            "--workdir", str(tmp_path / "work"), "--json", str(figures_file)],
                           capture_output=True, text=True, env=env, timeout=600)
-    assert figures_file.is_file(), done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     figures = json.loads(figures_file.read_text())
     assert figures["kills"] == {"SIGKILL": 1, "SIGTERM": 1}
-    assert figures["runs_expected"] == figures["runs_in_store"] > 0
-    assert figures["lost"] == 0 and figures["duplicates"] == 0
+    uniform, aimed = [r for r in figures["per_round"] if r["killed"]]
+    assert uniform["mode"] == "uniform" and aimed["mode"] == "phase"
+    assert aimed["target"] == aimed["phase"] == "store commit"  # hit at its start
+    assert sum(n["uniform"] + n["aimed"] for n in figures["kills_by_phase"].values()) == 2
+    assert figures["kills_by_phase"]["store commit"]["aimed"] == 1
+    assert figures["runs_expected"] == figures["runs_in_store"] > 0 and figures["lost"] == 0
+    assert figures["trained_again_after_publishing"] == 0
+    assert figures["store_rows_without_run_folder"] == 0
     assert figures["integrity_check"] == ["ok"]
     pair = figures["two_processes"]
     assert pair["trained_twice"] == 0 and pair["not_trained"] == 0 and pair["lost"] == 0
     assert sum(pair["trained_by_each"]) + pair["read_back"] == pair["expected"]
-    assert "runs expected:" in done.stdout and "PRAGMA integrity_check:" in done.stdout
+    assert "phase the kill landed in" in done.stdout and "PRAGMA integrity_check:" in done.stdout
+
+
+def test_fault_phase_log_tells_the_phase_and_work_done_twice(tmp_path):
+    """The fault-injection script's reading of a phase log: the phase at a time (a lease
+    renewal in flight first, else the innermost span, else the observer's phase), and a run
+    started again after it was published counted as trained again (the store cannot show it:
+    run_id is its primary key), while a run redone after a kill in flight is not."""
+    fp = _fault_script("fault_phases")
+    log = tmp_path / "phases.log"
+    log.write_text("\n".join([
+        "1.0 7 MainThread B run-folder_staging r1", "1.1 7 MainThread E run-folder_staging r1",
+        "1.2 7 MainThread P training", "1.3 7 MainThread B cache_write",
+        "1.4 7 MainThread E cache_write", "1.5 7 cytotune-lease-heartbeat B lease_renewal",
+        "1.6 7 cytotune-lease-heartbeat E lease_renewal",
+        "1.7 7 MainThread B publishing_the_run_folder r1",
+        "1.8 7 MainThread E publishing_the_run_folder r1",
+        "2.0 8 MainThread B run-folder_staging r2",  # r2 killed in flight, redone: fine
+        "3.0 9 MainThread B run-folder_staging r2", "3.1 9 MainThread B run-folder_staging r1",
+        "3.2 9 MainThread B stor"]))  # a last line without its end: not read
+    marks = fp.read_log(log)
+    assert len(marks) == 12
+    assert fp.phase_at(marks, 7, 0.5) == fp.START_UP
+    assert fp.phase_at(marks, 7, 1.25) == "training"
+    assert fp.phase_at(marks, 7, 1.35) == "cache write"
+    assert fp.phase_at(marks, 7, 1.55) == fp.LEASE_RENEWAL
+    assert fp.phase_at(marks, 7, 1.75) == "publishing the run folder"
+    assert fp.phase_at(marks, 7, 1.9) == "after publishing the run folder"
+    again, redone = fp.trained_again(marks)
+    assert again == ["r1"] and redone == ["r1", "r2"]

@@ -61,7 +61,7 @@ def test_sweep_with_zero_shot_and_text_lora_runs_and_reports(synthetic_data, tin
     assert trainable and all(t["text"] > 0 and t["backbone"] == 0 for t in trainable)
     zero = records[records["method"] == "zero-shot"]
     assert len(zero) == 1 and zero["shots"].isna().all()
-    report = make_report(store, tmp_path / "report")
+    report = make_report(store, tmp_path / "report", figure_metrics=("accuracy",))
     points = shots_points(report.summary, "vl", "lora", "accuracy")
     assert list(points["shots"]) == [0, 1, 2]
     assert points.iloc[0]["mean"] == pytest.approx(100 * float(zero["test_accuracy"].iloc[0]))

@@ -74,14 +74,19 @@ def test_load_resolves_a_tiny_card_unknown_to_a_fresh_process(trained_run):
     assert model.card.name == "uni-tiny"
 
 
-def _copy(run, tmp_path, name="run"):
+def _copy(run, tmp_path, name="run", manifest=True):
+    """A copy of ``run``; ``manifest=False``: as a run written before manifest.json, whose files
+    are checked only against each other (the checks these tests are about, which a digest
+    mismatch would otherwise answer first: see test_run_integrity.py)."""
     dest = tmp_path / name
     shutil.copytree(run, dest)
+    if not manifest:
+        (dest / "manifest.json").unlink()
     return dest
 
 
 def test_tampered_head_is_named(trained_run, tmp_path):
-    run = _copy(trained_run("uni"), tmp_path)
+    run = _copy(trained_run("uni"), tmp_path, manifest=False)
     head = load_file(str(run / "head.safetensors"))
     meta = {"model": "uni-tiny", "classes": "carcinoma\nhigh_grade\nlow_grade\nnormal"}
     save_file({"weight": torch.zeros(5, head["weight"].shape[1]), "bias": torch.zeros(5)},
@@ -99,7 +104,7 @@ def test_tampered_head_is_named(trained_run, tmp_path):
 
 
 def test_adapter_of_another_model_is_named(trained_run, tmp_path):
-    run = _copy(trained_run("clip-vit-b16"), tmp_path)
+    run = _copy(trained_run("clip-vit-b16"), tmp_path, manifest=False)
     shutil.copy(trained_run("uni") / "adapter.safetensors", run / "adapter.safetensors")
     with pytest.raises(RunDirError, match=r"adapter\.safetensors was trained on model 'uni-tiny' "
                                           r"but config.yaml names 'clip-vit-b16-tiny'"):

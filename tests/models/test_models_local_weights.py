@@ -220,3 +220,26 @@ def test_weights_win_over_pretrained_and_fingerprint_follows_them(tmp_path, pixe
     assert bb_a.weights_fingerprint() == bb_a2.weights_fingerprint()
     assert bb_a.weights_fingerprint() != bb_b.weights_fingerprint()
     assert get_card("uni").name == "uni"
+
+
+def test_an_index_naming_itself_or_a_cycle_of_indexes_is_one_clear_error(tmp_path):
+    """Issue 31: an index pointing at itself ended in a 2,987-line RecursionError."""
+    card = tiny_card("uni")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model.safetensors.index.json"}}))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json .*this very file"):
+        build_backbone(card, weights=own / "model.safetensors.index.json")
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    (ring / "a.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"x": "b.safetensors.index.json"}}))
+    (ring / "b.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"x": "a.safetensors.index.json"}}))
+    with pytest.raises(CheckpointError, match=r"a\.safetensors\.index\.json names "
+                                              r"b\.safetensors\.index\.json as a shard"):
+        build_backbone(card, weights=ring / "a.safetensors.index.json")
+    (ring / "a.safetensors.index.json").write_text(json.dumps({"weight_map": ["x"]}))
+    with pytest.raises(CheckpointError, match="weight_map must map tensor names"):
+        build_backbone(card, weights=ring / "a.safetensors.index.json")

@@ -81,6 +81,10 @@ BAD_VALUES = [
     ({"lora": {"rank": 0}}, "rank"),
     ({"lora": {"alpha": "nan"}}, "alpha"),
     ({"finetune": {"backbone_lr": "nan"}}, "finetune.backbone_lr"),
+    # issue 31: a finite but absurd rate trained, overflowed and failed after training
+    ({"optim": {"lr": 5}}, "optim.lr must be > 0 and <= 1"),
+    ({"optim": {"lr": 1e300}}, "optim.lr must be > 0 and <= 1"),
+    ({"finetune": {"backbone_lr": 2.0}}, "finetune.backbone_lr must be > 0 and <= 1"),
     ({"finetune": {"layer_decay": 0}}, "finetune.layer_decay"),
     ({"finetune": {"train_blocks": 0}}, "finetune.train_blocks"),
 ]
@@ -173,3 +177,36 @@ def test_explicit_default_linear_epochs_keeps_the_run_id():
     other = TrainConfig.from_dict({"data": {"source": "/d"}, "optim": {"linear_epochs": 100}})
     ids = [compute_run_id("s", "d", spec, c) for c in (implicit, explicit, other)]
     assert ids[0] == ids[1] != ids[2]
+
+
+def test_a_learning_rate_of_one_is_the_largest_accepted():
+    TrainConfig.from_dict({"data": {"source": "/d"}, "optim": {"lr": 1.0},
+                           "finetune": {"backbone_lr": 1.0}}).validate()
+
+
+# ---- issue 31 item 10: an --out the finished run could not be published onto, before training --
+def test_read_only_mount_point_as_out_is_refused_by_validate(read_only_folder):
+    config = TrainConfig.from_dict({"data": {"source": "/d"}, "out": str(read_only_folder)})
+    with pytest.raises(ConfigError, match=f"--out {read_only_folder} .*not writable"):
+        config.validate()
+
+
+def test_a_folder_made_read_only_as_out_is_refused_by_validate(tmp_path, monkeypatch):
+    import os
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        if os.access(out, os.W_OK):  # root: chmod does not stop it, so say what chmod would
+            real_access = os.access
+            monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: False if (
+                os.fspath(path) == str(out) and mode & os.W_OK) else real_access(path, mode,
+                                                                                   *a, **k))
+        config = TrainConfig.from_dict({"data": {"source": "/d"}, "out": str(out)})
+        with pytest.raises(ConfigError, match=f"--out {out} is not writable"):
+            config.validate()
+        TrainConfig.from_dict({"data": {"source": "/d"},
+                               "out": str(tmp_path / "new")}).validate()  # a new folder passes
+    finally:
+        out.chmod(0o755)

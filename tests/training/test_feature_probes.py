@@ -18,8 +18,9 @@ from sklearn.preprocessing import StandardScaler
 import cytotune
 from cytotune.training.method_registry import is_known_method
 from cytotune.training.methods import METHODS
-from cytotune.training.methods.feature_probes import (C_GRID, K_GRID, logistic_head,
-                                                      select_on_validation)
+from cytotune.training.methods.cv_selection import plan_folds, select_by_cv
+from cytotune.training.methods.feature_probes import (C_DEFAULT, C_GRID, K_GRID, c_tie_rank,
+                                                      logistic_head, select_on_validation)
 from cytotune.training.methods.probe_heads import (PROTOTYPE_TEMPERATURE, CosineKNNHead,
                                                    prototype_head)
 from cytotune.training.task import SINGLE_LABEL
@@ -77,19 +78,125 @@ def test_knn_matches_scikit_learn_cosine_distance_weighted(k):
         CosineKNNHead(torch.from_numpy(x), torch.from_numpy(y), 3, len(x) + 1)
 
 
+def unit_norm_scaled(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """``x`` divided by the mean L2 norm of ``train`` (what the logreg probe fits on)."""
+    return x / np.linalg.norm(train, axis=1).mean()
+
+
 @pytest.mark.parametrize("classes", [3, 2])
-def test_logreg_matches_scikit_learn_on_standardised_features(classes):
+def test_logreg_matches_scikit_learn_on_features_scaled_to_unit_mean_norm(classes):
     x, y = toy(classes=classes)
     x = x.astype(np.float64)  # what run_logreg fits on
     q, _ = toy(classes=classes, seed=1)
     for c in (0.01, 1.0):
-        reference = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000)
-                                  ).fit(x, y).predict_proba(q)
+        reference = LogisticRegression(C=c, max_iter=1000).fit(
+            unit_norm_scaled(x, x), y).predict_proba(unit_norm_scaled(q, x))
         head = logistic_head(x, y, classes, c, seed=0)
         assert isinstance(head, torch.nn.Linear)  # the linear probe's head format
         with torch.no_grad():
             probs = head(torch.from_numpy(q)).softmax(-1).numpy()
         np.testing.assert_allclose(probs, reference, atol=1e-4)
+
+
+def near_constant_dims(shots: int, seed: int, classes: int = 4, informative: int = 16,
+                       flat: int = 500):
+    """Class blobs in ``informative`` dimensions plus ``flat`` dimensions that barely vary
+    (std 1e-3 around 1, as dead or saturated units do): standardising on one image per class
+    makes them as loud as the informative ones."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, informative)) * 1.5
+
+    def draw(n_per_class: int):
+        y = np.repeat(np.arange(classes), n_per_class)
+        signal = centres[y] + rng.normal(size=(len(y), informative))
+        noise = 1.0 + 1e-3 * rng.normal(size=(len(y), flat))
+        return np.hstack([signal, noise]), y
+
+    return draw(shots), draw(100)
+
+
+@pytest.mark.parametrize("shots", [1, 2])
+def test_logreg_is_not_drowned_by_near_constant_dimensions_at_1_and_2_shots(shots):
+    """Issue 31: the standardised probe collapsed at 1 shot; scaled features keep it at the level
+    of plain logistic regression on L2-normalised features, over 5 draws."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    ours, l2n, standardised = [], [], []
+    for seed in range(5):
+        (x, y), (q, yq) = near_constant_dims(shots, seed)
+        head = logistic_head(x, y, 4, C_DEFAULT, seed=0)
+        with torch.no_grad():
+            predicted = head(torch.from_numpy(q).float()).argmax(-1)
+        ours.append(balanced_accuracy_score(yq, predicted))
+        unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+        l2n.append(balanced_accuracy_score(
+            yq, LogisticRegression(C=C_DEFAULT, max_iter=1000).fit(unit(x), y).predict(unit(q))))
+        standardised.append(balanced_accuracy_score(
+            yq, make_pipeline(StandardScaler(), LogisticRegression(C=C_DEFAULT, max_iter=1000))
+            .fit(x, y).predict(q)))
+    assert np.mean(standardised) < 0.5  # the old probe: the flat dimensions win
+    assert np.mean(ours) > 0.9
+    assert np.mean(ours) >= np.mean(l2n) - 0.02
+
+
+def scaled_heads(confident_when: str):
+    """Builders of heads that all predict alike (so every C ties in accuracy) and grow more
+    confident with C; validation labels that the heads get all right or all wrong."""
+    x = torch.eye(3)
+    labels = torch.arange(3) if confident_when == "right" else (torch.arange(3) + 1) % 3
+
+    def build(c: float) -> torch.nn.Module:
+        head = torch.nn.Linear(3, 3)
+        with torch.no_grad():
+            head.weight.copy_(torch.eye(3) * (1.0 + float(np.log10(c)) + 4.0))
+            head.bias.zero_()
+        return head
+
+    return x, labels, build
+
+
+@pytest.mark.parametrize("outcome", ["right", "wrong"])
+def test_logreg_c_ties_go_to_the_default_not_to_a_grid_edge(outcome):
+    """Issue 31: on tiny validation sets every C often ties in accuracy; the loss then picks an
+    edge of the grid (the least confident C when the images are missed, the most confident when
+    they are hit), and an exact tie kept the first, smallest C. Ties now go to C_DEFAULT."""
+    x, labels, build = scaled_heads(outcome)
+    ctx = SimpleNamespace(val=SimpleNamespace(labels=labels), task=SINGLE_LABEL)
+    c, _, val, history = select_on_validation(ctx, "C", C_GRID, build, x, c_tie_rank)
+    accuracies = {e["val_accuracy"] for e in history.evaluations}
+    assert len(accuracies) == 1  # all tied
+    losses = [e["val_loss"] for e in history.evaluations]
+    edge = C_GRID[int(np.argmin(losses))]
+    assert edge in (C_GRID[0], C_GRID[-1])  # what the loss alone would choose
+    assert c == C_DEFAULT
+    # identical heads: a full tie, which went to the grid's first value
+    c, *_ = select_on_validation(ctx, "C", C_GRID, lambda c: build(1.0), x, c_tie_rank)
+    assert c == C_DEFAULT
+    # the same rule in cross-validation on the training images
+    y = np.tile(np.arange(3), 2)
+    xs = torch.eye(3).repeat(2, 1)
+    ys = torch.from_numpy(y) if outcome == "right" else torch.from_numpy((y + 1) % 3)
+    c, _ = select_by_cv("C", C_GRID, lambda c, tr: build(c), xs, ys,
+                        plan_folds(y, seed=0, allow_singletons=False), SINGLE_LABEL,
+                        prefer=c_tie_rank)
+    assert c == C_DEFAULT
+    # ties at equal distance from the default: the lower loss decides
+    assert c_tie_rank(0.1) == c_tie_rank(10.0) > c_tie_rank(1.0) == 0
+
+
+def test_logreg_c_is_still_chosen_on_score_when_scores_differ():
+    x, labels, build = scaled_heads("right")
+    ctx = SimpleNamespace(val=SimpleNamespace(labels=labels), task=SINGLE_LABEL)
+
+    def build_wrong_below(c: float) -> torch.nn.Module:
+        head = build(c)
+        if c < 1e3:  # every C below 1e3 misses the validation images
+            with torch.no_grad():
+                head.weight.copy_(head.weight.roll(1, 0))
+        return head
+
+    c, *_ = select_on_validation(ctx, "C", C_GRID, build_wrong_below, x, c_tie_rank)
+    assert c == 1e3  # the best score wins, however far from the default
 
 
 def test_grid_choice_is_the_best_validation_accuracy():
@@ -128,7 +235,7 @@ def probe_runs(synthetic_data, tiny_model_names, tmp_path_factory):
 def test_probe_run_round_trips_through_load(method, probe_runs):
     result, out = probe_runs[method]
     assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "predictions.csv",
-                                               "head.safetensors", "train.log"}
+                                               "head.safetensors", "train.log", "manifest.json"}
     metrics = json.loads((out / "metrics.json").read_text())
     chosen = metrics["hyperparameters"]
     if method == "knn":

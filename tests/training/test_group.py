@@ -44,6 +44,9 @@ def _same_results(alone, together):
         assert abs(pa - pb).max() < 1e-4
         assert list(a.predictions["path"]) == list(b.predictions["path"])
         assert a.trainable_parameters == b.trainable_parameters
+        # the same test images are the same test set, trained alone or in a group: the report
+        # pairs (and pools) runs by this fingerprint
+        assert a.metrics["fingerprints"] == b.metrics["fingerprints"]
 
 
 def test_linear_grid_trained_together_equals_runs_alone(synthetic_data, checkpoints, tmp_path):

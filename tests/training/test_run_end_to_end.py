@@ -23,7 +23,8 @@ def test_lora_run_writes_a_complete_run_directory(card, synthetic_data, tiny_mod
                             cache_dir=str(tmp_path / "cache"), **FAST)
     assert result.out_dir == out.resolve()
     assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "predictions.csv",
-                                               "head.safetensors", "adapter.safetensors", "train.log"}
+                                               "head.safetensors", "adapter.safetensors", "train.log",
+                                               "manifest.json"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
     assert metrics["test"]["n"] == len(result.predictions)

@@ -283,3 +283,130 @@ def test_full_disk_while_writing_leaves_no_partial_folder(full_disk):
             w.write_text("predictions.csv", "x" * 200_000)
     w.abort()
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+# ---- issue 31, item 1: --overwrite replaces only what cytotune wrote ---------------------------
+def _user_files(run: Path) -> None:
+    (run / "notes.txt").write_text("my notes")
+    (run / "extra").mkdir()
+    (run / "extra" / "a.txt").write_text("mine too")
+
+
+def _assert_user_files(run: Path) -> None:
+    assert (run / "notes.txt").read_text() == "my notes"
+    assert (run / "extra" / "a.txt").read_text() == "mine too"
+
+
+def test_overwrite_refuses_a_run_folder_holding_user_files_and_names_them(tmp_path):
+    out = _finished_run(tmp_path / "run")
+    _user_files(out)
+    with pytest.raises(RunExistsError, match=r"did not write \(extra/, notes\.txt\)"):
+        RunWriter(out, overwrite=True)
+    _assert_user_files(out)
+    assert json.loads((out / "metrics.json").read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_user_files_added_while_the_new_run_trains_are_kept(tmp_path):
+    out = _finished_run(tmp_path / "run")
+    w = RunWriter(out, overwrite=True)
+    w.write_text("config.yaml", "seed: 2\n")
+    w.write_json("metrics.json", {"a": 2})
+    _user_files(out)  # after the check at the start of the run
+    with pytest.raises(RunExistsError, match=r"notes\.txt"):
+        w.commit()
+    w.abort()
+    _assert_user_files(out)
+    assert json.loads((out / "metrics.json").read_text()) == {"a": 1}  # the old run, put back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_overwrite_of_a_clean_run_replaces_it_whole(tmp_path):
+    out = _finished_run(tmp_path / "run")
+    for name in ("predictions.csv", "head.safetensors", "train.log"):
+        (out / name).write_text("old")
+    w = RunWriter(out, overwrite=True)
+    w.write_text("config.yaml", "seed: 2\n")
+    w.write_json("metrics.json", {"a": 2})
+    w.commit()
+    # none of the old run's files survives beside the new one's
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json",
+                                                     "metrics.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_run_written_before_manifests_is_still_replaced(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    for name in ("config.yaml", "metrics.json", "predictions.csv", "train.log",
+                 "head.safetensors", "adapter.safetensors"):
+        (out / name).write_text("{}")
+    _finished_run(out, value=3)
+    assert json.loads((out / "metrics.json").read_text()) == {"a": 3}
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json",
+                                                     "metrics.json"]
+
+
+def test_files_appearing_in_the_replaced_run_at_the_last_moment_are_kept(tmp_path):
+    from cytotune.training.rundir import _discard_old_run
+
+    out = tmp_path / "run"
+    trash = tmp_path / ".run.old-x"
+    trash.mkdir()
+    for name in ("config.yaml", "metrics.json", "manifest.json"):
+        (trash / name).write_text("{}")
+    (trash / "late.txt").write_text("mine")
+    _discard_old_run(trash, out)
+    (kept,) = tmp_path.iterdir()
+    assert kept.name.startswith("run.kept-")  # visible, and not a name clean_stale deletes
+    assert [p.name for p in kept.iterdir()] == ["late.txt"]
+    assert clean_stale(tmp_path) == []
+
+
+def test_a_committed_run_lists_every_file_with_its_digest(tmp_path):
+    import hashlib
+
+    from cytotune.training.run_manifest import foreign_entries
+
+    w = RunWriter(tmp_path / "run")
+    w.write_text("config.yaml", "seed: 1\n")
+    w.write_json("metrics.json", {"a": 1})
+    w.path("head.safetensors").write_bytes(b"\x00" * 100)
+    out = w.commit()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["digest"] == "sha256"
+    assert sorted(manifest["files"]) == ["config.yaml", "head.safetensors", "metrics.json"]
+    assert manifest["files"]["head.safetensors"] == {
+        "sha256": hashlib.sha256(b"\x00" * 100).hexdigest(), "bytes": 100}
+    assert foreign_entries(out) == []
+
+
+def test_cli_overwrite_keeps_a_users_files(synthetic_data, tiny_model_names, tmp_path, capsys):
+    """The issue's case, with the real CLI: a finished run copied to ow/run, a notes file and a
+    sub-folder added, then ``train --out ow/run --overwrite``."""
+    import shutil
+
+    from cytotune.cli import main
+
+    args = ["train", "--data", str(synthetic_data), "--model", tiny_model_names["uni"],
+            "--no-pretrained", "--method", "linear", "--shots", "2", "--linear-epochs", "2",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(tmp_path / "first")]) == 0
+    run = tmp_path / "ow" / "run"
+    shutil.copytree(tmp_path / "first", run)
+    _user_files(run)
+    before = (run / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--seed", "2", "--out", str(run), "--overwrite"]) == 2
+    out = capsys.readouterr().out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out, out
+    assert "extra/" in errors[0] and "notes.txt" in errors[0]
+    _assert_user_files(run)
+    assert (run / "metrics.json").read_bytes() == before
+    # moved out of the way, the run is replaced
+    shutil.move(str(run / "notes.txt"), tmp_path / "notes.txt")
+    shutil.move(str(run / "extra"), tmp_path / "extra")
+    assert main([*args, "--seed", "2", "--out", str(run), "--overwrite"]) == 0
+    assert "seed: 2" in (run / "config.yaml").read_text()
+    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]

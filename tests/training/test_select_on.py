@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.base import BaseEstimator, TransformerMixin
 
 import cytotune
 from cytotune.api import build_config
@@ -91,13 +91,24 @@ def test_knn_cv_choice_matches_grid_search_over_the_same_folds(allow_singletons,
         assert k == search.best_params_["n_neighbors"]
 
 
+class UnitMeanNorm(TransformerMixin, BaseEstimator):
+    """Features divided by the mean L2 norm of the (fold's) training features, as logreg does."""
+
+    def fit(self, x, y=None):
+        self.scale_ = np.linalg.norm(x, axis=1).mean()
+        return self
+
+    def transform(self, x):
+        return x / self.scale_
+
+
 def test_logreg_cv_choice_matches_grid_search_over_the_same_folds():
     x, y = noisy(seed=2)
     plan = plan_folds(y, seed=0, allow_singletons=False)
     c, history = select_by_cv(
         "C", C_GRID, lambda c, tr: logistic_head(x[tr], y[tr], 3, float(c), seed=0),
         torch.from_numpy(x).float(), torch.from_numpy(y), plan, SINGLE_LABEL)
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    pipe = make_pipeline(UnitMeanNorm(), LogisticRegression(max_iter=1000))
     search = GridSearchCV(pipe, {"logisticregression__C": list(C_GRID)}, cv=plan.folds,
                           scoring="accuracy").fit(x, y)
     scores = [e["cv_score"] for e in history.evaluations]

@@ -75,7 +75,7 @@ def test_zero_shot_equals_a_hand_computation(synthetic_data, tmp_path, monkeypat
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["trainable_parameters"]["total"] == 0 and metrics["steps"] == 0
     assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "predictions.csv",
-                                               "head.safetensors", "train.log"}
+                                               "head.safetensors", "train.log", "manifest.json"}
     # the saved run predicts the same through cytotune.load (its head normalises the features)
     model = cytotune.load(out)
     again = model.predict(list(result.predictions["path"]))

@@ -174,3 +174,43 @@ def test_tip_adapter_f_run_saves_its_tuned_keys_and_reproduces_predictions(synth
     predicted = cytotune.load(tmp_path / "tipf").predict(list(reference["path"]))
     np.testing.assert_allclose(predicted.probs.numpy(), reference[columns].to_numpy(), atol=1e-5)
     assert predicted.predicted == list(reference["predicted"])
+
+
+def test_tip_adapter_f_chooses_alpha_and_beta_again_on_the_fine_tuned_cache(synthetic_data,
+                                                                            tmp_path, monkeypatch):
+    """Issue 31: the (alpha, beta) a Tip-Adapter-F run keeps are chosen on validation with the
+    fine-tuned keys, not the training-free choice carried over: the search runs once before
+    fine-tuning (on the unit training features) and once after (on exactly the tuned keys that
+    are saved), and the run records the second choice."""
+    from cytotune.training.methods import tip_adapter
+
+    searches, tuned = [], []
+    real_search, real_tune = tip_adapter.choose_alpha_beta, tip_adapter.fine_tune_keys
+
+    def search(ctx, head, f_val):
+        keys = head.keys.detach().clone()
+        pair, history = real_search(ctx, head, f_val)
+        searches.append((keys, pair))
+        return pair, history
+
+    def tune(head, *args, **kwargs):
+        losses = real_tune(head, *args, **kwargs)
+        tuned.append(head.keys.detach().clone())
+        return losses
+
+    monkeypatch.setattr(tip_adapter, "choose_alpha_beta", search)
+    monkeypatch.setattr(tip_adapter, "fine_tune_keys", tune)
+    out = tmp_path / "tipf"
+    cytotune.train(data=str(synthetic_data), model=MODEL, method="tip-adapter-f", shots=2, seed=1,
+                   pretrained=False, num_workers=0, out=str(out), cache_dir=str(tmp_path / "c"))
+    assert len(tuned) == 1 and len(searches) == 2
+    (before_keys, before_pair), (after_keys, after_pair) = searches
+    torch.testing.assert_close(before_keys.norm(dim=-1), torch.ones(len(before_keys)))
+    assert not torch.allclose(before_keys, tuned[0])  # the first search saw the untuned cache
+    assert torch.equal(after_keys, tuned[0])  # the second, the fine-tuned one
+    saved = load_file(str(out / "head.safetensors"))
+    torch.testing.assert_close(saved["keys"], tuned[0].cpu())
+    chosen = json.loads((out / "metrics.json").read_text())["hyperparameters"]
+    assert (chosen["alpha"], chosen["beta"]) == after_pair
+    assert (float(saved["alpha"]), float(saved["beta"])) == pytest.approx(after_pair)
+    assert (chosen["fine_tune_from"]["alpha"], chosen["fine_tune_from"]["beta"]) == before_pair

@@ -8,9 +8,11 @@ and crops a list of files into one ``(N, 3, crop, crop)`` uint8 tensor, and
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import struct
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +41,10 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 # What PIL's decoders raise on damaged or unsupported content (besides OSError).
 _DECODER_FAILURES = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
                      struct.error, Image.DecompressionBombError)
+# An image whose shorter side is below this many pixels is decoded but named in a warning:
+# upscaled to a model's 224 px it carries next to no detail (a 1x1 file is likely a broken
+# export or a placeholder, not a cell).
+MIN_IMAGE_SIDE = 16
 # Bump when the cache layout or decoding changes, so old cache files are never reused.
 # 2: the sidecar records a digest of the .npy file (and the file's stamp when last checked).
 
@@ -82,9 +88,47 @@ class DecodedImages:
 
 
 def load_rgb(path: Path | str) -> Image.Image:
-    """Read ``path`` fully and return it as an 8-bit RGB image (see :func:`to_rgb`)."""
+    """Read ``path`` fully and return it as an 8-bit RGB image (see :func:`to_rgb`); a tiny
+    or a very large image is decoded and named in one log warning."""
     path = Path(path)
-    return _rgb_from_bytes(_read_bytes(path), path)
+    with _pillow_size_warnings_quiet():
+        image = _rgb_from_bytes(_read_bytes(path), path)
+    _warn_sizes([(path, image.size)])
+    return image
+
+
+@contextlib.contextmanager
+def _pillow_size_warnings_quiet() -> Iterator[None]:
+    """Pillow's DecompressionBombWarning (two raw lines with a library path and no file
+    name) is silenced while cytotune decodes; :func:`_warn_sizes` says it in one line naming
+    the file instead. Entered once by the thread that starts a decode, never by the decoding
+    threads themselves (``catch_warnings`` swaps process-wide state, so nesting it in threads
+    would race); their warnings pass the same filter."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _listed(found: Sequence[tuple[Path, tuple[int, int]]]) -> str:
+    shown = ", ".join(f"{path} ({w}x{h})" for path, (w, h) in found[:5])
+    return shown + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+
+
+def _warn_sizes(sizes: Sequence[tuple[Path, tuple[int, int]]]) -> None:
+    """One log warning naming the images above Pillow's decompression-bomb limit (decoded
+    anyway: a large scan is a legitimate input; above twice the limit Pillow refuses it and the
+    file is reported as undecodable), one naming those below :data:`MIN_IMAGE_SIDE`."""
+    limit = Image.MAX_IMAGE_PIXELS
+    large = [(path, size) for path, size in sizes if limit and size[0] * size[1] > limit]
+    if large:
+        logger.warning("%d image(s) above Pillow's %.0f-megapixel decompression-bomb limit, "
+                       "decoded anyway (about 3 bytes per pixel of memory while resized): %s",
+                       len(large), limit / 1e6, _listed(large))
+    small = [(path, size) for path, size in sizes if min(size) < MIN_IMAGE_SIDE]
+    if small:
+        logger.warning("%d image(s) smaller than %d pixels on a side, decoded and upscaled "
+                       "(they carry little detail; check them): %s", len(small),
+                       MIN_IMAGE_SIDE, _listed(small))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -233,28 +277,36 @@ def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.nd
     ``on_image(inputs done, kept, bad)`` follows every input (progress, checkpoints).
     """
 
+    sizes: list[tuple[Path, tuple[int, int]]] = []  # list.append is atomic across threads
+
     def decode(index: int) -> np.ndarray | ImageDecodeError:
         try:
             image = _rgb_from_bytes(read(index), paths[index])
+            sizes.append((paths[index], image.size))
             return resize_and_crop(image, resize_size, crop_size, interpolation)
         except ImageDecodeError as err:
             return err
 
     kept = list(kept or [])
     bad = list(bad or [])
-    for index, result in zip(range(start, len(paths)),
-                             _ordered_map(decode, range(start, len(paths)), num_workers)):
-        if isinstance(result, ImageDecodeError):
-            if not skip_bad:
-                raise ImageDecodeError(result.path, result.reason, SKIP_BAD_HINT) from result
-            if warn_bad:
-                logger.warning("skipping %s: %s", result.path, result.reason)
-            bad.append((index, result.reason))
-        else:
-            out[len(kept)] = result.transpose(2, 0, 1)
-            kept.append(index)
-        if on_image is not None:
-            on_image(index + 1, kept, bad)
+    try:
+        with _pillow_size_warnings_quiet():
+            for index, result in zip(range(start, len(paths)),
+                                     _ordered_map(decode, range(start, len(paths)), num_workers)):
+                if isinstance(result, ImageDecodeError):
+                    if not skip_bad:
+                        raise ImageDecodeError(result.path, result.reason,
+                                               SKIP_BAD_HINT) from result
+                    if warn_bad:
+                        logger.warning("skipping %s: %s", result.path, result.reason)
+                    bad.append((index, result.reason))
+                else:
+                    out[len(kept)] = result.transpose(2, 0, 1)
+                    kept.append(index)
+                if on_image is not None:
+                    on_image(index + 1, kept, bad)
+    finally:
+        _warn_sizes(sorted(sizes, key=lambda item: str(item[0])))
     return np.asarray(kept, dtype=np.int64), bad
 
 

@@ -189,7 +189,7 @@ def read_hicervix(root: Path | str, level: int | str = 3, image_column: str = "i
         csv_path = root / f"{split}.csv"
         if not csv_path.is_file():
             continue
-        frame = read_csv_frame(csv_path)
+        frame = read_csv_frame(csv_path, as_written=True)  # spellings: see read_table
         for column in (image_column, label_column, *kept_levels):
             if column not in frame.columns:
                 raise DataError(f"CSV file {csv_path}: no column {column!r}; columns are "

@@ -20,10 +20,25 @@ from cytotune.data.readers import (SPLIT_ALIASES, check_spellings, duplicate_pos
 
 logger = logging.getLogger(__name__)
 
-def _column_values(frame: pd.DataFrame, column: str, origin: str) -> list[str]:
+def _column_values(frame: pd.DataFrame, column: str, origin: str, *,
+                   strip: bool = True) -> list[str]:
     if column not in frame.columns:
         raise DataError(f"{origin}: no column {column!r}; columns are {list(frame.columns)}")
+    if not strip:  # as written (label spellings are compared before their spaces go)
+        return [str(v) for v in frame[column].tolist()]
     return [str(v).strip() for v in frame[column].tolist()]
+
+
+def _check_label_spellings(frame: pd.DataFrame, column: str, origin: str,
+                           rows: Sequence[str]) -> None:
+    """One class spelled two ways in a column (``HSIL``, `` HSIL``, ``hsil``) is an error
+    naming both rows, checked on the values as written: stripping the spaces first would merge
+    ``' HSIL'`` into ``HSIL`` without a word, and such a pair in one file is usually a
+    data-entry slip worth a look. A label spelled the same way on every row keeps working
+    with its spaces dropped."""
+    check_spellings(((v, rows[i]) for i, v in
+                     enumerate(_column_values(frame, column, origin, strip=False)) if v.strip()),
+                    f"{origin}, column {column!r}", "labels")
 
 
 def _filled_column(frame: pd.DataFrame, column: str, origin: str, rows: Sequence[str],
@@ -116,8 +131,7 @@ def read_table(frame: pd.DataFrame, *, rows: Sequence[str], root: Path, name: st
         for i, label_value in enumerate(label_values):
             if not label_value:
                 raise DataError(f"{rows[i]}, column {label_column!r}: empty label")
-        check_spellings(((v, rows[i]) for i, v in enumerate(label_values)),
-                        f"{origin}, column {label_column!r}", "labels")
+        _check_label_spellings(frame, label_column, origin, rows)
     paths = _resolved(root, paths_raw)
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
@@ -158,8 +172,7 @@ def read_table(frame: pd.DataFrame, *, rows: Sequence[str], root: Path, name: st
                                  "column)")
 
     for column in level_columns:
-        check_spellings(((v, rows[i]) for i, v in enumerate(_column_values(frame, column, origin))
-                         if v), f"{origin}, column {column!r}", "labels")
+        _check_label_spellings(frame, column, origin, rows)
     label_levels = {column: _encode(_column_values(frame, column, origin))
                     for column in level_columns}
     return LabelledImages(paths=paths, labels=labels, class_names=class_names, splits=splits,
@@ -229,14 +242,42 @@ def multilabel_targets(frame: pd.DataFrame, *, rows: Sequence[str], origin: str,
     return targets, list(names)
 
 
-def read_csv_frame(csv_path: Path) -> pd.DataFrame:
-    """All cells as stripped strings; empty cells are "" (never NaN, and "NA" stays a label)."""
+def read_csv_frame(csv_path: Path, *, as_written: bool = False) -> pd.DataFrame:
+    """All cells as strings; empty cells are "" (never NaN, and "NA" stays a label). Spaces
+    right after a comma are dropped, unless ``as_written``: then every space inside a cell is
+    kept (:func:`read_table` strips them after comparing label spellings, so `` HSIL`` beside
+    ``HSIL`` is an error, not one class), while spaces around a quoted cell
+    (``a.png, "HSIL"``) and around header names are formatting and are dropped."""
     if not csv_path.is_file():
         raise DataError(f"CSV file {csv_path} does not exist")
     try:
-        return pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False,
+                            skipinitialspace=not as_written)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(f"cannot parse CSV file {csv_path}: {err}") from err
+    if not as_written:
+        return frame
+    columns = [_unpad(str(c)).strip() for c in frame.columns]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise DataError(f"CSV file {csv_path}: column(s) {', '.join(map(repr, repeated))} appear "
+                        f"twice in the header")
+    frame.columns = columns
+    for column in columns:
+        values = frame[column]
+        padded = values.str.match(r'^\s+".*"\s*$|^".*"\s+$', na=False)
+        if padded.any():
+            frame.loc[padded, column] = [_unpad(v) for v in values[padded]]
+    return frame
+
+
+def _unpad(value: str) -> str:
+    """A quoted CSV cell with spaces outside its quotes (read as written, since the parser
+    treats a quote after a space as text): its content, as the parser gives an unpadded one."""
+    inner = value.strip()
+    if len(inner) >= 2 and inner[0] == inner[-1] == '"' and inner != value:
+        return inner[1:-1].replace('""', '"')
+    return value
 
 
 def csv_row_names(csv_path: Path, n_rows: int) -> list[str]:
@@ -265,7 +306,7 @@ def read_csv(csv_path: Path | str, root: Path | str | None = None, path_column: 
     (header = row 1) and column.
     """
     csv_path = Path(csv_path).expanduser()
-    frame = read_csv_frame(csv_path)
+    frame = read_csv_frame(csv_path, as_written=True)
     if frame.empty:
         raise DataError(f"CSV file {csv_path} has no data rows")
     base = csv_path.parent if root is None else require_directory(root, "image root")

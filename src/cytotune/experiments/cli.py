@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from cytotune._flags import add_on_off
+from cytotune._flags import add_bootstrap_options, add_on_off
 
 DEFAULT_STORE = "cytotune_results.sqlite"
 
@@ -98,14 +98,18 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
 def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "report", help="tables, figures and an HTML page from a result store",
-        description="Select the learning rate on validation accuracy per setting and seed, report "
-                    "the test metric as mean±std over seeds: Table 1 layout (CSV, Markdown), "
-                    "figures vs shots and vs data fraction, per-run CSV, one HTML page.")
+        description="Select the learning rate on validation accuracy per setting and seed and "
+                    "report the test metric as the mean over seeds with a 95 %% interval "
+                    "(bootstrap over seeds and test images); settings on the same data are "
+                    "compared paired (interval of the difference, Wilcoxon, Holm) and the "
+                    "summary names a best method only where the data resolve one. Tables (CSV, "
+                    "Markdown), figures (PNG, SVG), per-run CSVs and one HTML page.")
     p.add_argument("store", metavar="STORE", help="result store (SQLite file) written by `sweep`")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--metrics", nargs="+", default=["accuracy"],
-                   help="test metrics: accuracy balanced_accuracy macro_f1 auroc ece "
-                        "average_precision")
+    p.add_argument("--metrics", nargs="+", default=None,
+                   help="test metrics, the first the headline (the 'best' summary): "
+                        "balanced_accuracy accuracy macro_f1 auroc ece average_precision "
+                        "(default: balanced_accuracy accuracy macro_f1)")
     p.add_argument("--sweep", dest="sweeps", action="append", metavar="NAME",
                    help="only this sweep (repeatable)")
     p.add_argument("--sota", action="append", type=_sota, default=[], metavar="DATASET=ACC",
@@ -117,6 +121,18 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
                    help="validation metric the learning rate is chosen on (default accuracy; "
                         "auroc for multi-label sweeps); linear runs with select_on train-cv "
                         "are chosen on their cross-validated training accuracy instead")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="draw only these methods in the figures (space or comma separated; "
+                        "tables keep every method)")
+    p.add_argument("--backbones", nargs="+", metavar="BACKBONE",
+                   help="draw only these backbones in the figures (tables keep every one)")
+    p.add_argument("--figure-metrics", nargs="+", metavar="METRIC", default=None,
+                   help="metrics drawn in figures (default: the headline metric; tables "
+                        "cover every --metrics)")
+    add_on_off(p, "--intervals", default=True,
+               help="95 %% intervals per cell (bootstrap over seeds and test images), paired "
+                    "comparisons and rankings; --no-intervals: mean±std only")
+    add_bootstrap_options(p)
     return p
 
 
@@ -156,13 +172,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cytotune.experiments.report import DEFAULT_SOTA_LABEL, make_report
+    from cytotune.analysis import BootstrapSpec
+    from cytotune.experiments.report import DEFAULT_METRICS, DEFAULT_SOTA_LABEL, make_report
 
     console = _console()
-    report = make_report(args.store, args.out, metrics=_split_list(args.metrics) or ["accuracy"],
+    report = make_report(args.store, args.out, metrics=_split_list(args.metrics) or DEFAULT_METRICS,
                          sweeps=args.sweeps, sota=dict(args.sota) or None,
                          sota_label=args.sota_label or DEFAULT_SOTA_LABEL, ddof=args.ddof,
-                         select_by=args.select_by)
+                         select_by=args.select_by,
+                         methods=_split_list(getattr(args, "methods", None)),
+                         backbones=_split_list(getattr(args, "backbones", None)),
+                         figure_metrics=_split_list(args.figure_metrics),
+                         intervals=BootstrapSpec(resamples=args.resamples, level=args.level,
+                                                 seed=args.boot_seed) if args.intervals else None)
     console.print(f"report written to [bold]{report.html}[/bold] ({len(report.tables)} tables, "
                   f"{len(report.figures)} figures)")
     for metric, best in report.best.items():  # what a reader wants first; the rest is listed
@@ -202,7 +224,9 @@ def main(argv=None) -> int:
     try:
         return commands[args.command](args)
     except (ConfigError, DataError, ModelError, ValueError) as err:
-        _console().print(f"[red]error:[/red] {err}", soft_wrap=True)
+        from rich.markup import escape
+
+        _console().print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         return 2
     except OSError as err:
         _console().print(f"error: {os_error_message(err)}", markup=False, highlight=False,

@@ -55,15 +55,17 @@ def print_weights(console: Console, sweep: SweepConfig) -> None:
 
 
 def stored_ids(store, retry_failed: bool) -> tuple[set[str], set[str], Path]:
-    """Done and (unless retried) failed run ids of ``store`` read without creating it: a store
-    file that does not exist holds nothing."""
-    from cytotune.experiments.store import ResultStore
+    """Done and (unless retried) failed run ids of ``store``, read without writing anything:
+    a store file that does not exist, or an empty one, holds nothing (the real sweep makes it a
+    store); a folder, a file that is not SQLite, a damaged one or another program's database is
+    a NotAStoreError naming it, as the real sweep would say."""
+    from cytotune.experiments.store import ResultStore, inspect_store_file
 
     if not isinstance(store, ResultStore):
-        path = Path(store)
-        if not path.exists():
+        path = Path(store).expanduser()
+        if not inspect_store_file(path):  # None: no file; an empty set: an empty database
             return set(), set(), path
-        store = ResultStore(path)
+        store = ResultStore.open_read_only(path)
     return store.done_ids(), (store.failed_ids() if not retry_failed else set()), store.path
 
 

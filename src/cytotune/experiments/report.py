@@ -22,32 +22,49 @@ tables), ``report_figures``, ``report_html``; this one writes the files.
 Outputs, in ``out_dir``:
 
 - ``report.html``: one self-contained page (figures embedded as base64 PNG) with everything below,
-  opening with the best method per data set and training data;
+  opening with the best method per data set and training data in the headline metric (the
+  first of ``metrics``; balanced accuracy by default), then an index of the tables
+  (:mod:`.report_html`);
 - ``best__<metric>.csv`` and ``.md``: that summary (:func:`best_table`): per data set and training
   data (zero-shot, each number of shots, each fraction, all data), the best method and backbone
-  over every sweep, mean±std over seeds, seeds, the runner-up and the lead in points;
-- ``tables/<sweep>__<method>__<sample>__<metric>.csv`` and ``.md``: Table 1 layout, data sets as
-  rows, backbones as columns, "mean±std" cells and an "Average" row (mean over data sets);
+  over every sweep, its cell, seeds, the runner-up and the lead in points;
+- ``tables/<stem>.csv`` and ``.md``, one layout per sweep (:mod:`.report_layout`): a sweep of
+  several methods gets one table per data set and backbone (methods as rows, training sizes
+  ``zero-shot``, ``1 shot`` ... ``10%`` ... ``all`` as columns), a one-method sweep one
+  learning-curve table ((data set, backbone) x sizes, Average rows), a one-method one-size sweep
+  the Table 1 layout (data sets x backbones, Average row); cells are ``mean [low, high]`` where
+  the summary has an interval (``ci_low``, ``ci_high``), else ``mean±std`` over seeds;
   ``tables.md`` gathers them;
-- ``summary.csv`` (long form: mean, std, seeds, chosen lrs per setting, variant and metric),
+- ``summary.csv`` (long form: mean, std, seeds, chosen lrs per setting, variant and metric; the
+  ``shots`` of these files says ``all`` for all-data runs and ``0`` for zero-shot runs),
   ``selected.csv`` (the chosen run of each seed), ``runs.csv`` (every run, ``selected`` marked,
   with what a probe chose: ``hp_k``, ``hp_C``, ``hp_alpha``, ``hp_beta``, ``hp_select_on``,
   ``hp_select_on_fallback`` ..., and a train-cv run's ``train_cv_accuracy``),
   ``timings.csv`` (feature extraction, training and total seconds, sums and means),
   ``failures.csv`` (failed attempts); each run's ``variant`` is a column of these files;
-- ``figures/shots__<sweep>__<method>__<metric>.png``: metric vs shots per class, one subplot per
-  data set, one line per backbone, and each backbone's linear probe on all data (from any sweep
-  in the same store) as a dashed line in its colour (the study's Fig. 1); a backbone's zero-shot
-  run (method ``zero-shot``, same sweep first, else any sweep) is its 0-shot point (a star at 0);
-  chance is a grey dashed line (100/C for accuracy and balanced accuracy, C read off the runs'
-  confusion matrices; 50 for AUROC). All shots figures of a data set share one y range
-  (:func:`shots_ylims`), so the methods' figures can be compared by eye;
-- ``figures/comparison__<sweep>__<metric>.png`` for every sweep with more than one method: a
-  shots sweep's methods on one axis per data set (log-scale shots, a mean ± std band per method
-  and backbone, zero-shot stars at 0, the chance line, the shared y range); a data-fraction
-  sweep's methods vs the percentage of training data, out-of-domain results dashed;
-- ``figures/fractions__<sweep>__<method>__<metric>.png``: metric vs percentage of the training
-  data (the study's Fig. 2), with a state-of-the-art reference line per data set when given.
+- figures (:mod:`.report_figures`), each as ``figures/<stem>.png`` (200 dpi, the one embedded
+  in the page), ``.svg`` (vector, for a paper) and ``.csv`` (the points drawn: mean, interval
+  ends and what the interval is). Every summary cell is a drawn point of some figure. Error
+  bars are the summary's interval (``ci_low``/``ci_high``) where it has one, else mean ± std over
+  seeds; each figure's legend and title say which. A method keeps one colour (colour-blind
+  safe palette); its variants differ in line style and marker; legend entries are the drawn
+  artists. Each figure draws the baseline of its metric with its value: the majority-class
+  rate for accuracy (test images per class from the runs' confusion matrices), 100/C for
+  balanced accuracy and macro-F1, 50 for AUROC, none for ECE. ``methods``/``backbones`` (CLI
+  ``--methods``/``--backbones``) restrict what the figures draw;
+- ``figures/comparison__<sweep>__<metric>`` for every sweep with more than one method: a
+  shots sweep's methods on one axis per data set (log-scale shots, every method's all-data
+  runs at an "all" tick after a gap, zero-shot stars at 0); a data-fraction sweep's methods vs
+  the percentage of training data, out-of-domain results dotted with open markers;
+- ``figures/shots__<sweep>__<method>__<metric>``: metric vs shots per class, one panel per data
+  set, one line per backbone and variant, the method's all-data runs at "all", each backbone's
+  linear probe on all data (any sweep of the store) as a dotted line in its colour (the study's
+  Fig. 1), a backbone's zero-shot run (same sweep first, else any sweep) as a star at 0. All
+  shots figures of a data set share one y range (:func:`shots_ylims`);
+- ``figures/fractions__<sweep>__<method>__<metric>``: metric vs percentage of the training
+  data (the study's Fig. 2), with a state-of-the-art reference line per data set when given;
+- ``figures/results__<sweep>__<metric>``: a sweep's results on no curve (run on all training
+  data only, or zero-shot only: the study's Table 1 as a figure), backbones along x.
 
 The state-of-the-art line: the study compares its Exp. 3 with HierSwin (Cai et al.) on HiCervix
 level 3, but its text does not print HierSwin's accuracy (only a figure), so there is no built-in
@@ -63,20 +80,28 @@ from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
+from cytotune.analysis import BootstrapSpec
+
+from cytotune.experiments.report_figure_parts import class_sizes
 from cytotune.experiments.report_figures import (DEFAULT_SOTA_LABEL, _linear_baselines,
-                                                 comparison_figure, draw_shots_comparison,
-                                                 draw_shots_figure, fractions_figure,
+                                                 check_filters, comparison_figure,
+                                                 draw_shots_comparison, draw_shots_figure,
+                                                 figure_rows, fractions_figure,
                                                  shots_comparison_figure, shots_figure,
-                                                 shots_points, shots_ylims, zero_shot_points)
+                                                 shots_points, shots_ylims, write_figures,
+                                                 zero_shot_points)
 from cytotune.experiments.report_html import html_page
-from cytotune.experiments.report_tables import (METRIC_LABELS, REPORT_METRICS, SETTING_LEVEL,
-                                                ZERO_SHOT, add_run_choices, best_table,
-                                                chance_level,
-                                                class_counts, comparison_table, first_seen,
-                                                has_variants, markdown_table,
-                                                out_of_domain_summary, same_value, sample_label,
-                                                sample_words, select_best, slug, summarize,
-                                                table1, timing_summary)
+from cytotune.experiments.report_layout import cell_words, sweep_tables, table1
+from cytotune.experiments.report_tables import (DEFAULT_METRICS, METRIC_LABELS, REPORT_METRICS,
+                                                SETTING_LEVEL, ZERO_SHOT, add_run_choices,
+                                                best_table, chance_level, class_counts,
+                                                display_shots, first_seen, markdown_table,
+                                                out_of_domain_summary, sample_label,
+                                                select_best, slug, summarize, timing_summary)
+from cytotune.experiments.report_stats import (add_intervals, best_summary, fingerprints_by_run,
+                                               paired_tables, pairwise_tables, ranking,
+                                               ranking_figure, ranking_table, run_outcomes,
+                                               statistics_notes)
 from cytotune.experiments.report_variants import (CELL, POOLED_FIELDS, SETTING, VARIANT,
                                                   add_variants, split_notes)
 from cytotune.experiments.store import ResultStore
@@ -84,9 +109,9 @@ from cytotune.experiments.store import ResultStore
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CELL", "DEFAULT_SOTA_LABEL", "METRIC_LABELS", "POOLED_FIELDS", "REPORT_METRICS", "Report",
+    "CELL", "DEFAULT_METRICS", "DEFAULT_SOTA_LABEL", "METRIC_LABELS", "POOLED_FIELDS", "REPORT_METRICS", "Report",
     "SETTING", "SETTING_LEVEL", "VARIANT", "ZERO_SHOT", "_linear_baselines", "add_variants",
-    "best_table", "chance_level", "class_counts", "comparison_figure", "comparison_table",
+    "best_table", "chance_level", "class_counts", "comparison_figure",
     "draw_shots_comparison", "draw_shots_figure", "fractions_figure", "make_report",
     "out_of_domain_summary", "sample_label", "select_best", "shots_comparison_figure",
     "shots_figure", "shots_points", "shots_ylims", "split_notes", "summarize", "table1",
@@ -138,25 +163,41 @@ class Report:
 
 
 def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
-                metrics: Sequence[str] = ("accuracy",), *, sweeps: Optional[Sequence[str]] = None,
+                metrics: Sequence[str] = DEFAULT_METRICS, *, sweeps: Optional[Sequence[str]] = None,
                 sota: Optional[Mapping[str, float]] = None,
                 sota_label: str = DEFAULT_SOTA_LABEL, select_by: str = "accuracy",
-                ddof: int = 0, title: str = "cytotune experiments") -> Report:
+                ddof: int = 0, title: str = "cytotune experiments",
+                methods: Optional[Sequence[str]] = None,
+                backbones: Optional[Sequence[str]] = None,
+                intervals: Optional[BootstrapSpec] = BootstrapSpec(),
+                figure_metrics: Optional[Sequence[str]] = None) -> Report:
     """Write tables, figures, CSV files and one self-contained HTML page for a result store.
 
-    ``metrics``: test metrics to report (accuracy, balanced_accuracy, macro_f1, auroc, ece);
+    ``metrics``: test metrics to report (accuracy, balanced_accuracy, macro_f1, auroc, ece,
+    average_precision); the first is the headline (the "best" summary the page opens with).
+    Default :data:`~.report_tables.DEFAULT_METRICS`: balanced accuracy, accuracy, macro F1.
     the learning rate is chosen on validation ``select_by`` (accuracy, as in the study), or for
     ``select_on: train-cv`` linear runs on their CV score (:func:`select_best`).
     ``sweeps``: restrict to these sweeps. ``sota``: data set -> state-of-the-art accuracy in %,
     drawn as a horizontal line on the fraction figures (no default; see the module docstring).
     Cells whose runs differ in more than seed and learning rate are split (module docstring);
     each group of split cells is logged as a warning and listed in ``Report.notes``.
+    ``methods`` / ``backbones``: draw only these in the figures (tables keep everything); a
+    name no run has is a ValueError listing the known ones, raised before anything is written.
+    ``intervals``: how every cell's interval and the paired comparisons are drawn
+    (:mod:`cytotune.experiments.report_stats`; None: mean±std only, no comparisons).
+    ``figure_metrics``: the metrics drawn (default: the headline metric alone; tables cover
+    every metric).
     """
     metrics = list(dict.fromkeys(metrics))
     unknown = [m for m in metrics if m not in REPORT_METRICS]
     if unknown or not metrics:
         raise ValueError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; known: "
                          f"{', '.join(REPORT_METRICS)}")
+    drawn_metrics = list(dict.fromkeys(figure_metrics or metrics[:1]))
+    if any(m not in metrics for m in drawn_metrics):
+        raise ValueError(f"figure metric(s) {', '.join(m for m in drawn_metrics if m not in metrics)}"
+                         f" are not among the reported metrics ({', '.join(metrics)})")
     store = store_path if isinstance(store_path, ResultStore) else _open_existing(store_path)
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -166,6 +207,7 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
     if sweeps:
         full = full[full["sweep"].isin(list(sweeps))].reset_index(drop=True)
         failures = failures[failures["sweep"].isin(list(sweeps))].reset_index(drop=True)
+    check_filters(full, methods, backbones)  # before any file is written
     full = add_run_choices(add_variants(full))
     notes = split_notes(full)
     for note in notes:
@@ -174,13 +216,26 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
 
     selected = select_best(records, select_by)
     summary = summarize(selected, metrics, ddof=ddof)
+    pairwise: dict[str, pd.DataFrame] = {}
+    statistics: list[str] = []
+    if intervals is not None and not summary.empty:
+        chosen = full[full["run_id"].isin(set(selected["run_id"]))]
+        outcomes = run_outcomes(chosen, store.predictions(chosen["run_id"]))
+        summary = add_intervals(summary, selected, outcomes, intervals)
+        summary["ci_level"] = intervals.level
+        fingerprints = fingerprints_by_run(chosen)
+        pairwise = pairwise_tables(summary, selected, outcomes, fingerprints, intervals,
+                                   metrics, first_seen(records["dataset"]))
+        statistics = statistics_notes(intervals, len(chosen), outcomes)
+        for line in statistics:
+            log.info(line)
     files: list[Path] = []
 
     runs = records.copy()
     runs["selected"] = runs["run_id"].isin(set(selected["run_id"])) if not runs.empty else []
     for name, frame in (("runs.csv", runs), ("selected.csv", selected), ("summary.csv", summary),
                         ("timings.csv", timing_summary(records)), ("failures.csv", failures)):
-        frame.to_csv(out / name, index=False)
+        display_shots(frame).to_csv(out / name, index=False)  # `all`, not an empty shots cell
         files.append(out / name)
 
     tables: dict[str, pd.DataFrame] = {}
@@ -200,9 +255,11 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
     best: dict[str, pd.DataFrame] = {}
     if not summary.empty:
         for metric in metrics:
-            best[metric] = best_table(summary, metric, datasets_order)
+            best[metric] = (best_summary(summary, pairwise[metric], metric, datasets_order)
+                            if metric in pairwise else best_table(summary, metric, datasets_order))
             heading = (f"Best method per data set and training data: test "
-                       f"{METRIC_LABELS.get(metric, metric)} (%), mean±std over seeds "
+                       f"{METRIC_LABELS.get(metric, metric)} (%), "
+                       f"{cell_words(summary[summary['metric'] == metric])} "
                        f"(over every sweep, method and backbone)")
             stem = f"best__{slug(metric)}"
             best[metric].to_csv(out / f"{stem}.csv")
@@ -211,70 +268,51 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
             markdown.append(text)
             files.extend([out / f"{stem}.csv", out / f"{stem}.md"])
     backbones_order = first_seen(records["backbone"]) if not records.empty else []
-    if not summary.empty:
-        slices = summary[summary["metric"] == metrics[0]][["sweep", "method", "shots", "fraction"]]
-        slices = slices.drop_duplicates()
-        for s in slices.itertuples(index=False):
-            sample = sample_label(s.shots, s.fraction)
-            mask = ((summary["sweep"] == s.sweep) & (summary["method"] == s.method)
-                    & same_value(summary["shots"], s.shots)
-                    & same_value(summary["fraction"], s.fraction))
-            part = summary[mask]
-            for metric in metrics:
-                present = set(part["dataset"])
-                table = table1(part, metric,
-                               datasets=[d for d in datasets_order if d in present],
-                               backbones=[b for b in backbones_order if b in set(part["backbone"])])
-                words = "no training images" if s.method == ZERO_SHOT else sample_words(sample)
-                heading = (f"{s.sweep}: {s.method}, {words}: test "
-                           f"{METRIC_LABELS.get(metric, metric)} (%), mean±std over seeds"
-                           f"{_split_words(part)}")
-                add_table("__".join(slug(x) for x in (s.sweep, s.method, sample, metric)),
-                          table, heading)
     ood = out_of_domain_summary(selected, metrics, ddof=ddof)
     if not ood.empty:
-        ood.to_csv(out / "summary_out_of_domain.csv", index=False)
+        display_shots(ood).to_csv(out / "summary_out_of_domain.csv", index=False)
         files.append(out / "summary_out_of_domain.csv")
     compared = first_seen(summary["sweep"]) if not summary.empty else []
+    # one layout per sweep (report_layout): methods x training sizes per data set and backbone,
+    # a learning-curve table of a one-method sweep, Table 1 of a one-method, one-size sweep
     for sweep in compared:
         for metric in metrics:
-            table = comparison_table(summary, ood, selected, sweep, metric)
-            if table is None:
-                continue
-            heading = (f"{sweep}: methods compared, test {METRIC_LABELS.get(metric, metric)} (%), "
-                       f"mean±std over seeds{_split_words(summary[summary['sweep'] == sweep])}")
-            add_table("__".join(slug(x) for x in ("comparison", sweep, metric)), table, heading)
+            for made in sweep_tables(summary, ood, selected, sweep, metric, datasets_order,
+                                     backbones_order):
+                add_table(made.stem, made.table, made.heading)
+    if pairwise:  # the headline metric's comparisons as tables; every metric's in paired.csv
+        for dataset, stem, table, heading in paired_tables(pairwise[metrics[0]], metrics[0],
+                                                           intervals):
+            add_table(stem, table, heading)
+    if pairwise:
+        paired = pd.concat([f.assign(metric=m) for m, f in pairwise.items()], ignore_index=True)
+        paired.to_csv(out / "paired.csv", index=False)
+        files.append(out / "paired.csv")
+    rankings = {sweep: ranking(summary, sweep, metrics[0]) for sweep in compared} \
+        if intervals is not None else {}
+    rankings = {sweep: r for sweep, r in rankings.items() if r is not None}
+    for sweep, result in rankings.items():
+        table, heading = ranking_table(result, sweep, metrics[0])
+        add_table("__".join(slug(x) for x in ("ranking", sweep, metrics[0])), table, heading)
+    if statistics:
+        markdown.insert(1, "".join(f"> {line}\n" for line in statistics))
     (out / "tables.md").write_text("\n".join(markdown), encoding="utf-8")
     files.append(out / "tables.md")
 
+    # figures (report_figures): PNG for the page, SVG and the points' CSV beside it
     figures: list[Path] = []
-    classes = class_counts(full)
-    ylims = {metric: shots_ylims(summary, metric, classes) for metric in metrics}
-    for sweep in compared:
-        for metric in metrics:
-            made = comparison_figure(summary, ood, sweep, metric, out / "figures" /
-                                     f"comparison__{slug(sweep)}__{slug(metric)}.png",
-                                     ylims[metric], classes)
-            if made:
-                figures.append(made)
-    if not summary.empty:
-        pairs = summary[["sweep", "method"]].drop_duplicates().itertuples(index=False)
-        for sweep, method in pairs:
-            for metric in metrics:
-                stem = "__".join(slug(x) for x in (sweep, method, metric))
-                made = shots_figure(summary, sweep, method, metric,
-                                    out / "figures" / f"shots__{stem}.png", ylims[metric],
-                                    classes)
-                if made:
-                    figures.append(made)
-                made = fractions_figure(summary, sweep, method, metric,
-                                        out / "figures" / f"fractions__{stem}.png", sota,
-                                        sota_label)
-                if made:
-                    figures.append(made)
+    drawn = write_figures(figure_rows(summary, methods, backbones),
+                          figure_rows(ood, methods, backbones), drawn_metrics,
+                          out / "figures", class_sizes(full), sota, sota_label)
+    drawn += [ranking_figure(result, sweep, metrics[0], out / "figures" /
+                             f"ranking__{slug(sweep)}__{slug(metrics[0])}.png")
+              for sweep, result in rankings.items()]
+    for png, *beside in drawn:
+        figures.append(png)
+        files.extend(beside)
 
     page = html_page(title, store, records, failures, summary, selected, tables, titles, figures,
-                     timing_summary(records), metrics, sota, notes, best)
+                     timing_summary(records), metrics, sota, notes, best, statistics)
     html_path = out / "report.html"
     html_path.write_text(page, encoding="utf-8")
     return Report(out_dir=out, html=html_path, summary=summary, selected=selected, tables=tables,
@@ -282,15 +320,7 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
                   titles=titles, best=best)
 
 
-def _split_words(part: pd.DataFrame) -> str:
-    """What a heading adds when its rows hold variants (runs of different settings)."""
-    if not has_variants(part):
-        return ""
-    return (f"; runs of different settings are not pooled: one row per "
-            f"'{SETTING_LEVEL}'")
-
-
 def _open_existing(path: str | Path) -> ResultStore:
-    if not Path(path).expanduser().is_file():
-        raise FileNotFoundError(f"no result store at {path}")
-    return ResultStore(path)
+    """The store, read-only: a report never creates, migrates or writes to it, and refuses a
+    file that is not a cytotune store (one line naming it) instead of reporting nothing."""
+    return ResultStore.open_read_only(path)

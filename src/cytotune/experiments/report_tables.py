@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,10 @@ import pandas as pd
 from cytotune.experiments.report_variants import CELL, VARIANT, add_variants
 
 REPORT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "average_precision")
+# what `cytotune report` reports unless told: balanced accuracy first (the headline: the "best"
+# summary, the page's opening table), because cytology classes are imbalanced (MLCC is ~63 %
+# one class), then plain accuracy (the reference study's metric) and macro F1
+DEFAULT_METRICS = ("balanced_accuracy", "accuracy", "macro_f1")
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
                  "macro_f1": "macro F1", "auroc": "AUROC", "ece": "ECE",
                  "average_precision": "average precision"}
@@ -144,12 +148,12 @@ def timing_summary(records: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def class_counts(records: pd.DataFrame) -> dict[str, int]:
-    """Data set -> number of classes, read off the runs' test confusion matrices (single-label
-    runs only; a data set whose runs disagree, or that is multi-label, is left out)."""
+def _agreed_per_dataset(records: pd.DataFrame, read: Callable[[list], Any]) -> dict[str, Any]:
+    """Data set -> ``read(test confusion matrix)`` where every single-label run of the data set
+    gives the same value; a data set with disagreeing runs, or multi-label runs, is left out."""
     if records.empty or "metrics_json" not in records:
         return {}
-    seen: dict[str, set[int]] = {}
+    seen: dict[str, set] = {}
     for dataset, text in zip(records["dataset"], records["metrics_json"]):
         try:
             metrics = json.loads(text) if isinstance(text, str) else {}
@@ -157,10 +161,25 @@ def class_counts(records: pd.DataFrame) -> dict[str, int]:
             continue
         matrix = (metrics.get("test") or {}).get("confusion_matrix")
         if metrics.get("task", "single_label") != "single_label" or not matrix:
-            seen.setdefault(dataset, set()).add(-1)
+            seen.setdefault(dataset, set()).add(None)
             continue
-        seen.setdefault(dataset, set()).add(len(matrix))
-    return {d: next(iter(n)) for d, n in seen.items() if len(n) == 1 and min(n) > 1}
+        seen.setdefault(dataset, set()).add(read(matrix))
+    return {d: next(iter(s)) for d, s in seen.items() if len(s) == 1 and None not in s}
+
+
+def class_sizes(records: pd.DataFrame) -> dict[str, tuple[int, ...]]:
+    """Data set -> test images per class, the row sums of the runs' test confusion matrices
+    (single-label runs only). A data set whose runs disagree (other test splits) or that is
+    multi-label is left out: its baselines would be a guess."""
+    sizes = _agreed_per_dataset(records, lambda m: tuple(int(sum(row)) for row in m))
+    return {d: s for d, s in sizes.items() if len(s) > 1 and sum(s) > 0}
+
+
+def class_counts(records: pd.DataFrame) -> dict[str, int]:
+    """Data set -> number of classes, read off the runs' test confusion matrices (single-label
+    runs only; a data set whose runs disagree, or that is multi-label, is left out)."""
+    counts = _agreed_per_dataset(records, len)
+    return {d: n for d, n in counts.items() if n > 1}
 
 
 def chance_level(metric: str, classes: Optional[int]) -> Optional[float]:
@@ -200,10 +219,40 @@ def first_seen(values: pd.Series | Sequence) -> list:
     return list(dict.fromkeys(values.tolist() if hasattr(values, "tolist") else values))
 
 
-def fmt_cell(mean: float, std: float) -> str:
-    if pd.isna(mean):
+def fmt_cell(mean: float, std: float, low: float = math.nan, high: float = math.nan) -> str:
+    """A table cell: ``mean [low, high]`` when the cell has an interval (both ends known), else
+    ``mean±std`` over seeds; "" when there is no mean."""
+    if mean is None or pd.isna(mean):
         return ""
-    return f"{mean:.2f}±{0.0 if pd.isna(std) else std:.2f}"
+    if low is not None and high is not None and not pd.isna(low) and not pd.isna(high):
+        return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+    return f"{mean:.2f}±{0.0 if std is None or pd.isna(std) else std:.2f}"
+
+
+def has_intervals(frame: pd.DataFrame) -> bool:
+    """Whether summary rows carry intervals (``ci_low``, ``ci_high``, some of them known)."""
+    return ("ci_low" in frame and "ci_high" in frame
+            and bool((frame["ci_low"].notna() & frame["ci_high"].notna()).any()))
+
+
+def display_shots(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` for a file or the page: ``shots`` says ``all`` for runs on all training data
+    and ``0`` for zero-shot runs instead of a missing value (pandas writes ``<NA>``); the frame
+    in memory keeps the numbers."""
+    if frame.empty or "shots" not in frame:
+        return frame
+    out = frame.copy()
+    shots = out["shots"]
+    fraction = out["fraction"] if "fraction" in out else pd.Series(math.nan, index=out.index)
+    zero = (out["method"] == ZERO_SHOT) if "method" in out else pd.Series(False, index=out.index)
+    text = pd.Series([str(int(v)) if not pd.isna(v) else "" for v in shots], index=out.index,
+                     dtype=object)
+    text[shots.isna() & fraction.isna() & ~zero] = "all"
+    text[shots.isna() & zero] = "0"
+    out["shots"] = text
+    if "fraction" in out:
+        out["fraction"] = pd.to_numeric(out["fraction"], errors="coerce")
+    return out
 
 
 def slug(text: str) -> str:
@@ -221,94 +270,7 @@ def has_variants(frame: pd.DataFrame) -> bool:
     return VARIANT in frame and bool((frame[VARIANT].fillna("") != "").any())
 
 
-# ---- tables -----------------------------------------------------------------------------------
-def table1(summary: pd.DataFrame, metric: str = "accuracy",
-           datasets: Optional[Sequence[str]] = None,
-           backbones: Optional[Sequence[str]] = None) -> pd.DataFrame:
-    """Table 1 layout of one (sweep, method, sample) slice of ``summary``: data sets as rows,
-    backbones as columns, "mean±std" strings, and an "Average" row (mean over data sets).
-
-    When the slice holds variants (runs of other settings), the rows are (data set, setting)
-    pairs and there is one "Average" row per setting: variants are never averaged together."""
-    part = summary[summary["metric"] == metric]
-    datasets = list(datasets or first_seen(part["dataset"]))
-    backbones = list(backbones or first_seen(part["backbone"]))
-    variants = part[VARIANT].fillna("") if VARIANT in part else pd.Series([""] * len(part),
-                                                                          index=part.index)
-    cells = {(r.dataset, v, r.backbone): (r.mean, r.std)
-             for r, v in zip(part.itertuples(), variants)}
-    split = bool((variants != "").any())
-    rows = [(d, v) for d in datasets
-            for v in first_seen(variants[part["dataset"] == d])] if split else \
-        [(d, "") for d in datasets]
-    table = pd.DataFrame(index=range(len(rows)), columns=backbones, dtype=object)
-    for i, (d, v) in enumerate(rows):
-        for b in backbones:
-            table.loc[i, b] = fmt_cell(*cells.get((d, v, b), (math.nan, math.nan)))
-    average_rows = []
-    for v in (first_seen(variants) if split else [""]):
-        averages = {}
-        for b in backbones:
-            means = [cells[(d, v, b)][0] for d in datasets
-                     if (d, v, b) in cells and not pd.isna(cells[(d, v, b)][0])]
-            averages[b] = f"{np.mean(means):.2f}" if means else ""
-        average_rows.append((("Average", v), averages))
-    labels = rows + [key for key, _ in average_rows]
-    table = pd.concat([table, pd.DataFrame([a for _, a in average_rows], columns=backbones,
-                                           dtype=object)], ignore_index=True)
-    if split:
-        table.index = pd.MultiIndex.from_tuples(labels, names=["dataset", SETTING_LEVEL])
-    else:
-        table.index = pd.Index([d for d, _ in labels], name="dataset")
-    return table
-
-
-def comparison_table(summary: pd.DataFrame, ood: pd.DataFrame, selected: pd.DataFrame,
-                     sweep: str, metric: str) -> Optional[pd.DataFrame]:
-    """One sweep's methods side by side: a row per (data set, backbone, method) and, where the
-    sweep holds variants, setting, with the trainable parameters, then a "mean±std" cell per
-    sample (1 %, 10 %, 100 % ...) of the test metric and, for runs with test domains, the
-    out-of-domain value next to it. None unless the sweep runs more than one method."""
-    part = summary[(summary["sweep"] == sweep) & (summary["metric"] == metric)]
-    if part["method"].nunique() < 2:
-        return None
-    ood_part = ood[(ood["sweep"] == sweep) & (ood["metric"] == metric)] if not ood.empty else ood
-    ood_cells = {(r.dataset, r.backbone, r.method, getattr(r, VARIANT, ""),
-                  sample_label(r.shots, r.fraction)): (r.mean, r.std)
-                 for r in ood_part.itertuples()}
-    samples = first_seen([sample_label(r.shots, r.fraction) for r in part.itertuples()])
-    chosen = selected[selected["sweep"] == sweep]
-    rows: dict[tuple, dict[str, str]] = {}
-    for r in part.itertuples():
-        variant = getattr(r, VARIANT, "")
-        key = (r.dataset, r.backbone, r.method, variant)
-        row = rows.setdefault(key, {})
-        mask = ((chosen["dataset"] == r.dataset) & (chosen["backbone"] == r.backbone)
-                & (chosen["method"] == r.method))
-        if VARIANT in chosen:
-            mask &= chosen[VARIANT] == variant
-        params = chosen[mask]["trainable_params"].dropna()
-        row["trainable parameters"] = f"{int(params.median()):,}" if len(params) else ""
-        sample = sample_label(r.shots, r.fraction)
-        row[sample_words(sample)] = fmt_cell(r.mean, r.std)
-        if ood_cells:
-            row[f"{sample_words(sample)}, out of domain"] = fmt_cell(*ood_cells.get(
-                (*key, sample), (math.nan, math.nan)))
-    columns = ["trainable parameters"]
-    for sample in samples:
-        columns.append(sample_words(sample))
-        if ood_cells:
-            columns.append(f"{sample_words(sample)}, out of domain")
-    name = "dataset / backbone / method"
-    if has_variants(part):
-        index = pd.MultiIndex.from_tuples([(" / ".join(k[:3]), k[3]) for k in rows],
-                                          names=[name, SETTING_LEVEL])
-    else:
-        index = pd.Index([" / ".join(k[:3]) for k in rows], name=name)
-    return pd.DataFrame([[row.get(c, "") for c in columns] for row in rows.values()], index=index,
-                        columns=columns)
-
-
+# ---- tables ----------------------------------------------------------------------------------
 def sample_key(method: Any, shots: Any, fraction: Any) -> tuple[int, float]:
     """Order of samples in the summary: no training images (zero-shot), shots ascending,
     fractions ascending, all training data."""
@@ -328,13 +290,19 @@ def sample_phrase(method: Any, shots: Any, fraction: Any) -> str:
     return sample_words(sample_label(shots, fraction))
 
 
+def _cell_values(row: Any) -> tuple[float, float, float, float]:
+    """(mean, std, ci_low, ci_high) of a summary row (a named tuple); NaN where absent."""
+    return (row.mean, row.std, getattr(row, "ci_low", math.nan), getattr(row, "ci_high", math.nan))
+
+
 def best_table(summary: pd.DataFrame, metric: str = "accuracy",
                datasets: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """What a reader wants first: per data set and training data (zero-shot, each number of
     shots, each fraction, all data), the best method and backbone over every sweep, its test
-    ``metric`` as mean±std over seeds (the spread), the number of seeds, and the runner-up with
-    its own mean±std and the lead in points. Highest mean wins (lowest for ECE); each variant
-    competes as a setting of its own and is named in brackets."""
+    ``metric`` (``mean [low, high]`` where the summary has intervals, else mean±std over seeds),
+    the number of seeds, and the runner-up with its own cell and the lead in points. Highest
+    mean wins (lowest for ECE); each variant competes as a setting of its own and is named in
+    brackets."""
     part = summary[(summary["metric"] == metric) & summary["mean"].notna()]
     label = METRIC_LABELS.get(metric, metric)
     columns = ["best", f"test {label} (%)", "seeds", "runner-up", f"runner-up {label} (%)",
@@ -363,11 +331,11 @@ def best_table(summary: pd.DataFrame, metric: str = "accuracy",
     for key in sorted(groups, key=lambda k: (order.index(k[0]), k[1])):
         ranked = sorted(groups[key], key=lambda rv: rv[0].mean if lower else -rv[0].mean)
         (best, best_variant), rest = ranked[0], ranked[1:]
-        row = [name(best, best_variant), fmt_cell(best.mean, best.std), int(best.seeds)]
+        row = [name(best, best_variant), fmt_cell(*_cell_values(best)), int(best.seeds)]
         if rest:
             second, second_variant = rest[0]
             lead = (second.mean - best.mean) if lower else (best.mean - second.mean)
-            row += [name(second, second_variant), fmt_cell(second.mean, second.std),
+            row += [name(second, second_variant), fmt_cell(*_cell_values(second)),
                     f"{lead:.2f}"]
         else:
             row += ["", "", ""]

@@ -51,8 +51,11 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 import pandas as pd
 
 from cytotune._process import pid_alive
+from cytotune.experiments.store_predictions import insert_predictions, read_predictions
+from cytotune.experiments.store_check import (NotAStoreError, inspect_store_file,
+                                              require_store_tables)
 
-SCHEMA_VERSION = 2  # 2: the leases table (added in place to a schema-1 store)
+SCHEMA_VERSION = 3  # 2: the leases table; 3: per-image test predictions (both added in place)
 DEFAULT_LEASE_TTL_S = 60.0
 BUSY_TIMEOUT_S = 120.0
 KEY_COLUMNS = ("dataset", "backbone", "method", "shots", "fraction", "seed", "lr")
@@ -116,6 +119,17 @@ CREATE TABLE IF NOT EXISTS leases (
     claimed_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS leases_by_owner ON leases (owner);
+CREATE TABLE IF NOT EXISTS test_sets (
+    test_set TEXT PRIMARY KEY,
+    images_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id TEXT PRIMARY KEY,
+    test_set TEXT NOT NULL,
+    classes_json TEXT NOT NULL,
+    labels BLOB NOT NULL,
+    predicted BLOB NOT NULL
+);
 """
 
 # what ResultStore.claim says of each run it was asked for
@@ -170,9 +184,14 @@ class ResultStore:
     threads, pickled to worker processes, and used by several processes at once.
     """
 
+    read_only = False  # set by open_read_only: no pragma, table or row is ever written
+
     def __init__(self, path: str | Path, *, timeout: float = BUSY_TIMEOUT_S):
         self.path = Path(path).expanduser()
         self.timeout = float(timeout)
+        # a folder, a file that is not SQLite, a damaged one or another program's database is
+        # refused before anything (even the journal mode) is written to it
+        inspect_store_file(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.executescript(_SCHEMA)
@@ -181,28 +200,51 @@ class ResultStore:
             # an older store gained the new tables above (CREATE ... IF NOT EXISTS): say so
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' "
                         "AND CAST(value AS INTEGER) < ?", (str(SCHEMA_VERSION), SCHEMA_VERSION))
-        version = self._meta("schema_version")
-        if version is not None and int(version) > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: store schema {version} is newer than this cytotune "
-                               f"supports ({SCHEMA_VERSION}); upgrade cytotune")
+        self._check_version(self._meta("schema_version"))
+
+    @classmethod
+    def open_read_only(cls, path: str | Path, *,
+                       timeout: float = BUSY_TIMEOUT_S) -> "ResultStore":
+        """An existing store opened for reading only (SQLite URI ``mode=ro``), for ``report``
+        and ``sweep --dry-run``: nothing is created or changed, not even the journal mode (SQLite
+        itself may leave its ``-wal``/``-shm`` files beside a WAL store it read). A missing
+        path is a FileNotFoundError; a folder, a file that is not SQLite, a damaged or
+        truncated one, or an SQLite file without cytotune's tables is a
+        :class:`NotAStoreError` naming it. Writing methods fail."""
+        store = cls.__new__(cls)
+        store.path, store.timeout, store.read_only = Path(path).expanduser(), float(timeout), True
+        require_store_tables(store.path, inspect_store_file(store.path))
+        store._check_version(store._meta("schema_version"))
+        return store
+
+    def _check_version(self, version: Optional[str]) -> None:
+        if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
+            raise NotAStoreError(f"{self.path}: store schema {version} is newer than this "
+                                 f"cytotune supports ({SCHEMA_VERSION}); upgrade cytotune")
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.path)!r})"
 
     def __getstate__(self):
-        return {"path": self.path, "timeout": self.timeout}
+        return {"path": self.path, "timeout": self.timeout, "read_only": self.read_only}
 
     def __setstate__(self, state):
         self.path, self.timeout = state["path"], state["timeout"]
+        self.read_only = state.get("read_only", False)
 
     # ---- connection ---------------------------------------------------------------------------
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
+        if self.read_only:  # a URI, so that mode=ro holds: the file is never created or written
+            con = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True,
+                                  timeout=self.timeout, isolation_level=None)
+        else:
+            con = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
         try:
             con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            self._set_wal(con)
-            con.execute("PRAGMA synchronous = NORMAL")
+            if not self.read_only:
+                self._set_wal(con)
+                con.execute("PRAGMA synchronous = NORMAL")
             yield con
         finally:
             con.close()
@@ -243,6 +285,7 @@ class ResultStore:
 
     def insert_many(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Add finished runs in one transaction; returns how many were new."""
+        records = list(records)
         rows = [self._run_row(r) for r in records]
         if not rows:
             return 0
@@ -251,7 +294,10 @@ class ResultStore:
             before = con.total_changes
             con.executemany(f"INSERT OR IGNORE INTO runs ({', '.join(_RUN_COLUMNS)}) "
                             f"VALUES ({placeholders})", rows)
-            return con.total_changes - before
+            added = con.total_changes - before
+            for record in records:
+                insert_predictions(con, record)
+            return added
 
     def record_failure(self, run: Mapping[str, Any], error: str, traceback: Optional[str] = None,
                        *, device: Optional[str] = None, worker: Optional[str] = None) -> None:
@@ -410,6 +456,13 @@ class ResultStore:
         with self._connect() as con:
             raw = pd.read_sql_query(query + " ORDER BY rowid", con, params=args)
         return _flatten(raw, full)
+
+    def predictions(self, run_ids: Optional[Iterable[str]] = None) -> dict[str, dict[str, Any]]:
+        """Per-image test predictions of finished runs that kept them (stores written before
+        schema 3 have none): run id -> ``{"images": [...], "classes": [...], "labels": int
+        array, "predicted": int array}`` (:mod:`.store_predictions`)."""
+        with self._connect() as con:
+            return read_predictions(con, run_ids)
 
     def failures(self, sweep: Optional[str] = None) -> pd.DataFrame:
         """Every recorded failed attempt, oldest first, with a ``resolved`` column (the run has

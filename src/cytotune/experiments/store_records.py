@@ -40,7 +40,25 @@ def make_record(run: Mapping[str, Any], result: Any, *, device: Optional[str] = 
         "device": device,
         "worker": worker,
         "finished_at": utc_now(),
+        "predictions": kept_predictions(getattr(result, "predictions", None),
+                                        list(getattr(result, "class_names", None) or [])),
     }
+
+
+def kept_predictions(table: Any, class_names: list[str]) -> Optional[dict[str, Any]]:
+    """What the store keeps of a run's per-image test predictions (its predictions.csv
+    table): image ids, class names and class indices of the label and the prediction, for
+    intervals over test images and comparisons paired by image. None for multi-label runs
+    (labels joined by "|") or a table without the columns."""
+    if table is None or not class_names or not {"path", "label", "predicted"} <= set(table):
+        return None
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = [index.get(str(v)) for v in table["label"]]
+    predicted = [index.get(str(v)) for v in table["predicted"]]
+    if any(v is None for v in labels + predicted):
+        return None  # a multi-label run, or a class outside the run's own names
+    return {"images": [str(p) for p in table["path"]], "classes": list(class_names),
+            "labels": labels, "predicted": predicted}
 
 
 # keys of a run directory's metrics.json that are not metrics (cytotune.training.runner._write_run)
@@ -72,7 +90,21 @@ def record_from_run_dir(run: Mapping[str, Any], out_dir: str | Path,
         "device": environment.get("device"),
         "worker": "read back from its run directory",
         "finished_at": utc_now(),
+        "predictions": _predictions_from_run_dir(out_dir, saved.get("class_names") or []),
     }
+
+
+def _predictions_from_run_dir(out_dir: Path, class_names: list[str]) -> Optional[dict[str, Any]]:
+    """:func:`kept_predictions` of a run directory's predictions.csv (None when unreadable:
+    the run's metrics are still recorded, only its per-image outcome is missing)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(out_dir / "predictions.csv", dtype={"label": str, "predicted": str},
+                            keep_default_na=False)
+    except (OSError, ValueError):
+        return None
+    return kept_predictions(table, list(class_names))
 
 
 # ---- when the store cannot be written ------------------------------------------------------------

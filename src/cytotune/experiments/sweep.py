@@ -61,7 +61,7 @@ from cytotune.experiments.sweep_fields import (HELD_OUT, OUT_PLACEHOLDER_PATTERN
                                                parse_fractions, parse_lrs, parse_methods,
                                                parse_shots, string_list)
 from cytotune.training.config import (DEFAULT_LINEAR_EPOCHS, ConfigError, TrainConfig,
-                                      coerce_value, load_yaml_file, set_dotted)
+                                      check_lr, coerce_value, load_yaml_file, set_dotted)
 
 
 # TrainConfig fields that say where or how a run executes, not what it computes.
@@ -243,9 +243,12 @@ class SweepConfig:
         values["model"] = {**values.get("model", {}), "name": backbone}
         values["method"] = method
         try:
-            return TrainConfig.from_dict(values)
+            template = TrainConfig.from_dict(values)
+            # checked even where ``lrs`` replaces it: a NaN here is a mistake, not a no-op
+            check_lr("base.optim.lr", template.optim.lr)
         except ConfigError as err:
             raise ConfigError(f"run {dataset_name}/{backbone}/{method}: {err}") from None
+        return template
 
     def _plan(self, template: TrainConfig, dataset_name: str, spec: DatasetSpec,
               shots: Optional[int], frac: Optional[float], seed: int, lr: float,
@@ -367,7 +370,40 @@ def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
     if not sweep.runs():  # every run must be a valid TrainConfig: fail at load, not mid-sweep
         raise ConfigError("exclude leaves no run in the grid")
     _warn_unused_length(sweep)
+    _warn_unused_lr(sweep)
     return sweep
+
+
+def _base_lr(values: Mapping[str, Any]) -> Any:
+    """``base.optim.lr`` of a sweep dict as written, or None."""
+    base = values.get("base")
+    optim = base.get("optim") if isinstance(base, Mapping) else None
+    return optim.get("lr") if isinstance(optim, Mapping) else None
+
+
+def _warn_unused_lr(sweep: SweepConfig) -> None:
+    """Once per sweep: with ``lrs``, every run that learns takes its rate from the grid
+    (``parse_lrs`` requires one for each such method), so ``base.optim.lr`` sets nothing."""
+    lr = _base_lr({"base": sweep.base})
+    if sweep.lrs is not None and lr is not None:
+        logging.getLogger("cytotune").warning(
+            "sweep %s: lrs sets every run's learning rate; base.optim.lr=%s is not used (drop "
+            "it, or drop lrs)", sweep.name, lr)
+
+
+def _refuse_ignored_lr(values: Any, overrides: Mapping[str, Any]) -> None:
+    """An override of ``base.optim.lr`` that ``lrs`` would silently replace is an error
+    naming both (issue 31: ``--set base.optim.lr=nan`` was accepted and ignored)."""
+    touched = [k for k in overrides if k in ("base", "base.optim", "base.optim.lr")]
+    if not touched or not isinstance(values, Mapping) or values.get("lrs") is None:
+        return
+    lr = _base_lr(values)
+    if lr is None:
+        return
+    raise ConfigError(f"override {touched[-1]} sets base.optim.lr={lr}, but the sweep's lrs "
+                      f"({values['lrs']}) sets every run's learning rate, so base.optim.lr "
+                      f"would be ignored; give the rates as lrs instead (--set "
+                      f"'lrs=[RATE, ...]')")
 
 
 def _warn_unused_length(sweep: SweepConfig) -> None:
@@ -424,6 +460,7 @@ def load_sweep(sweep: "SweepConfig | Mapping[str, Any] | str | Path", *,
         apply_override(values, key, value)
     skipped: dict[str, str] = {}
     try:
+        _refuse_ignored_lr(values, overrides or {})
         if narrowed and isinstance(values, dict):
             skipped = select_datasets(values, datasets, os.environ if environ is None else environ,
                                       skip_unset_datasets)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from cytotune.experiments.dataset_selection import ENV_REFERENCE
-from cytotune.training.config import (ConfigError, TrainConfig, check_number, coerce_value,
-                                      dataclass_from_dict)
+from cytotune.training.config import (ConfigError, TrainConfig, check_lr, check_number,
+                                      coerce_value, dataclass_from_dict)
 
 # Placeholders allowed in ``base.out``.
 OUT_PLACEHOLDERS = ("sweep", "run_id", "dataset", "backbone", "method", "sample", "shots",
@@ -237,8 +237,7 @@ def parse_lrs(value: Any, methods: list[str]) -> Optional[Union[list[float], dic
         if not lrs:
             raise ConfigError(f"{option}: give at least one learning rate")
         for i, lr in enumerate(lrs):
-            if not lr > 0:
-                raise ConfigError(f"{option}[{i}]: learning rates are > 0, got {lr:g}")
+            check_lr(f"{option}[{i}]", lr)
         no_repeats(lrs, option)
         return lrs
 

@@ -1,4 +1,4 @@
-"""``cytotune predict`` and ``cytotune export``: subcommands for ``cytotune.cli``.
+"""``cytotune predict``, ``cytotune export`` and ``cytotune compare``: subcommands for ``cytotune.cli``.
 
 Wiring (in ``cytotune.cli.build_parser`` / ``COMMANDS``)::
 
@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cytotune._flags import add_on_off
+from cytotune._flags import add_bootstrap_options, add_on_off
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -54,7 +54,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cytotune.inference.predict import STATUS_OK, predict
+    from cytotune.inference.predict import STATUS_OK, UNREADABLE, predict
 
     console = _console()
     try:
@@ -74,8 +74,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         table.add_row(escape(name), str(counts.get(name, 0)))
     console.print(table)
     if len(bad):
-        console.print(f"[yellow]{len(bad)} unreadable image(s) skipped[/yellow] (status column "
-                      f"in the CSV):")
+        unreadable = int(bad["status"].str.startswith(UNREADABLE).sum())
+        others = (f" and {len(bad) - unreadable} without a prediction"
+                  if unreadable < len(bad) else "")
+        console.print(f"[yellow]{unreadable} unreadable image(s) skipped{others}[/yellow] (status "
+                      f"column in the CSV):")
         for path, status in list(zip(bad["path"], bad["status"]))[:10]:
             console.print(f"  {escape(path)}: {escape(status)}")
         if len(bad) > 10:
@@ -148,4 +151,50 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     e.add_argument("--out", required=True, help="output folder")
     add_on_off(e, "--overwrite", default=False, help="replace a non-empty output folder")
     e.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
-    return {"predict": cmd_predict, "export": cmd_export}
+    c = subparsers.add_parser(
+        "compare", help="compare two runs on the same test images (paired)",
+        description="Compare two runs' test predictions image by image: balanced accuracy, "
+                    "accuracy and macro-F1 of both, the difference (A minus B) with a paired "
+                    "bootstrap interval over the test images, and McNemar's test on which "
+                    "images each gets right. Runs on different test images (or labels) are "
+                    "refused, naming the first image that differs.")
+    c.add_argument("run_a", metavar="RUN_A", help="run directory (its predictions.csv) or a "
+                                                  "predictions CSV (path, label, predicted)")
+    c.add_argument("run_b", metavar="RUN_B", help="the other run directory or CSV")
+    add_bootstrap_options(c)
+    c.add_argument("--out", default=None, help="also write the table to this CSV (atomically)")
+    return {"predict": cmd_predict, "export": cmd_export, "compare": cmd_compare}
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cytotune._atomic import write_csv_atomic
+    from cytotune.analysis import BootstrapSpec
+    from cytotune.inference.compare import CompareError, compare_runs
+
+    console = _console()
+    spec = BootstrapSpec(resamples=args.resamples, level=args.level, seed=args.boot_seed)
+    try:
+        result = compare_runs(args.run_a, args.run_b, spec)
+        if args.out:
+            write_csv_atomic(result.table, args.out)
+    except (CompareError, OSError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}")
+        return 2
+    name_a, name_b = result.names
+    console.print(f"A: {escape(name_a)}\nB: {escape(name_b)}\n{result.images} test images, "
+                  f"{len(result.classes)} classes; interval: {escape(spec.describe())}, paired "
+                  f"by image")
+    table = Table(title="test metrics (%), A minus B")
+    for column in ("metric", "A", "B", "difference", f"{spec.level:.0%} interval", "verdict"):
+        table.add_column(column)
+    for r in result.table.itertuples(index=False):
+        table.add_row(r.metric, f"{r.A:.2f}", f"{r.B:.2f}", f"{r.difference:+.2f}",
+                      f"[{r.low:+.2f}, {r.high:+.2f}]", r.verdict)
+    console.print(table)
+    m = result.mcnemar
+    console.print(f"McNemar ({'exact binomial' if m.exact else 'chi-square, continuity-corrected'}"
+                  f"): {m.only_a} images right by A alone, {m.only_b} by B alone, "
+                  f"p = {m.pvalue:.4g}")
+    if args.out:
+        console.print(f"table written to {escape(str(args.out))}")
+    return 0

@@ -193,7 +193,16 @@ def load(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu",
     autocast ("auto", "fp32", "bf16"); None: the run's own setting."""
     if precision is not None:
         resolve_precision(torch.device("cpu"), precision)  # a bad value fails before the build
-    run = read_run(run_dir)
+    return load_run(read_run(run_dir), device=device, precision=precision)
+
+
+def load_run(run: RunFiles, device: Union[str, torch.device] = "cpu",
+             precision: Optional[str] = None) -> CytotuneModel:
+    """:func:`load` of a run already read (and its files' digests checked) by ``read_run``:
+    ``predict`` reads the run first, to fail before listing images, and need not hash its
+    weights twice."""
+    if precision is not None:
+        resolve_precision(torch.device("cpu"), precision)
     backbone = build_merged_backbone(run)
     head = load_head(run, backbone.feature_dim)
     model = CytotuneModel(backbone, head, run).eval()

@@ -105,8 +105,8 @@ def _method(run: RunFiles, card: ModelCard) -> str:
                    "the training images)" if "train_cv" in run.metrics else ")"))
     if cfg.method == "logreg":
         c = run.metrics.get("hyperparameters", {}).get("C")
-        return ("logistic regression (scikit-learn, L2, lbfgs) on standardised features of the "
-                "frozen backbone" + (f", C={c:g} chosen {chosen_on}" if c is not None else ""))
+        return ("logistic regression (scikit-learn, L2, lbfgs) on features of the frozen "
+                "backbone scaled to unit mean norm" + (f", C={c:g} chosen {chosen_on}" if c is not None else ""))
     if cfg.method in ("tip-adapter", "tip-adapter-f"):
         chosen = run.metrics.get("hyperparameters", {})
         return ("Tip-Adapter: zero-shot image-text similarity plus a cache of the training "

@@ -6,7 +6,9 @@ over). Files are decoded exactly as training decoded them (``cytotune.data.image
 batches; an unreadable file is reported and skipped, and keeps its row with status
 ``unreadable: <reason>`` and empty probabilities. Broken symbolic links and link loops are
 listed too, so they are reported the same way (``unreadable: broken symbolic link ...``) rather
-than vanishing from the folder listing. The CSV is written atomically.
+than vanishing from the folder listing. An image whose probabilities are not all finite (a
+model that overflows) gets status ``error: non-finite probabilities`` and no predicted class,
+never ``ok``. The CSV is written atomically.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from cytotune.data.tables import read_csv_frame
 
 STATUS_OK = "ok"
 UNREADABLE = "unreadable"
+NON_FINITE = "error: non-finite probabilities"
 
 
 @dataclass
@@ -97,6 +100,9 @@ def predict_files(model, paths: Sequence[Union[str, Path]], batch_size: int = 64
         if len(decoded):
             rows = start + decoded.kept
             probs[rows] = model.predict_pixels(decoded.pixels, batch_size=batch_size).numpy()
+            for row in rows[~np.isfinite(probs[rows]).all(axis=1)].tolist():
+                status[row] = NON_FINITE
+                probs[row] = np.nan  # none of the row's values is a usable probability
         if on_progress is not None:
             on_progress(len(chunk))
     if model.task.multi_label:
@@ -136,17 +142,17 @@ def predict(run_dir: Union[str, Path], input_path: Union[str, Path],
     loaded model of this run (skips loading). ``precision``: "auto", "fp32" or "bf16" instead of
     the run's own setting.
     """
-    from cytotune.inference.model import load
+    from cytotune.inference.model import load_run
     from cytotune.inference.run import read_run
 
     run_dir = Path(run_dir).expanduser()
-    if model is None:
-        read_run(run_dir)  # a bad run directory fails before any image is listed
+    # a bad run directory (or a damaged weight file) fails before any image is listed
+    run = read_run(run_dir) if model is None else None
     if out is not None:
         _check_out(Path(out).expanduser(), run_dir)
     inputs = collect_inputs(input_path)
-    if model is None:
-        model = load(run_dir, device=device, precision=precision)
+    if run is not None:
+        model = load_run(run, device=device, precision=precision)
     if progress:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)

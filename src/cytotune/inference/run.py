@@ -3,11 +3,15 @@
 Everything is read with safetensors (never pickle), and every file is checked against the others
 before it is used: a head trained for another class list or another backbone, an adapter from
 another model, a run that never finished, all fail with a :class:`RunDirError` that names the
-file and the values that disagree.
+file and the values that disagree. Each file loading depends on is also checked against the
+sha256 digest recorded when the run was written (manifest.json, see
+:mod:`cytotune.training.run_manifest`): a file damaged or replaced later is refused even when it
+still parses. Runs written before manifests existed load with a warning that says so.
 """
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -18,6 +22,8 @@ from torch import nn
 from cytotune.training.config import ConfigError, TrainConfig
 from cytotune.training.methods.base import NormalisedLinear, head_takes_normalised_features
 from cytotune.training.methods.probe_heads import PROBE_HEAD_KEYS, TIP_ADAPTERS, head_from_tensors
+from cytotune.training.run_manifest import (MANIFEST_FILE, ManifestError, read_manifest,
+                                            verify_files)
 
 PathLike = Union[str, Path]
 
@@ -29,6 +35,11 @@ BACKBONE_FILE = "backbone.safetensors"  # the whole fine-tuned backbone of a met
 FULL_METHOD = "full"
 PREDICTIONS_FILE = "predictions.csv"
 HEAD_KEYS = ("weight", "bias")
+# the files loading a run reads, each checked against its digest in manifest.json
+DESCRIPTION_FILES = (CONFIG_FILE, METRICS_FILE)
+WEIGHT_FILES = (HEAD_FILE, ADAPTER_FILE, BACKBONE_FILE)
+
+log = logging.getLogger("cytotune")
 
 
 class RunDirError(ValueError):
@@ -78,6 +89,7 @@ def read_run(run_dir: PathLike) -> RunFiles:
     missing = [name for name in (CONFIG_FILE, HEAD_FILE) if not (path / name).is_file()]
     if missing:
         raise RunDirError(f"run directory {path} is incomplete: {', '.join(missing)} missing")
+    verified = _verify_digests(path)
     try:
         config = TrainConfig.from_yaml(path / CONFIG_FILE)
     except (ConfigError, OSError) as err:
@@ -108,9 +120,36 @@ def read_run(run_dir: PathLike) -> RunFiles:
         raise RunDirError(f"{backbone}: fine-tuned backbone weights in a {config.method!r} run "
                           f"(config.yaml: method {config.method}); the folder mixes files of "
                           f"different runs")
+    if verified is not None:
+        # the weights after the structural checks above, which name mixed or missing files
+        # more precisely; what is left is a file whose bytes differ from those the run wrote
+        _check(path, WEIGHT_FILES, verified)
     return RunFiles(path=path, config=config, metrics=metrics, class_names=list(class_names),
                     head=path / HEAD_FILE, adapter=adapter if adapter.is_file() else None,
                     backbone=backbone if backbone.is_file() else None)
+
+
+def _check(path: Path, names: tuple[str, ...], files: dict[str, dict[str, Any]]) -> None:
+    try:
+        verify_files(path, names, files)
+    except ManifestError as err:
+        raise RunDirError(str(err)) from None
+
+
+def _verify_digests(path: Path) -> Optional[dict[str, dict[str, Any]]]:
+    """Check config.yaml and metrics.json against the run's manifest before they are parsed, and
+    return the manifest for the weight files; None, with a warning, for a run written before
+    manifests, whose files cannot be checked."""
+    try:
+        files = read_manifest(path)
+    except ManifestError as err:
+        raise RunDirError(str(err)) from None
+    if files is None:
+        log.warning("%s has no %s (written by a cytotune version before run manifests): its "
+                    "files are loaded without checking their digests", path, MANIFEST_FILE)
+        return None
+    _check(path, DESCRIPTION_FILES, files)
+    return files
 
 
 def _safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

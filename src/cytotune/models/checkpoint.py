@@ -92,12 +92,23 @@ def unwrap_state_dict(obj, source: str = "checkpoint") -> StateDict:
 
 
 def _read_sharded(index_path: Path) -> StateDict:
+    """The tensors of every shard an index names. A shard is a weights file: an index naming
+    another index (itself, or a cycle of them: once a 2,987-line RecursionError) is refused
+    with one line naming both, as is a ``weight_map`` that is not a name -> file mapping."""
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{index_path} is not a sharded-checkpoint index: {exc}") from exc
+    if not isinstance(weight_map, Mapping) or not all(
+            isinstance(v, str) and v for v in weight_map.values()):
+        raise CheckpointError(f"{index_path} is not a sharded-checkpoint index: its weight_map "
+                              f"must map tensor names to shard file names")
     sd: StateDict = {}
     for shard in sorted(set(weight_map.values())):
+        if shard.endswith(".index.json"):
+            same = " (this very file)" if shard == index_path.name else ""
+            raise CheckpointError(f"{index_path} names {shard}{same} as a shard, but that is an "
+                                  f"index itself; the shards of an index are weights files")
         sd.update(read_state_dict_file(index_path.parent / shard))
     return sd
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ class ConfigError(ValueError):
 
 # linear probe length when neither optim.linear_epochs nor optim.steps is given
 DEFAULT_LINEAR_EPOCHS = 200
+# The largest learning rate accepted. Every optimiser here is AdamW, which moves each weight by
+# about lr per step: at lr 5 a run diverges, and 1e300 overflowed to NaN features that failed
+# only after training ("Input contains NaN."); studies use 1e-5..1e-2.
+MAX_LR = 1.0
 
 
 def check_number(name: str, value: Any, *, minimum: Optional[float] = None,
@@ -64,6 +69,38 @@ def check_number(name: str, value: Any, *, minimum: Optional[float] = None,
     if ((minimum is not None and value < minimum) or (above is not None and value <= above)
             or (maximum is not None and value > maximum) or (below is not None and value >= below)):
         raise ConfigError(f"{name} must be {' and '.join(bounds)}, got {value!r}")
+
+
+def check_lr(name: str, value: Any, *, optional: bool = False) -> None:
+    """A learning rate: a finite number above 0 and at most :data:`MAX_LR` (errors name
+    ``name`` and say why the bound is there)."""
+    check_number(name, value, above=0, optional=optional)
+    if value is not None and value > MAX_LR:
+        raise ConfigError(f"{name} must be > 0 and <= {MAX_LR:g} (AdamW moves every weight by "
+                          f"about the learning rate per step; a larger one diverges), got "
+                          f"{value!r}")
+
+
+def check_out_target(out: str | os.PathLike) -> None:
+    """Refuse, before any training, an existing ``--out`` folder the finished run could not
+    be published onto: a run is renamed into place at the end, which fails on a mount point
+    (a read-only one used to train fully and then suggest freeing space) and is not wanted in
+    a folder made read-only. A missing ``--out`` (its parent is checked when the run's
+    staging folder is made there) and a file (refused by the run writer) pass."""
+    path = Path(out).expanduser()
+    if not path.is_dir():
+        return
+    writable = os.access(path, os.W_OK)
+    if os.path.ismount(path):
+        if not writable:
+            raise ConfigError(f"--out {path} is a read-only mount point: it is not writable; "
+                              f"choose another --out")
+        raise ConfigError(f"--out {path} is a mount point: a finished run is renamed into "
+                          f"place, which cannot replace a mount point; choose a folder inside "
+                          f"it, e.g. --out {path / 'run'}")
+    if not writable:
+        raise ConfigError(f"--out {path} is not writable (read-only folder or file system); "
+                          f"choose another --out")
 
 
 def _one_line(text: str) -> str:
@@ -160,7 +197,7 @@ class FinetuneSettings:
     grad_checkpointing: bool = False
 
     def validate(self) -> None:
-        check_number("finetune.backbone_lr", self.backbone_lr, above=0, optional=True)
+        check_lr("finetune.backbone_lr", self.backbone_lr, optional=True)
         check_number("finetune.layer_decay", self.layer_decay, above=0, maximum=1)
         check_number("finetune.train_blocks", self.train_blocks, minimum=1, integer=True,
                      optional=True)
@@ -215,7 +252,7 @@ class OptimConfig:
         return max(1, epochs * per_epoch)
 
     def validate(self) -> None:
-        check_number("optim.lr", self.lr, above=0)
+        check_lr("optim.lr", self.lr)
         check_number("optim.weight_decay", self.weight_decay, minimum=0)
         check_number("optim.batch_size", self.batch_size, minimum=1, integer=True)
         check_number("optim.steps", self.steps, minimum=1, integer=True, optional=True)
@@ -298,6 +335,7 @@ class TrainConfig:
                 check_out_vs_data(self.out, self.data.source)
             except RunDirError as err:
                 raise ConfigError(str(err)) from None
+            check_out_target(self.out)
 
     def _validate_select_on(self) -> None:
         """``train-cv`` only for methods that implement it or choose nothing (prototype,

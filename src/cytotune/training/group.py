@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -206,9 +206,15 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
     decode_s = time.perf_counter() - t0
     keep_pixels = first.method != "linear"  # linear probes need only their features
     shared: dict[str, SplitTensors] = {}  # equal row sets (the test split) share one tensor
+
+    def store_key(paths: list[Path]) -> str:
+        # the key a single run's own decode of these files gets: the test split's fingerprint
+        # (and its feature-cache key) must not depend on whether the run was trained in a group
+        return store.cache_key(paths, pre.effective_resize, pre.image_size, pre.interpolation)
     for m in live:
         try:
-            m.splits = {name: _subset(union, position, idx, name, keep_pixels, shared)
+            m.splits = {name: _subset(union, position, idx, name, keep_pixels, shared,
+                                      store_key if name == "test" else None)
                         for name, idx in wanted_splits(m.config, m.prepared.indices).items()}
         except Exception as err:  # noqa: BLE001
             m.error = err
@@ -288,24 +294,29 @@ def _write(member: _Member, result: RunResult, backbone, tensors, adapter_writer
 
 
 def _subset(union: SplitTensors, position: dict[int, int], rows: np.ndarray, name: str,
-            keep_pixels: bool, shared: dict[str, SplitTensors]) -> SplitTensors:
+            keep_pixels: bool, shared: dict[str, SplitTensors],
+            own_key: Optional[Callable[[list[Path]], str]] = None) -> SplitTensors:
     """A split as rows of the decoded union (unreadable images, skipped there, left out);
-    ``shared`` memoises them, so runs with the same rows hold one copy of their pixels."""
+    ``shared`` memoises them, so runs with the same rows hold one copy of their pixels.
+    ``own_key``: gives the split the images key of its own files (as a run decoding them alone
+    gets), instead of one derived from the union's."""
     from cytotune.data import DataError
 
     pos = np.asarray([position[int(r)] for r in rows if int(r) in position], dtype=np.int64)
     if len(pos) == 0:
         raise DataError(f"no readable images in the {name} split")
     key = _digest(pos)
-    if key not in shared:
+    memo = f"{key}:own" if own_key else key
+    if memo not in shared:
         index = torch.as_tensor(pos)
         pixels = union.pixels[index] if keep_pixels else union.pixels[:0]
-        shared[key] = SplitTensors(pixels=pixels, labels=union.labels[index],
-                                   paths=[union.paths[i] for i in pos.tolist()],
-                                   images_key=f"{union.images_key}:{key}", rows=union.rows[pos],
+        paths = [union.paths[i] for i in pos.tolist()]
+        images_key = own_key(paths) if own_key else f"{union.images_key}:{key}"
+        shared[memo] = SplitTensors(pixels=pixels, labels=union.labels[index], paths=paths,
+                                   images_key=images_key, rows=union.rows[pos],
                                    image_keys=[union.image_keys[i] for i in pos.tolist()]
                                    if union.image_keys else [])
-    return shared[key]
+    return shared[memo]
 
 
 def _digest(pos: np.ndarray) -> str:

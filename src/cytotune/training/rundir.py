@@ -6,6 +6,19 @@ rename makes it appear under its real name in one step. The rules that keep data
 * ``--overwrite`` only ever replaces a finished cytotune run directory (recognised by its
   ``metrics.json`` + ``config.yaml``, the files every run writes); a plain file, a folder of
   images or any other folder is refused.
+* ``--overwrite`` replaces only what cytotune wrote, and refuses a run folder that holds
+  anything else (a user's ``notes.txt``, a sub-folder), naming those entries. The alternative,
+  carrying the foreign files over into the new run, was rejected: between moving them into the
+  staging folder and the final rename they would live in a folder that a kill leaves to
+  :func:`clean_stale`, i.e. a kill at the wrong moment would delete them. Refusing keeps the
+  publish a pair of renames of folders that hold only cytotune's files: the old run is renamed
+  aside (checked again there, in case something was added meanwhile), the new one renamed into
+  place, and the old one's files deleted by name (never ``rmtree``): a file that appears in it
+  even then is kept in a visible ``NAME.kept-*`` folder. A killed overwrite leaves either the
+  old run, the new run, or (between the two renames) nothing under the name, never a mix.
+  What cytotune wrote is read from the run's ``manifest.json`` (every file with its sha256, see
+  :mod:`cytotune.training.run_manifest`, written into the staging folder at commit so it is
+  published with the run) or, for older runs, the fixed set of names a run writes.
 * Publishing is race-free: without overwrite the staging folder is renamed with ``rename(2)``,
   which fails on Linux when the target is a non-empty directory (a committed run is never empty:
   it must hold those two files), so of two runs aimed at one ``--out`` the second fails
@@ -35,6 +48,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from cytotune._process import pid_alive
 from cytotune.training.run_log import RunLogHandler, close_run_log, open_run_log
+from cytotune.training.run_manifest import foreign_entries, owned_names, write_manifest
 
 COMPLETE_MARKER = "metrics.json"
 # what identifies a finished cytotune run directory (and may therefore be overwritten)
@@ -160,6 +174,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
             if not overwrite:
                 raise RunExistsError(f"{out} already holds a finished run; choose another --out "
                                      f"or pass --overwrite")
+            _refuse_foreign(out, out)
             return
         try:
             empty = not any(out.iterdir())
@@ -177,6 +192,45 @@ def _check_out(out: Path, overwrite: bool) -> None:
             if not parent.is_dir():
                 raise RunDirError(f"--out {out} cannot be created: {parent} is a file")
             break
+
+
+def _refuse_foreign(folder: Path, out: Path) -> None:
+    """Refuse to overwrite the run in ``folder`` (``out`` or its trash) when it holds anything
+    cytotune did not write; the message names those entries."""
+    try:
+        foreign = foreign_entries(folder)
+    except OSError as err:
+        raise RunDirError(f"cannot read --out {out}: {_describe(err)}") from None
+    if foreign:
+        shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more"
+                                          if len(foreign) > 8 else "")
+        raise RunExistsError(
+            f"{out} holds files cytotune did not write ({shown}); --overwrite never deletes "
+            f"them: move them out or choose another --out")
+
+
+def _discard_old_run(trash: Path, out: Path) -> None:
+    """Delete a replaced run's own files by name, then its folder. Anything else that appeared
+    in it after it was checked is kept: the folder is renamed to a visible ``NAME.kept-*``
+    (a hidden ``.old-`` name would be deleted by :func:`clean_stale` once this process is gone)."""
+    for name in owned_names(trash):  # read from its manifest before any file is deleted
+        path = trash / name
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    try:
+        trash.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        kept = out.parent / f"{out.name}.kept-{owner_tag()}"
+        try:
+            os.rename(trash, kept)
+        except OSError as err:
+            log.warning("files added to %s while it was replaced are left in %s (%s)", out,
+                        trash, _describe(err))
+            return
+        log.warning("files added to %s while it was replaced were kept in %s", out, kept)
 
 
 @contextlib.contextmanager
@@ -290,6 +344,8 @@ class RunWriter:
         if missing:  # it could never be recognised (or overwritten) as a run, and might be empty
             raise RunDirError(f"the run for {self.out_dir} lacks {', '.join(missing)}; not "
                               f"published")
+        with self.writing():  # the last file, published by the same rename as the others
+            write_manifest(self.staging)
         parent = self.out_dir.parent
         with _folder_lock(parent):
             if self.overwrite and (self.out_dir.exists() or self.out_dir.is_symlink()):
@@ -329,12 +385,17 @@ class RunWriter:
                                  f"--overwrite only replaces a finished run: choose another "
                                  f"--out")
         try:
+            _refuse_foreign(trash, self.out_dir)  # files added while this run trained
+        except RunDirError:
+            os.rename(trash, self.out_dir)
+            raise
+        try:
             self._publish()
         except BaseException:
             with contextlib.suppress(OSError):
                 os.rename(trash, self.out_dir)  # put the old run back where possible
             raise
-        shutil.rmtree(trash, ignore_errors=True)
+        _discard_old_run(trash, self.out_dir)
 
     def abort(self) -> None:
         self.detach_log()

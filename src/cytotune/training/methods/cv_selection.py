@@ -15,7 +15,8 @@ Folds (:func:`plan_folds`):
   to validation with the reason recorded. At 1 shot per class both fall back.
 
 A grid value's CV score is the mean over folds of the task's selection score (accuracy), as in
-scikit-learn's ``GridSearchCV``; ties go to the lower mean held-out loss, then the first value.
+scikit-learn's ``GridSearchCV``; ties go to the lower mean held-out loss, then the first value,
+unless the caller ranks tied values first (``prefer``: logreg's C goes toward the default).
 """
 from __future__ import annotations
 
@@ -81,14 +82,24 @@ def fold_train_size(plan: FoldPlan) -> int:
     return min(len(tr) for tr, _ in plan.folds)
 
 
+def tie_key(score: float, loss: float, value: object,
+            prefer: Optional[Callable[[object], float]]) -> tuple[float, float, float]:
+    """What "better" means for a grid value (larger is better): the score (rounded, so values
+    equal up to float noise tie), then the smaller ``prefer(value)`` if given, then the lower
+    loss; a full tie keeps the earlier value."""
+    return (round(score, 9), -prefer(value) if prefer is not None else 0.0, -loss)
+
+
 def select_by_cv(name: str, grid: Sequence, fit: Callable[[object, np.ndarray], nn.Module],
                  features: torch.Tensor, labels: torch.Tensor, plan: FoldPlan,
-                 task: Task) -> tuple[object, FitHistory]:
-    """The grid value with the best mean held-out score over ``plan``'s folds (ties: lower mean
-    loss, then first); ``fit(value, train_indices)`` builds a head on those training images.
+                 task: Task, prefer: Optional[Callable[[object], float]] = None
+                 ) -> tuple[object, FitHistory]:
+    """The grid value with the best mean held-out score over ``plan``'s folds (ties: the smaller
+    ``prefer(value)`` if given, then the lower mean loss, then first: :func:`tie_key`);
+    ``fit(value, train_indices)`` builds a head on those training images.
     The history lists every value's ``cv_score`` and ``cv_loss``."""
     history = FitHistory()
-    best: Optional[tuple[object, float, float]] = None
+    best: Optional[tuple[object, tuple[float, float, float]]] = None
     observer().phase("training", len(grid))
     for i, value in enumerate(grid, start=1):
         scores, losses = [], []
@@ -102,8 +113,9 @@ def select_by_cv(name: str, grid: Sequence, fit: Callable[[object, np.ndarray], 
         score, loss = float(np.mean(scores)), float(np.mean(losses))
         history.evaluations.append({"step": i, name: value, "cv_score": score, "cv_loss": loss})
         log.info("%s=%g  cv loss %.4f  cv score %.4f (%s)", name, value, loss, score, plan.scheme)
-        if best is None or (score, -loss) > (best[1], -best[2]):
-            best = (value, score, loss)
+        key = tie_key(score, loss, value, prefer)
+        if best is None or key > best[1]:
+            best = (value, key)
         observer().step(i, len(grid))
     observer().phase("evaluation")
     assert best is not None
