@@ -88,6 +88,7 @@ def test_paired_table_spells_out_what_is_resolved(analysed):
     assert lead["difference"] == pytest.approx(100 * (np.mean([180, 178, 182, 179, 181])
                                                       - np.mean([120, 122, 118, 121, 119])) / 200)
     assert lead["low"] > 0 and lead["wilcoxon p"] == pytest.approx(0.0625)
+    assert lead["per seed"] == "1:+30.00 2:+28.00 3:+32.00 4:+29.00 5:+31.00"
     small = by_sample.loc["4 shots per class"]
     assert small["better"].startswith("lora") and small["difference"] > 0
     assert small["verdict"] == NOT_RESOLVED and small["low"] < 0 < small["high"]

@@ -190,8 +190,8 @@ def _pairs(settings: Sequence[_Setting], metrics: Sequence[str]) -> list[tuple[i
 
 
 PAIRWISE_COLUMNS = ["dataset", "training data", "better", "other", "better mean", "other mean",
-                    "difference", "low", "high", "seeds", "wilcoxon p", "holm p", "verdict",
-                    "basis"]
+                    "difference", "low", "high", "seeds", "per seed", "wilcoxon p", "holm p",
+                    "verdict", "basis"]
 
 
 def pairwise_tables(summary: pd.DataFrame, selected: pd.DataFrame,
@@ -200,8 +200,8 @@ def pairwise_tables(summary: pd.DataFrame, selected: pd.DataFrame,
                     datasets: Optional[Sequence[str]] = None) -> dict[str, pd.DataFrame]:
     """Per metric: pairs of settings evaluated on the same data set and training data (:func:
     `_pairs`), over the seeds both have, on the same test images (equal test fingerprints):
-    the mean of each, the mean paired difference (the better first, so it is >= 0; for ECE
-    lower is better), its paired bootstrap interval (all count metrics of a pair from the same
+    the mean of each, the per-seed differences and their mean (the better first, so the mean is
+    >= 0; for ECE lower is better), its paired bootstrap interval (all count metrics of a pair from the same
     draws), the Wilcoxon signed-rank p-value over seeds (>= 5 seeds) and its Holm adjustment
     over the comparisons of one data set and training data, and whether the interval excludes
     0 ("resolved")."""
@@ -245,6 +245,7 @@ def pairwise_tables(summary: pd.DataFrame, selected: pd.DataFrame,
                     "dataset": dataset, "training data": phrase, "better": first,
                     "other": second, "better mean": mean_a, "other mean": mean_b,
                     "difference": diff, "low": low, "high": high, "seeds": len(common),
+                    "per seed": " ".join(f"{s}:{d:+.2f}" for s, d in zip(common, diffs)),
                     "wilcoxon p": wilcoxon_p(diffs),
                     "verdict": RESOLVED if interval.excludes_zero else NOT_RESOLVED,
                     "basis": interval.basis})
@@ -357,9 +358,11 @@ def paired_tables(pairwise: pd.DataFrame, metric: str, spec: Optional[BootstrapS
             f"difference [{level}interval]": [fmt_interval(d, lo, hi) for d, lo, hi in
                                               zip(part["difference"], part["low"], part["high"])],
             "seeds": part["seeds"].to_numpy(),
+            "per seed (seed:difference)": part["per seed"].to_numpy(),
             "Wilcoxon p": [_p(v) for v in part["wilcoxon p"]],
             "Holm p": [_p(v) for v in part["holm p"]],
-            "verdict": part["verdict"].to_numpy()})
+            "verdict": part["verdict"].to_numpy()},
+            index=pd.RangeIndex(1, len(part) + 1, name="#"))
         bases = "; ".join(dict.fromkeys(part["basis"]))
         heading = (f"Paired comparisons, {dataset}, {phrase}: test {label} (%), better minus "
                    f"other over common seeds [{level}interval: {bases}]")
