@@ -46,8 +46,10 @@ def main() -> int:
                     "cytotune sweep --help": [*cli, "sweep", "--help"],
                     "cytotune models": [*cli, "models"],
                     "cytotune sweep --list": [*cli, "sweep", "--list"],
-                    "cytotune sweep demo_sweep --dry-run": [*cli, "sweep", "demo_sweep", "--store",
-                                                            store, "--dry-run"]}
+                    # the plan alone: the time estimate (issue 32) calibrates backbones
+                    "cytotune sweep demo_sweep --dry-run --no-estimate": [
+                        *cli, "sweep", "demo_sweep", "--store", store, "--dry-run",
+                        "--no-estimate"]}
         best = {name: float("inf") for name in commands}
         codes = {name: 0 for name in commands}
         for _ in range(args.repeats):

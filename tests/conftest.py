@@ -14,6 +14,14 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MLCC_ENV = "CYTOTUNE_MLCC"
 
 
+@pytest.fixture(autouse=True)
+def _calibration_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """`sweep --dry-run` caches a timing calibration per machine (~/.cache/cytotune): tests
+    keep it in a temporary folder of the session, never in the home directory."""
+    monkeypatch.setenv("CYTOTUNE_CALIBRATION_DIR",
+                       str(tmp_path_factory.getbasetemp() / "calibration"))
+
+
 def real_data_root() -> tuple[Optional[Path], str]:
     """The real MLCC folder ($CYTOTUNE_MLCC, else shared/data/mlcc beside the repository) or
     None, and a sentence naming both places (the skip reason when it is None)."""

@@ -13,47 +13,8 @@ from typing import Any
 
 from cytotune.models import ModelCard, list_cards
 from cytotune.training.config import ConfigError, TrainConfig, set_dotted
+from cytotune.training.flat_options import FLAT_OPTIONS  # flat keyword -> dotted config path
 from cytotune.training.runner import RunResult, run_training
-
-# Flat keyword (and CLI flag) -> dotted path in TrainConfig.
-FLAT_OPTIONS: dict[str, str] = {
-    "data": "data.source",
-    "layout": "data.layout",
-    "split_seed": "data.split_seed",
-    "val_fraction": "data.val_fraction",
-    "test_fraction": "data.test_fraction",
-    "skip_bad_images": "data.skip_bad_images",
-    "model": "model.name",
-    "weights": "model.weights",
-    "pretrained": "model.pretrained",
-    "image_size": "model.image_size",
-    "rank": "lora.rank",
-    "alpha": "lora.alpha",
-    "targets": "lora.targets",
-    "lora_dropout": "lora.dropout",
-    "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay",
-    "batch_size": "optim.batch_size",
-    "steps": "optim.steps",
-    "epochs": "optim.epochs",
-    "warmup_fraction": "optim.warmup_fraction",
-    "val_every": "optim.val_every",
-    "linear_epochs": "optim.linear_epochs",
-    "augment": "optim.augment",
-    "compile": "optim.compile",
-    "tokenizer": "model.tokenizer",
-    "templates": "data.prompts.templates",
-    "backbone_lr": "finetune.backbone_lr",
-    "layer_decay": "finetune.layer_decay",
-    "train_blocks": "finetune.train_blocks",
-    "grad_checkpointing": "finetune.grad_checkpointing",
-    "train_domains": "data.train_domains",
-    "test_domains": "data.test_domains",
-    "label_columns": "data.options.label_columns",
-    "multi_label": "data.options.multi_label",
-    "label_names": "data.options.label_names",
-    "group_pattern": "data.options.group_pattern",
-}
 
 
 def build_config(config: TrainConfig | dict | str | Path | None = None, **options: Any) -> TrainConfig:

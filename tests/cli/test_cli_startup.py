@@ -16,12 +16,14 @@ from cytotune.cli import build_parser, train_options
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def _modules_after(*argv: str) -> tuple[int, set[str]]:
-    """Run `cytotune ARGV` in a fresh interpreter; its exit code and the modules it imported."""
+def _modules_after(*argv: str, **environ: str) -> tuple[int, set[str]]:
+    """Run `cytotune ARGV` in a fresh interpreter (``environ`` added to the environment); its
+    exit code and the modules it imported."""
     code = ("import json, sys\nfrom cytotune.cli import main\ntry:\n    rc = main(sys.argv[1:])\n"
             "except SystemExit as e:\n    rc = e.code\n"
             "sys.stderr.write('\\nMODULES ' + json.dumps(sorted(sys.modules)))\nsys.exit(rc)")
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           **environ}
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                           env=env, timeout=120)
     modules = json.loads(done.stderr.rsplit("MODULES ", 1)[1])
@@ -60,7 +62,7 @@ def test_help_imports_only_the_allowed_modules():
 
     commands = next(a for a in build_parser()._actions
                     if isinstance(a, argparse._SubParsersAction)).choices
-    assert {"train", "sweep", "predict", "bench"} <= set(commands)
+    assert {"train", "sweep", "predict", "bench", "embed"} <= set(commands)
     allowed = set(sys.stdlib_module_names) | _bare_interpreter_modules() | HELP_THIRD_PARTY
     for argv in [("--help",), *((name, "--help") for name in commands)]:
         code, modules = _modules_after(*argv)
@@ -70,9 +72,12 @@ def test_help_imports_only_the_allowed_modules():
         assert not extra, f"cytotune {' '.join(argv)} imports {sorted(extra)}"
 
 
-def test_listing_and_checking_models_do_not_import_torch():
-    """The cards, their families and the weights check are plain data and file look-ups."""
-    code, modules = _modules_after("models")
+def test_listing_and_checking_models_do_not_import_torch(tmp_path):
+    """The cards, their families and the weights check are plain data and file look-ups (the
+    listing's "weights here" column too, on a machine whose caches hold no model: only where
+    one does, cards located by open_clip are looked up, which imports it)."""
+    code, modules = _modules_after("models", HF_HUB_CACHE=str(tmp_path / "hub"),
+                                   TORCH_HOME=str(tmp_path / "torch"))
     assert code == 0
     assert "cytotune.models.families.open_clip_family" in modules  # the families were asked
     assert not {"torch", "timm", "open_clip", "transformers"} & modules
@@ -84,7 +89,7 @@ def test_listing_and_checking_models_do_not_import_torch():
 def test_a_sweep_dry_run_does_not_import_torch(tmp_path):
     """Planning a sweep checks method names in the torch-free name registry."""
     code, modules = _modules_after("sweep", "demo_sweep", "--store", str(tmp_path / "s.sqlite"),
-                                   "--dry-run")
+                                   "--dry-run", "--no-estimate")
     assert code == 0
     assert "cytotune.training.method_registry" in modules
     assert not {"torch", "cytotune.training.methods", "cytotune.training.runner"} & modules

@@ -66,3 +66,36 @@ def test_a_sweep_off_a_terminal_writes_lines_while_it_runs(synthetic_data, tiny_
     assert [line.split(" ", 1)[0] for line in ended] == ["[1/2]", "[2/2]"]
     assert "ETA" in ended[0] and "ETA" not in ended[1]
     assert "━" not in text  # no bar drawn into a log
+
+
+def test_the_eta_weighs_runs_by_their_planned_work_not_their_count():
+    from cytotune.experiments.run_progress import WorkETA
+
+    now = [0.0]
+    # ten cheap probe runs first, then two LoRA runs each 45 times their work
+    weights = {f"probe{i}": 1.0 for i in range(10)} | {"lora1": 45.0, "lora2": 45.0}
+    eta = WorkETA(weights, clock=lambda: now[0])
+    assert eta.eta() is None and eta.text() == "ETA -"
+    for i in range(10):
+        now[0] += 1.0
+        eta.run_done(f"probe{i}")
+    # 10 s for 10 units of work; 90 left: 90 s, not the run count's 2 s (10 s / 10 runs x 2)
+    assert eta.eta() == 90.0 and eta.text() == "ETA 1 min 30 s"
+    eta.drop("lora2")  # done by another worker: no longer left, no time spent here
+    assert eta.eta() == 45.0
+    said: list[str] = []
+    lines = PlainSweepLines(said.append, total=12, clock=lambda: now[0], eta=eta)
+    lines.started = 0.0
+    lines.run_ended("probe 9", ok=True, done=10)
+    assert said == ["[10/12] finished probe 9 (elapsed 10.0 s, ETA 45.0 s)"]
+
+
+def test_with_estimated_seconds_the_eta_leans_on_the_estimate_early_on():
+    from cytotune.experiments.run_progress import WorkETA
+
+    now = [0.0]
+    eta = WorkETA({"linear": 2.0, "lora": 98.0}, clock=lambda: now[0], seconds=True)
+    now[0] = 8.0  # start-up made the cheap first run take 4 times its estimate
+    eta.run_done("linear")
+    # pace (8 + 10) / (2 + 10) = 1.5, not 8 / 2 = 4: 147 s left, not 392 s
+    assert eta.eta() == 147.0

@@ -57,7 +57,8 @@ def test_cli_dry_run_skips_unset_data_sets_names_missing_weights_and_writes_no_s
     monkeypatch.setenv("CYTOTUNE_MLCC", str(tmp_path / "mlcc"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     store = tmp_path / "results.sqlite"
-    assert main(["sweep", "experiment1_linear", "--store", str(store), "--dry-run"]) == 0
+    assert main(["sweep", "experiment1_linear", "--store", str(store), "--dry-run",
+                 "--no-estimate"]) == 0
     out = capsys.readouterr().out
     skipped = [line for line in out.splitlines() if line.startswith("skipped data set")]
     assert skipped == ["skipped data set(s) bcfc (CYTOTUNE_BCFC not set); sipakmed "

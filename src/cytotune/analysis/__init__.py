@@ -1,13 +1,24 @@
-"""Statistics over results: intervals, paired comparisons and rankings.
+"""Statistics over results: intervals, paired comparisons and rankings; and over cached
+features: which images to label first (selection) and which labels look wrong (audit).
 
-Pure functions over arrays and tables (a run's test outcome, per-seed values); nothing here
-reads a result store or trains: the report and ``cytotune compare`` hand them plain values.
+Pure functions over arrays and tables (a run's test outcome, per-seed values, feature matrices);
+nothing here reads a result store or trains a study run: the report, ``cytotune compare`` and
+the select/audit commands hand them plain values.
 """
 from cytotune.analysis.bootstrap import (BootstrapSpec, Interval, cell_interval, cell_intervals,
                                          paired_interval, paired_intervals, seed_interval)
+from cytotune.analysis.audit import (exact_duplicates, label_issues, near_duplicates,
+                                     oof_probabilities, outliers)
 from cytotune.analysis.outcomes import COUNT_METRICS, Outcome, count_metric
+from cytotune.analysis.selection import (default_delta, get_strategy, kmeans_clusters,
+                                         register_strategy, select, strategy_names, typicality)
 from cytotune.analysis.significance import McNemar, Ranking, holm, mcnemar, rank_methods, wilcoxon_p
 
 __all__ = ["BootstrapSpec", "COUNT_METRICS", "Interval", "McNemar", "Outcome", "Ranking",
            "cell_interval", "cell_intervals", "count_metric", "holm", "mcnemar",
-           "paired_interval", "paired_intervals", "rank_methods", "seed_interval", "wilcoxon_p"]
+           "paired_interval", "paired_intervals", "rank_methods", "seed_interval", "wilcoxon_p",
+           # selection
+           "default_delta", "get_strategy", "kmeans_clusters", "register_strategy", "select",
+           "strategy_names", "typicality",
+           # audit
+           "exact_duplicates", "label_issues", "near_duplicates", "oof_probabilities", "outliers"]

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from cytotune._flags import add_bootstrap_options, add_on_off
+from cytotune._flags import add_bootstrap_options, add_on_off, add_progress
 
 DEFAULT_STORE = "cytotune_results.sqlite"
 
@@ -62,11 +62,15 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                     "store does not hold yet. Killed or failed runs are re-run next time.")
     p.add_argument("sweep", nargs="?", metavar="FILE_OR_NAME",
                    help="sweep YAML file, or a shipped experiment (see --list)")
-    p.add_argument("--list", action="store_true", help="list the shipped experiments and exit")
+    p.add_argument("--list", action="store_true",
+                   help="list the shipped experiments (description, number of runs) and exit")
     p.add_argument("--store", default=DEFAULT_STORE, help=f"result store (default {DEFAULT_STORE})")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the runs, what is done and which backbones have no weights here; "
-                        "run nothing, write nothing")
+                   help="print the runs, what is done, which backbones have no weights here and "
+                        "the estimated time on this machine; run nothing, write nothing but the "
+                        "calibration cache (~/.cache/cytotune/calibration.json)")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="with --dry-run: skip the time estimate (and its short calibration)")
     p.add_argument("--datasets", action="append", metavar="NAME[,NAME...]",
                    help="run only these data sets of the sweep (default: every data set whose "
                         "environment variables are set; the others are skipped with a line)")
@@ -91,7 +95,7 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pack", dest="pack_size", type=int, default=None, metavar="K",
                    help="train up to K image-tower LoRA runs of a data set and backbone packed on "
                         "one backbone (default: the sweep's pack_size, else 1); same results")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress(p, quiet_alias=True)  # --progress/--no-progress; --quiet still works
     return p
 
 
@@ -137,15 +141,13 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from cytotune.experiments.catalog import experiment_path, list_experiments
     from cytotune.training.config import ConfigError
 
     console = _console()
     if args.list or not args.sweep:
         if not args.list:
             raise ConfigError("give a sweep file or experiment name (or --list)")
-        for name in list_experiments():
-            console.print(f"{name}  [dim]{experiment_path(name)}[/dim]")
+        _print_list(console)
         return 0
     # the runner (pandas, rich progress; torch once a run starts) only when something runs
     from cytotune.experiments.runner import run_sweep
@@ -162,13 +164,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        skip_unset_datasets=True)
     summary = run_sweep(sweep, args.store, executor=args.executor,
                         devices=_split_list(args.devices), dry_run=args.dry_run,
-                        progress=not args.quiet, retry_failed=args.retry_failed,
+                        progress=args.progress, retry_failed=args.retry_failed,
                         worker_setup=args.worker_setup, console=console,
                         executor_options=executor_options,
-                        pack_size=getattr(args, "pack_size", None))
-    if args.quiet:
+                        pack_size=getattr(args, "pack_size", None),
+                        estimate=not getattr(args, "no_estimate", False))
+    if not args.progress:
         console.print(summary.line())
     return 1 if summary.failed or summary.not_run else 0
+
+
+def _print_list(console) -> None:
+    """``sweep --list``: each shipped sweep, its run count (planned, nothing read or trained)
+    and its description."""
+    from rich.markup import escape
+
+    from cytotune.experiments.catalog import experiment_path
+    from cytotune.experiments.listing import summarize_all
+
+    for item in summarize_all():
+        console.print(f"[bold]{item.name}[/bold]: {item.count()}"
+                      + (f" [dim](full sweep; unset here: {', '.join(item.unset)})[/dim]"
+                         if item.unset else ""), highlight=False, soft_wrap=True)
+        text = item.description or (f"(not plannable: {item.error})" if item.error else "")
+        if text:
+            console.print(f"    {escape(text)}", highlight=False, soft_wrap=True)
+    console.print("run one: [bold]cytotune sweep NAME --dry-run[/bold] (its runs and estimated "
+                  "time); the files are in "
+                  f"[dim]{escape(str(experiment_path('demo_sweep').parent))}[/dim]",
+                  highlight=False, soft_wrap=True)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -90,3 +90,43 @@ def print_plan(console: Console, sweep: SweepConfig, runs: Sequence[PlannedRun],
     if store is not None and not store.exists():
         console.print(f"store {store} does not exist yet (a dry run does not create it)",
                       highlight=False)
+
+
+def print_estimate(console: Console, sweep: SweepConfig, runs: Sequence[PlannedRun],
+                   store_path: Path) -> None:
+    """The estimated time of ``runs`` (those left to do) on this machine, from the store's past
+    runs or a short calibration (cached per machine: the only file a dry run writes)."""
+    from cytotune.experiments.estimate import sweep_estimate
+    from cytotune.experiments.store import ResultStore, inspect_store_file
+
+    if not runs:
+        return
+    records = None
+    if inspect_store_file(store_path):
+        records = ResultStore.open_read_only(store_path).records(full=True)
+    with console.status("estimating the sweep's time (a short calibration where the store has "
+                        "no past runs of a backbone and method)"):
+        result = sweep_estimate(sweep, runs, records)
+    for line in result.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def dry_run(sweep: SweepConfig, store, progress: bool, retry_failed: bool, console: Console,
+            estimate: bool, summary_type):
+    """The plan, what the store holds, the backbones without weights here and (``estimate``)
+    the estimated time; writes nothing but the calibration cache. ``summary_type``: the
+    runner's SweepSummary (passed in: the runner imports this module)."""
+    runs = sweep.runs()
+    done, failed, path = stored_ids(store, retry_failed)
+    summary = summary_type(sweep=sweep.name, store=path, planned=len(runs),
+                           already_done=sum(r.run_id in done for r in runs),
+                           skipped_failed=sum(r.run_id in failed and r.run_id not in done
+                                              for r in runs), runs=runs, dry_run=True)
+    if progress:
+        print_plan(console, sweep, runs, done, failed, path)
+        print_weights(console, sweep)
+        if estimate:
+            print_estimate(console, sweep, [r for r in runs if r.run_id not in done
+                                            and r.run_id not in failed], path)
+        console.print(summary.line())
+    return summary

@@ -11,7 +11,7 @@ Off a terminal (a log file, a batch job) rich draws the bar once, at the end, so
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 from cytotune.training.progress import TrainingObserver, duration
 
@@ -58,15 +58,66 @@ class SweepRunProgress(TrainingObserver):
         self.show("")
 
 
+class WorkETA:
+    """A sweep's ETA weighted by each run's planned work (:mod:`.work`), not by run count: a
+    sweep whose cheap linear runs come first does not promise minutes before an hour of LoRA.
+    ``weights``: run id -> planned work (estimated seconds or work units; only ratios count);
+    a run missing from it weighs the mean of the others. ``seconds``: the weights are estimated
+    seconds, so the ETA starts from them and leans on the measured pace as work gets done
+    (one run's start-up costs do not multiply the whole sweep's estimate)."""
+
+    PRIOR = 0.1  # with seconds: the estimate counts as this share of the sweep already measured
+
+    def __init__(self, weights: Mapping[str, float], clock: Callable[[], float] = time.monotonic,
+                 seconds: bool = False):
+        known = [float(w) for w in weights.values() if w and w > 0]
+        self.default = sum(known) / len(known) if known else 1.0
+        self.weights = dict(weights)
+        self.total = sum(self.weight(r) for r in self.weights) or 1.0
+        self.done_work = 0.0
+        self.prior = self.PRIOR * self.total if seconds else 0.0
+        self.clock = clock
+        self.started = clock()
+
+    def weight(self, run_id: str) -> float:
+        w = self.weights.get(run_id)
+        return float(w) if w and w > 0 else self.default
+
+    def run_done(self, run_id: str) -> None:
+        self.done_work += self.weight(run_id)
+
+    def drop(self, run_id: str) -> None:
+        """A run settled without work here (done by another worker, read back): no time spent,
+        and no longer left to do."""
+        self.total = max(self.done_work, self.total - self.weight(run_id))
+
+    def fraction(self) -> float:
+        return min(1.0, self.done_work / self.total)
+
+    def eta(self) -> Optional[float]:
+        """Seconds left: work left x the pace so far (elapsed / work done, with seconds
+        weights shrunk towards the estimate's own pace); None before any run ended."""
+        if self.done_work <= 0 or self.done_work >= self.total:
+            return None
+        elapsed = self.clock() - self.started
+        pace = (elapsed + self.prior) / (self.done_work + self.prior)
+        return pace * (self.total - self.done_work)
+
+    def text(self) -> str:
+        eta = self.eta()
+        return "ETA -" if eta is None else f"ETA {duration(eta)}"
+
+
 class PlainSweepLines:
     """Plain lines for a sweep off a terminal: each run as it ends (runs done of all, elapsed,
-    ETA), and what the in-process run is doing at each phase change and at most every
+    ETA, weighted by planned work when ``eta`` is given), and what the in-process run is doing at each phase change and at most every
     ``every_s`` seconds within a phase. ``say(line)`` prints one line."""
 
     def __init__(self, say: Callable[[str], None], total: int, every_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, eta: Optional[WorkETA] = None):
         self.say, self.total, self.every_s, self.clock = say, total, every_s, clock
         self.started = clock()
+        self.work = eta  # weighted by planned work; None: by run count
         self._phase, self._last = "", -float("inf")
 
     def run_text(self, text: str) -> None:
@@ -82,7 +133,8 @@ class PlainSweepLines:
         """A run ended; ``done`` runs of the sweep's are settled (those another sweep on the
         store finished or recovered from their run directories included)."""
         elapsed = self.clock() - self.started
-        eta = (f", ETA {duration(elapsed / done * (self.total - done))}"
-               if 0 < done < self.total else "")
+        left = (self.work.eta() if self.work is not None else
+                elapsed / done * (self.total - done) if done else None)
+        eta = f", ETA {duration(left)}" if left is not None and 0 < done < self.total else ""
         self.say(f"[{done}/{self.total}] {'finished' if ok else 'FAILED'} {label} "
                  f"(elapsed {duration(elapsed)}{eta})")

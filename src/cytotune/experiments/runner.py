@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cytotune.experiments.executor_registry import get_executor
 from cytotune.experiments.executors import (ChunkQueue, Executor, RunOutcome, RunStarted,
                                             RunTask, WorkerSetup)
-from cytotune.experiments.run_progress import PlainSweepLines, SweepRunProgress
+from cytotune.experiments.run_progress import PlainSweepLines, SweepRunProgress, WorkETA
 from cytotune.experiments.store import (CLAIMED, DEFAULT_LEASE_TTL_S, DONE, FAILED_ELSEWHERE,
                                         ResultStore, StoreWriteError, new_owner, utc_now)
 from cytotune.experiments.store_records import load_pending, record_from_run_dir, save_pending
@@ -268,14 +267,16 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
               progress: bool = True, *, retry_failed: bool = True,
               worker_setup: WorkerSetup = None, console: Optional[Console] = None,
               executor_options: Optional[Mapping[str, Any]] = None,
-              pack_size: Optional[int] = None, lease_ttl: Optional[float] = None) -> SweepSummary:
+              pack_size: Optional[int] = None, lease_ttl: Optional[float] = None,
+              estimate: bool = False) -> SweepSummary:
     """Run every run of ``sweep`` that ``store`` does not hold yet.
 
     ``executor``: "local" (default) or an :class:`Executor`. ``devices``: e.g. ``["cuda:0",
     "cuda:1"]`` runs one worker process per device; None or one device runs here, one run at a
     time, on that device (None: each run's ``device`` option). ``worker_setup``: a callable or
     'module:function' run once per worker before its first run (e.g. to register model cards).
-    ``dry_run``: plan only; prints the plan and returns it in the summary. ``pack_size``:
+    ``dry_run``: plan only; prints the plan (and with ``estimate`` its estimated time, see
+    :mod:`.estimate`) and returns it in the summary. ``pack_size``:
     LoRA runs packed on one backbone (None: the sweep's ``pack_size``). ``lease_ttl``: seconds
     a run's claim lives without a heartbeat (None: ``CYTOTUNE_LEASE_TTL`` or 60).
 
@@ -298,7 +299,8 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
         else:
             log.warning(line)
     if dry_run:
-        return _dry_run(sweep, store, progress, retry_failed, console)
+        from cytotune.experiments.plan import dry_run as plan_dry_run
+        return plan_dry_run(sweep, store, progress, retry_failed, console, estimate, SweepSummary)
     if not isinstance(store, ResultStore):
         try:
             store = ResultStore(store)
@@ -341,15 +343,18 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
     store_error: list[BaseException] = []
 
     plain = progress and not console.is_terminal  # a log file: lines, not a bar drawn at the end
+    from cytotune.experiments.estimate import run_weights
+    weights, unit = run_weights(sweep, todo, _records(store))
+    work = WorkETA(weights, seconds=unit == "seconds")  # the ETA weighs runs by planned work
     lines = PlainSweepLines(lambda line: console.print(line, markup=False, highlight=False,
-                                                       soft_wrap=True), len(todo))
+                                                       soft_wrap=True), len(todo), eta=work)
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[left]} left, [red]{task.fields[failed]} failed[/red]"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
                    TextColumn("{task.fields[current]}"), TextColumn("[cyan]{task.fields[run]}"),
                    console=console, disable=not progress or plain, transient=False)
     task_id = bar.add_task(sweep.name, total=len(todo), left=len(todo), failed=0, current="",
-                           run="")
+                           run="", eta=work.text())
     in_flight: dict[str, str] = {}
 
     def store_failed(err: BaseException) -> None:
@@ -375,6 +380,7 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
             return
         in_flight.pop(event.run_id, None)
         remaining.discard(event.run_id)
+        work.run_done(event.run_id)
         if event.ok:
             if write(lambda: store.insert(event.record)):
                 summary.completed.append(event.run_id)
@@ -391,13 +397,14 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
                                   f"{event.error}")
         write(lambda: store.release([event.run_id], owner))
         bar.update(task_id, advance=1, left=len(remaining), failed=len(summary.failed),
-                   current=_current(in_flight))
+                   current=_current(in_flight), eta=work.text())
         if plain:
             lines.run_ended(by_id[event.run_id].describe() if event.run_id in by_id else
                             event.run_id, event.ok, len(todo) - len(remaining))
 
     def skipped(run_id: str, why: str) -> None:
         remaining.discard(run_id)
+        work.drop(run_id)
         (summary.done_elsewhere if why == DONE else summary.failed_elsewhere).append(run_id)
         bar.update(task_id, advance=1, left=len(remaining), current=_current(in_flight))
 
@@ -410,6 +417,7 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
             return True
         write(lambda: store.release([task.run_id], owner))
         remaining.discard(task.run_id)
+        work.drop(task.run_id)
         summary.recovered.append(task.run_id)
         log.info("run %s read back from %s", task.run_id, record["out_dir"])
         bar.update(task_id, advance=1, left=len(remaining), current=_current(in_flight))
@@ -425,7 +433,8 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
     from cytotune.training.progress import TrainingObserver, observing
 
     run_progress = (SweepRunProgress(lines.run_text) if plain else
-                    SweepRunProgress(lambda text: bar.update(task_id, run=text)) if progress
+                    SweepRunProgress(lambda text: bar.update(task_id, run=text, eta=work.text()))
+                    if progress
                     else TrainingObserver())
     try:
         with bar, observing(run_progress):  # phase and step of an in-process run
@@ -481,19 +490,9 @@ def _current(in_flight: Mapping[str, str]) -> str:
     return labels[0] if len(labels) == 1 else f"{labels[0]} (+{len(labels) - 1} more)"
 
 
-def _dry_run(sweep: SweepConfig, store: Union[ResultStore, str, Path], progress: bool,
-             retry_failed: bool, console: Console) -> SweepSummary:
-    """The plan, what the store holds and the backbones without weights here; writes nothing."""
-    from cytotune.experiments.plan import print_plan, print_weights, stored_ids
-
-    runs = sweep.runs()
-    done, failed, path = stored_ids(store, retry_failed)
-    summary = SweepSummary(sweep=sweep.name, store=path, planned=len(runs),
-                           already_done=sum(r.run_id in done for r in runs),
-                           skipped_failed=sum(r.run_id in failed and r.run_id not in done
-                                              for r in runs), runs=runs, dry_run=True)
-    if progress:
-        print_plan(console, sweep, runs, done, failed, path)
-        print_weights(console, sweep)
-        console.print(summary.line())
-    return summary
+def _records(store: ResultStore):
+    """The store's finished runs with their configs and timings, or None when unreadable."""
+    try:
+        return store.records(full=True)
+    except Exception:  # noqa: BLE001 - the ETA falls back to planned work units
+        return None

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cytotune._flags import add_bootstrap_options, add_on_off
+from cytotune._flags import add_bootstrap_options, add_on_off, add_progress
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -137,7 +137,7 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="autocast precision (default: the run's own setting, whose 'auto' is "
                         "bf16 on CUDA and fp32 on a CPU)")
-    add_on_off(p, "--progress", default=True, help="show a progress bar")
+    add_progress(p)
 
     e = subparsers.add_parser(
         "export", help="export a trained run as one standalone model",

@@ -9,7 +9,9 @@ will happen on first use and, when the weights are not here, exactly what to do.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -203,3 +205,53 @@ def _look_for_pretrained(card: ModelCard, family, source: Optional[hub.WeightsSo
 def _fix_steps(card: ModelCard, hub_id: str, url: Optional[str]) -> list[str]:
     text = hub.how_to_fix(card, hub_id, url)
     return [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
+
+
+# Families that find a card's weights by asking their model package (open_clip's pretrained
+# tags, timm's pretrained configs), which imports torch: 4-5 s for a listing that is otherwise
+# instant. The listing asks them only when a cache could hold the weights at all.
+_LOCATED_BY_PACKAGE = ("open_clip", "timm")
+
+
+def _torch_hub_checkpoints() -> Path:
+    """torch.hub's checkpoint folder, found as ``torch.hub.get_dir`` finds it, without torch."""
+    if "torch" in sys.modules:
+        import torch.hub
+
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+    return Path(home).expanduser() / "hub" / "checkpoints"
+
+
+def _caches_are_empty() -> bool:
+    """Neither the Hugging Face hub cache nor torch.hub's folder holds any model."""
+    hub_cache, checkpoints = hub_cache_dir(), _torch_hub_checkpoints()
+    no_hub = not hub_cache.is_dir() or not any(hub_cache.glob("models--*"))
+    no_urls = not checkpoints.is_dir() or not any(checkpoints.iterdir())
+    return no_hub and no_urls
+
+
+def listing_status(card: ModelCard) -> str:
+    """One of the statuses above, for ``cytotune models``' "weights here" column, found without
+    importing torch where that can be avoided: a package that ships weights is looked up, not
+    imported; a card located by its model package is looked for only when a cache holds any
+    model (else it cannot be here). ``check_weights`` gives the full answer."""
+    family = get_family(card.family)
+    located_by_package = (card.family in _LOCATED_BY_PACKAGE
+                          and not card.source.startswith("hf-hub:"))
+    if "torch" not in sys.modules:  # else asking the packages costs nothing more
+        if located_by_package and _caches_are_empty():
+            if hub.is_offline() or (card.gated and find_token() is None):
+                return UNAVAILABLE
+            return DOWNLOAD
+        source = None if located_by_package else family.weights_source(card)
+        if source is not None and source.kind == "package":
+            module = source.location.partition(":")[0]
+            return CACHED if module and importlib.util.find_spec(module) is not None \
+                else UNAVAILABLE
+    return check_weights(card).status
+
+
+LISTING_TEXT = {LOCAL: "yes", CACHED: "yes", DOWNLOAD: "no (downloads)",
+                UNAVAILABLE: "no (see --check)"}

@@ -98,7 +98,8 @@ class FeatureCache:
 
     def features(self, backbone, weights_fingerprint: str, pixels: torch.Tensor, images_key: str,
                  device: torch.device, precision: str = "auto",
-                 image_keys: Sequence[str] = ()) -> tuple[torch.Tensor, float, bool]:
+                 image_keys: Sequence[str] = (),
+                 batch_size: int = 64) -> tuple[torch.Tensor, float, bool]:
         """Clean features of ``pixels`` (the images behind ``images_key``) through a frozen
         ``backbone`` whose weights have ``weights_fingerprint``, at ``precision`` on ``device``.
 
@@ -106,13 +107,15 @@ class FeatureCache:
         weights, preprocessing, precision) holding features image by image: only images it does
         not hold yet are extracted, so a run on other shots, another seed's sample or a resumed
         sweep chunk reuses every image extracted before. Without them, one entry per set of
-        images. Returns ``(features, seconds extracting, whether nothing was extracted)``.
+        images. ``batch_size``: images per forward pass when extracting. Returns ``(features,
+        seconds extracting, whether nothing was extracted)``.
         """
         pre = backbone.preprocessing
         resolved = resolve_precision(device, precision)
 
         def extract(subset: torch.Tensor) -> torch.Tensor:
-            return extract_features(backbone, subset, pre.mean, pre.std, device, precision=resolved)
+            return extract_features(backbone, subset, pre.mean, pre.std, device, batch_size,
+                                    precision=resolved)
 
         if self.cache_dir is None or len(image_keys) != len(pixels) or not len(pixels):
             key = self.key(backbone.card.name, weights_fingerprint, pre.fingerprint(), images_key,
