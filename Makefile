@@ -25,4 +25,4 @@ test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) demo_runs .cytotune_cache
+	rm -rf $(VENV) demo_runs .cytotune_cache cytotune_demo_sweep site

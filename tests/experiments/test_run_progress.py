@@ -99,3 +99,25 @@ def test_with_estimated_seconds_the_eta_leans_on_the_estimate_early_on():
     eta.run_done("linear")
     # pace (8 + 10) / (2 + 10) = 1.5, not 8 / 2 = 4: 147 s left, not 392 s
     assert eta.eta() == 147.0
+
+
+def test_the_eta_uses_each_kinds_measured_pace_once_one_of_its_runs_ended():
+    """demo_sweep measured on an idle machine: a calibration made under load overstated LoRA
+    about 8x, so a single overall pace promised minutes for 20 s of work."""
+    from cytotune.experiments.run_progress import WorkETA
+
+    now = [0.0]
+    weights = {f"lin{i}": 0.3 for i in range(12)} | {f"lora{i}": 10.0 for i in range(12)}
+    kinds = {r: ("linear" if r.startswith("lin") else "lora") for r in weights}
+    eta = WorkETA(weights, clock=lambda: now[0], seconds=True, kinds=kinds)
+    plain = WorkETA(weights, clock=lambda: now[0], seconds=True)
+    for i in range(12):  # the linear group: 3.3 s for all 12, as estimated
+        now[0] = 3.3
+        eta.run_done(f"lin{i}")
+        plain.run_done(f"lin{i}")
+    now[0] = 4.5  # the first LoRA run: 1.2 s, not the estimated 10 s
+    eta.run_done("lora0")
+    plain.run_done("lora0")
+    truth = 11 * 1.2
+    assert abs(eta.eta() - truth) < 1e-9  # its own kind's measured pace
+    assert plain.eta() > 3 * truth  # one pace over all the work: minutes too long

@@ -64,44 +64,75 @@ class WorkETA:
     ``weights``: run id -> planned work (estimated seconds or work units; only ratios count);
     a run missing from it weighs the mean of the others. ``seconds``: the weights are estimated
     seconds, so the ETA starts from them and leans on the measured pace as work gets done
-    (one run's start-up costs do not multiply the whole sweep's estimate)."""
+    (one run's start-up costs do not multiply the whole sweep's estimate).
+
+    ``kinds``: run id -> its kind (backbone and method). The pace is then measured per kind,
+    because an estimate is wrong by a different factor per kind (a calibration made under load
+    overstates LoRA far more than the linear probe): the runs left of a kind already seen go at
+    that kind's measured pace alone, the others at the pace over all work so far. A run's time is the
+    wall time since the previous run ended (runs of a group, which end together, share it), so
+    with several workers at once the per-kind split is approximate."""
 
     PRIOR = 0.1  # with seconds: the estimate counts as this share of the sweep already measured
 
     def __init__(self, weights: Mapping[str, float], clock: Callable[[], float] = time.monotonic,
-                 seconds: bool = False):
+                 seconds: bool = False, kinds: Optional[Mapping[str, str]] = None):
         known = [float(w) for w in weights.values() if w and w > 0]
         self.default = sum(known) / len(known) if known else 1.0
         self.weights = dict(weights)
+        self.kinds = dict(kinds or {})
         self.total = sum(self.weight(r) for r in self.weights) or 1.0
         self.done_work = 0.0
         self.prior = self.PRIOR * self.total if seconds else 0.0
         self.clock = clock
-        self.started = clock()
+        self.started = self.last_end = clock()
+        self.left = set(self.weights)
+        self.kind_time: dict[str, float] = {}  # measured seconds per kind
+        self.kind_work: dict[str, float] = {}  # planned work done per kind
 
     def weight(self, run_id: str) -> float:
         w = self.weights.get(run_id)
         return float(w) if w and w > 0 else self.default
 
     def run_done(self, run_id: str) -> None:
+        now = self.clock()
         self.done_work += self.weight(run_id)
+        self.left.discard(run_id)
+        kind = self.kinds.get(run_id)
+        if kind is not None:
+            self.kind_time[kind] = self.kind_time.get(kind, 0.0) + (now - self.last_end)
+            self.kind_work[kind] = self.kind_work.get(kind, 0.0) + self.weight(run_id)
+        self.last_end = now
 
     def drop(self, run_id: str) -> None:
         """A run settled without work here (done by another worker, read back): no time spent,
         and no longer left to do."""
         self.total = max(self.done_work, self.total - self.weight(run_id))
+        self.left.discard(run_id)
 
     def fraction(self) -> float:
         return min(1.0, self.done_work / self.total)
 
     def eta(self) -> Optional[float]:
         """Seconds left: work left x the pace so far (elapsed / work done, with seconds
-        weights shrunk towards the estimate's own pace); None before any run ended."""
+        weights shrunk towards the estimate's own pace), per kind where runs of that kind have
+        ended; None before any run ended."""
         if self.done_work <= 0 or self.done_work >= self.total:
             return None
         elapsed = self.clock() - self.started
         pace = (elapsed + self.prior) / (self.done_work + self.prior)
-        return pace * (self.total - self.done_work)
+        if not self.kinds:
+            return pace * (self.total - self.done_work)
+        left = 0.0
+        for run_id in self.left:
+            kind = self.kinds.get(run_id)
+            if kind in self.kind_work and self.kind_work[kind] > 0:
+                # the kind's own measured pace: an estimate that is off for this kind (by 8x,
+                # seen) would keep pulling the ETA away for the rest of the sweep
+                left += self.weight(run_id) * self.kind_time[kind] / self.kind_work[kind]
+            else:
+                left += self.weight(run_id) * pace
+        return left
 
     def text(self) -> str:
         eta = self.eta()

@@ -345,7 +345,8 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
     plain = progress and not console.is_terminal  # a log file: lines, not a bar drawn at the end
     from cytotune.experiments.estimate import run_weights
     weights, unit = run_weights(sweep, todo, _records(store))
-    work = WorkETA(weights, seconds=unit == "seconds")  # the ETA weighs runs by planned work
+    work = WorkETA(weights, seconds=unit == "seconds",  # the ETA weighs runs by planned work
+                   kinds={r.run_id: f"{r.backbone}|{r.method}" for r in todo})
     lines = PlainSweepLines(lambda line: console.print(line, markup=False, highlight=False,
                                                        soft_wrap=True), len(todo), eta=work)
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
