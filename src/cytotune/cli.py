@@ -3,7 +3,8 @@ cytology image classification, on a CPU or GPU. Train a linear probe, LoRA, full
 few-shot probe on a folder of images (`train`), run and resume grids of runs (`sweep`), turn
 their results into tables, figures and an HTML page with confidence intervals (`report`), predict
 new images (`predict`), export a model (`export`) and write a backbone's features for your own
-analysis (`embed`). Start with `cytotune demo` (offline, about a minute on a CPU).
+analysis (`embed`), choose which cells to label first (`select`) and find labels that look wrong
+(`audit`). Start with `cytotune demo` (offline, about a minute on a CPU).
 """
 from __future__ import annotations
 
@@ -322,6 +323,13 @@ SUBCOMMAND_MODULES = ("cytotune.inference.cli", "cytotune.experiments.cli",
                       "cytotune.benchmark.cli", "cytotune.training.cache_verify")
 
 
+def _progress_display():
+    """The rich progress display (imported when a command runs, not for --help)."""
+    from cytotune.progress_display import progress_display
+
+    return progress_display()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; building it imports no torch."""
     import importlib
@@ -358,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_embed_parser(sub)
     for module in SUBCOMMAND_MODULES:
         COMMANDS.update(importlib.import_module(module).register(sub))
+    from cytotune.inference import label_cli  # select, audit: progress shown by this layer's display
+
+    COMMANDS.update(label_cli.register(sub, display=_progress_display))
     explain_defaults(parser, ())
     return parser
 

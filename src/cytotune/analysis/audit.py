@@ -108,7 +108,9 @@ def label_issues(features: np.ndarray, labels: Sequence, seed: int,
 
     probs, classes, note = oof_probabilities(features, labels, seed, folds)
     _, codes = _labels(labels, len(probs))
-    ranked = np.asarray(find_label_issues(labels=codes, pred_probs=probs,
+    # n_jobs=1: cleanlab's default forks a process pool, which can deadlock in a process that
+    # already runs torch's threads (`cytotune audit` hung); the result does not depend on it
+    ranked = np.asarray(find_label_issues(labels=codes, pred_probs=probs, n_jobs=1,
                                           return_indices_ranked_by="self_confidence"),
                         dtype=np.int64)
     quality = get_label_quality_scores(codes, probs, method="self_confidence")
