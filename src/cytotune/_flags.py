@@ -157,6 +157,28 @@ def add_progress(parser: argparse.ArgumentParser, quiet_alias: bool = False) -> 
                             new="--no-progress")
 
 
+def add_feature_options(parser: argparse.ArgumentParser, pretrained_help: str) -> None:
+    """The options that say which features a command reads from (or adds to) the feature cache:
+    model, weights, input size, cache, device, precision, batch size. One declaration for
+    ``embed``, ``select`` and ``audit``, so their spellings, defaults and help agree."""
+    parser.add_argument("--model", required=True,
+                        help="model card name (see `cytotune models`), timm:<name> or "
+                             "open_clip:<arch>[:<tag>]")
+    parser.add_argument("--weights", default=None,
+                        help="local checkpoint file or directory (default: the card's published "
+                             "weights)")
+    add_on_off(parser, "--pretrained", default=True, help=pretrained_help)
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input size (default: the card's)")
+    parser.add_argument("--cache-dir", default=".cytotune_cache",
+                        help="decoded images and features, shared with `train`, `embed`, "
+                             "`select` and `audit`")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto is bf16 on CUDA, fp32 on a CPU")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+
+
 def _level(value: str) -> float:
     try:
         level = float(value)

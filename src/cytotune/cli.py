@@ -18,7 +18,8 @@ from typing import Any, Optional, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from cytotune._flags import SAYS_DEFAULT, OnOffParser, add_on_off, add_progress
+from cytotune._flags import (SAYS_DEFAULT, OnOffParser, add_feature_options, add_on_off,
+                             add_progress)
 from cytotune.cli_help import ON_OFF, default_text, explain_defaults
 from cytotune._version import __version__
 
@@ -261,31 +262,16 @@ def add_embed_parser(sub) -> None:
                    help="data set: folder of class folders, CSV manifest, or a named layout's root")
     p.add_argument("--layout", default=None, help="named layout: bcfc, mlcc, sipakmed, hicervix, "
                                                   "folder, csv (default: told from the path)")
-    p.add_argument("--model", required=True,
-                   help="model card name (see `cytotune models`), timm:<name> or "
-                        "open_clip:<arch>[:<tag>]")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="output name: FILE.safetensors + FILE.csv, or FILE.parquet")
     p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
                    help="which split's images (the split `train` uses with the same options)")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the train/val/test split when the data set has none")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="input size (default: the card's)")
-    p.add_argument("--weights", default=None,
-                   help="local checkpoint file or directory (default: the card's published "
-                        "weights)")
-    add_on_off(p, "--pretrained", default=True,
-               help="published weights; --no-pretrained: random initialisation seeded by --seed")
     p.add_argument("--seed", type=int, default=1,
                    help="seed of a random initialisation (as `train --seed`)")
-    p.add_argument("--cache-dir", default=".cytotune_cache",
-                   help="decoded images and features (the same folder as `train --cache-dir` "
-                        "shares them)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto is bf16 on CUDA, fp32 on a CPU")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    add_feature_options(p, pretrained_help="published weights; --no-pretrained: random "
+                                           "initialisation seeded by --seed")
     add_on_off(p, "--overwrite", default=False, help="replace existing output files")
     add_progress(p)
 

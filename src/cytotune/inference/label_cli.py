@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from rich.console import Console
 from rich.markup import escape
 
-from cytotune._flags import add_on_off, add_progress
+from cytotune._flags import add_feature_options, add_progress
 
 # the registry's names (cytotune.analysis.selection.strategy_names(), which imports numpy):
 # only for --help; the handler checks the name against the registry itself
@@ -27,22 +27,9 @@ def _console() -> Console:
 
 
 def _backbone_options(p: argparse.ArgumentParser) -> None:
-    """The options that say which features: model, weights, cache, device."""
-    p.add_argument("--model", required=True,
-                   help="model card name (see `cytotune models`), timm:<name> or "
-                        "open_clip:<arch>[:<tag>]")
-    p.add_argument("--weights", default=None,
-                   help="local checkpoint file or directory (default: the card's published "
-                        "weights)")
-    add_on_off(p, "--pretrained", default=True,
-               help="published weights; --no-pretrained: random initialisation (tests)")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default: the card's)")
-    p.add_argument("--cache-dir", default=".cytotune_cache",
-                   help="decoded images and features, shared with `train` and `embed`")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto is bf16 on CUDA, fp32 on a CPU")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    """The options that say which features (shared with ``embed``), and progress."""
+    add_feature_options(p, pretrained_help="published weights; --no-pretrained: random "
+                                           "initialisation (tests)")
     add_progress(p)
 
 
