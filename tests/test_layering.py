@@ -1,7 +1,8 @@
 """Data flows one way: no package of cytotune imports from a layer above it.
 
-data -> models -> adapters -> training -> analysis -> {inference, experiments, benchmark} -> api
--> {demo, progress_display} -> cli.
+data -> models -> adapters -> training -> analysis -> inference -> {experiments, benchmark} -> api
+-> {demo, progress_display} -> cli. (inference loads and evaluates finished runs; a sweep may
+evaluate its runs with it, e.g. under perturbations, so it sits below experiments.)
 (Modules at the same level do not import each other. progress_display is the rich/plain view
 of training's observer events: training emits them and never imports a display.)
 """
@@ -15,7 +16,7 @@ import pytest
 import cytotune
 
 ROOT = Path(cytotune.__file__).parent
-LEVEL = {"data": 0, "models": 1, "adapters": 2, "training": 3, "analysis": 3.5, "inference": 4,
+LEVEL = {"data": 0, "models": 1, "adapters": 2, "training": 3, "analysis": 3.5, "inference": 3.75,
          "experiments": 4, "benchmark": 4, "api": 5, "demo": 6, "progress_display": 6,
          "cli": 7}
 ANYWHERE = {"_version", "_process", "_gc", "_lazy", "_flags", "_atomic"}

@@ -63,6 +63,9 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--lora-dropout", float, "dropout on the LoRA branch input"),
     ("--shots", _shots, "images per class from the training split, or 'all'"),
     ("--fraction", float, "percent of the training split (stratified)"),
+    ("--budget", int, "label budget: N training images in total, chosen by --sampling on the "
+                      "backbone's features before any label is read"),
+    ("--sampling", str, "with --budget: random | kmeans | typiclust | probcover"),
     ("--seed", int, "run seed (sampling, initialisation, data order)"),
     ("--split-seed", int, "seed of the train/val/test split when the data set has none"),
     ("--group-pattern", str, "regex with one capture group: the source id in each file name; images "
@@ -76,9 +79,16 @@ TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--val-every", int, "validate every N steps (and at the end)"),
     ("--linear-epochs", int, "linear probe epochs over cached features (default: 200; "
                              "--steps, when given, sets the length instead)"),
-    ("--augment", ON_OFF, "flips and right-angle rotations while training"),
+    ("--augment", str, "image-training augmentation (methods lora, full; cached-feature probes "
+                       "ignore it): on (= dihedral: flips and right-angle rotations) | off | a "
+                       "comma list of dihedral, hed (stain jitter), color, blur, jpeg, scale; "
+                       "strengths in docs/robustness.md (default: on)"),
     ("--compile", ON_OFF, "methods lora and full: torch.compile the model"),
     ("--skip-bad-images", ON_OFF, "skip unreadable images (reported in the log) instead of failing"),
+    ("--stain-norm", str, "none | macenko | reinhard: map every decoded image's stain onto "
+                          "--stain-target's (torchstain; after resize and crop; stored in the "
+                          "run, so predict needs no target)"),
+    ("--stain-target", str, "the stained image whose appearance --stain-norm maps images to"),
     ("--device", str, "auto | cpu | cuda | cuda:N"),
     ("--precision", str, "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast; fast on "
                          "CPUs with native bf16)"),
@@ -125,6 +135,8 @@ def _add_train(sub) -> None:
             add_on_off(p, flag, help_text, default=argparse.SUPPRESS)
         else:
             p.add_argument(flag, type=kind, help=help_text, default=argparse.SUPPRESS)
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="off",
+                   default=argparse.SUPPRESS, help="same as --augment off, the old switch (default: not given)")
     p.add_argument("--leave-one-domain-out", action="store_true",
                    help="one run per domain (CSV 'domain' column), trained on the others and "
                         "tested on it; --out gets heldout_<domain>/ and leave_one_domain_out.csv")
@@ -215,7 +227,8 @@ def _print_results(results) -> None:
     for r in results:
         t, o = r.metrics["test"], r.metrics.get("test_ood", {})
         table.add_row(r.config.model.name, r.config.method,
-                      str(r.config.shots) if r.config.shots is not None else "all",
+                      (f"budget {r.config.budget}" if r.config.budget is not None else
+                       str(r.config.shots) if r.config.shots is not None else "all"),
                       str(r.config.seed), f"{r.trainable_parameters['total']:,}",
                       f"{t['accuracy']:.3f}", f"{t['balanced_accuracy']:.3f}", f"{t['macro_f1']:.3f}",
                       f"{t['auroc']:.3f}", f"{t.get('ece', nan):.3f}",
@@ -305,7 +318,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 # `cytotune --help`, `models`, `sweep --list` and `sweep NAME --dry-run` start in well under a
 # second (the model families and the method names import no torch either)
 # (tests/cli/test_cli_startup.py keeps it so).
-SUBCOMMAND_MODULES = ("cytotune.inference.cli", "cytotune.experiments.cli",
+SUBCOMMAND_MODULES = ("cytotune.inference.cli", "cytotune.inference.robustness_cli",
+                      "cytotune.experiments.cli",
                       "cytotune.benchmark.cli", "cytotune.training.cache_verify")
 
 

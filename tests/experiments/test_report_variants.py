@@ -325,3 +325,19 @@ def test_runs_selecting_on_validation_and_by_cross_validation_are_not_pooled(tmp
                         ["accuracy"]).set_index("variant")
     assert summary.loc["select_on=train-cv", "mean"] == pytest.approx(90.0)
     assert summary.loc["select_on=val", "mean"] == pytest.approx(50.0)
+
+
+def test_a_fingerprint_told_by_another_setting_is_left_out_of_the_label():
+    """Stain normalisation changes the test pixels' fingerprint: `data.stain_norm=macenko` says
+    it, so the label does not repeat it; where runs with equal settings differ in it, it stays."""
+    from cytotune.experiments.report_variants import TEST_DATA_FINGERPRINT, _without_implied
+
+    names = ["data.stain_norm", TEST_DATA_FINGERPRINT]
+    told = [{"data.stain_norm": "none", TEST_DATA_FINGERPRINT: "a"},
+            {"data.stain_norm": "macenko", TEST_DATA_FINGERPRINT: "b"},
+            {"data.stain_norm": "none", TEST_DATA_FINGERPRINT: "a"}]
+    assert _without_implied(names, told, TEST_DATA_FINGERPRINT) == ["data.stain_norm"]
+    untold = told + [{"data.stain_norm": "none", TEST_DATA_FINGERPRINT: "c"}]
+    assert _without_implied(names, untold, TEST_DATA_FINGERPRINT) == names
+    assert _without_implied([TEST_DATA_FINGERPRINT], told, TEST_DATA_FINGERPRINT) == \
+        [TEST_DATA_FINGERPRINT]

@@ -1,5 +1,6 @@
 """Statistics over results: intervals, paired comparisons and rankings; and over cached
-features: which images to label first (selection) and which labels look wrong (audit).
+features: which labels look wrong (audit). Which images to label first is a sampler of the data
+layer (:mod:`cytotune.data.selection`), since a training run's budget mode uses it too.
 
 Pure functions over arrays and tables (a run's test outcome, per-seed values, feature matrices);
 nothing here reads a result store or trains a study run: the report, ``cytotune compare`` and
@@ -10,15 +11,10 @@ from cytotune.analysis.bootstrap import (BootstrapSpec, Interval, cell_interval,
 from cytotune.analysis.audit import (exact_duplicates, label_issues, near_duplicates,
                                      oof_probabilities, outliers)
 from cytotune.analysis.outcomes import COUNT_METRICS, Outcome, count_metric
-from cytotune.analysis.selection import (default_delta, get_strategy, kmeans_clusters,
-                                         register_strategy, select, strategy_names, typicality)
 from cytotune.analysis.significance import McNemar, Ranking, holm, mcnemar, rank_methods, wilcoxon_p
 
 __all__ = ["BootstrapSpec", "COUNT_METRICS", "Interval", "McNemar", "Outcome", "Ranking",
            "cell_interval", "cell_intervals", "count_metric", "holm", "mcnemar",
            "paired_interval", "paired_intervals", "rank_methods", "seed_interval", "wilcoxon_p",
-           # selection
-           "default_delta", "get_strategy", "kmeans_clusters", "register_strategy", "select",
-           "strategy_names", "typicality",
            # audit
            "exact_duplicates", "label_issues", "near_duplicates", "oof_probabilities", "outliers"]

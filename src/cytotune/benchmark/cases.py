@@ -30,7 +30,7 @@ from cytotune.benchmark.settings import CASES, EXTRA_CASES, BenchSettings  # noq
 from cytotune.data import ImageStore
 from cytotune.data.cachefiles import STAMP_SETTLE_NS, check_seconds, verification
 from cytotune.training.augment import normalise
-from cytotune.training.config import TrainConfig, set_dotted
+from cytotune.training.config import TrainConfig, augment_names, set_dotted
 from cytotune.training.features import autocast_for, extract_features, resolve_precision
 from cytotune.training.group import run_training_group
 from cytotune.training.methods.base import Classifier, new_head
@@ -114,7 +114,8 @@ class Bench:
                  "model.image_size": s.image_size, "device": str(self.device),
                  "precision": self.precision,
                  "cache_dir": None, "optim.batch_size": s.batch_size, "lora.rank": s.rank,
-                 "lora.targets": list(s.targets) if s.targets else None}
+                 "lora.targets": list(s.targets) if s.targets else None,
+                 "optim.augment": s.augment}
         if self.weights is not None:
             given["model.weights"] = self.weights
         for key, value in {**given, **options}.items():
@@ -140,7 +141,7 @@ class Bench:
         prepared = prepare_run_data(config)
         data, idx = prepared.data, prepared.indices
         pre = card_for(config).preprocessing  # no model build inside the baseline's time
-        augment = config.method != "linear" and config.optim.augment
+        augment = config.method != "linear" and "dihedral" in augment_names(config.optim.augment)
         return tuple(ref.FileImages([data.paths[i] for i in rows], data.labels[rows].tolist(), pre,
                                     augment=augment and split == "train")
                      for split, rows in (("train", idx.train), ("val", idx.val),
@@ -285,6 +286,7 @@ def case_lora(bench: Bench) -> dict[str, Any]:
             "train_images_per_s": images / max(t.get("step_s", 0.0), 1e-9),
             "test_accuracy": result.metrics["test"]["accuracy"],
             "data_wait_fraction": t.get("data_s", 0.0) / max(t.get("step_s", 0.0), 1e-9),
+            "data_s": t.get("data_s"), "augment": config.optim.augment,
             "validation_s": t.get("validation_s"), "step_s": t.get("step_s")}
     utilisation = _utilisation(flops, s.lora_steps, t.get("step_s", 0.0), s.peak_tflops)
     if s.skip_baseline:

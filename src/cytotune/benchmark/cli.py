@@ -12,7 +12,7 @@ from rich.console import Console
 from cytotune._atomic import write_text_atomic
 from cytotune._flags import add_on_off
 from cytotune.benchmark.settings import CASES, EXTRA_CASES, BenchSettings
-from cytotune.training.config import PRECISIONS
+from cytotune.training.config import PRECISIONS, augment_names
 
 MLCC_HINT = "../shared/data/mlcc"
 
@@ -75,6 +75,9 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     add_on_off(p, "--skip-baseline", default=False,
                help="lora case: time cytotune's run only (the reference-style baseline "
                     "validates after every step and takes minutes on a GPU)")
+    p.add_argument("--augment", default=BenchSettings.augment,
+                   help="cytotune's training augmentation in the LoRA cases, as train --augment "
+                        "(e.g. dihedral,hed,color,blur,jpeg,scale: the data wait with all on)")
     p.add_argument("--check-repeats", type=int, default=BenchSettings.check_repeats,
                    help="cache_check: timed cached linear probes per verification mode")
     p.add_argument("--json", default="bench.json", help="where to write the figures (atomically)")
@@ -85,6 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from cytotune.benchmark.cases import run_benchmark  # torch: only when the bench runs
 
     console = Console()
+    augment_names(args.augment, "--augment")  # a bad name fails here, not after the first cases
     data, layout = args.data, args.layout
     if data is None:
         data = os.environ.get("CYTOTUNE_MLCC") or MLCC_HINT
@@ -99,7 +103,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         shots=args.shots, lora_steps=args.lora_steps, pack=args.pack,
         baseline_workers=args.baseline_workers, peak_tflops=args.peak_tflops,
         compile=args.compile, rank=args.rank, batch_size=args.batch_size,
-        check_repeats=args.check_repeats, skip_baseline=args.skip_baseline,
+        check_repeats=args.check_repeats, skip_baseline=args.skip_baseline, augment=args.augment,
         targets=tuple(t.strip() for t in args.targets.split(",")) if args.targets else None)
     cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
     path = Path(args.json)

@@ -35,3 +35,6 @@ class BenchSettings:
     batch_size: int = 32
     check_repeats: int = 5  # cache_check: timed runs per verification mode
     skip_baseline: bool = False  # lora case: cytotune's side only (a short GPU lease, say)
+    # cytotune's training augmentation (optim.augment) in the LoRA cases; the baseline flips and
+    # rotates whenever it includes dihedral, and has no stain augmentation
+    augment: str = "on"

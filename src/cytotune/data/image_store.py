@@ -19,8 +19,9 @@ import torch
 
 from cytotune.data import cachefiles
 from cytotune.data.cachefiles import CacheError
-from cytotune.data.images import (SKIP_BAD_HINT, DecodedImages, ImageDecodeError, _check_settings,
-                                  _decode_in_memory, _decode_into, _ordered_map, _read_bytes)
+from cytotune.data.images import (SKIP_BAD_HINT, DecodedImages, ImageDecodeError, PixelTransform,
+                                  _check_settings, _decode_in_memory, _decode_into, _ordered_map,
+                                  _read_bytes)
 from cytotune.data.pixel_files import NpyFile, ResumableBuild, map_npy
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,19 @@ class ImageStore:
     ``cache_dir=None`` disables the disk cache (every call decodes, and still reports ``key``).
     Files are read once: bytes read for hashing are kept (up to ``max_retained_bytes``) and reused
     when a miss decodes.
+
+    ``transform`` (stain normalisation, :class:`~cytotune.data.images.PixelTransform`) runs on
+    every resized image before it is stored; its ``fingerprint`` is part of every key (the set's
+    and each image's), so pixels, and the features keyed on them, of another method or target
+    are never reused. Images it could not be applied to are recorded in the sidecar and returned
+    as ``unnormalised`` on every later hit too.
     """
 
     def __init__(self, cache_dir: Path | str | None, num_workers: int = 0,
-                 max_retained_bytes: int = 512 * 2**20) -> None:
+                 max_retained_bytes: int = 512 * 2**20,
+                 transform: Optional[PixelTransform] = None) -> None:
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.transform = transform
         self.num_workers = num_workers
         self.max_retained_bytes = max_retained_bytes
         self.hits = 0
@@ -97,7 +106,7 @@ class ImageStore:
              skip_bad: bool) -> DecodedImages:
         _check_settings(resize_size, crop_size, interpolation)
         digests, retained = self._hash_files(paths, skip_bad)
-        key = self._key(digests, resize_size, crop_size, interpolation)
+        key = self._key(digests, resize_size, crop_size, interpolation, self._transform_id)
         read = self._reader(paths, digests, retained)
         decoded = None if self.cache_dir is None else self._load(key, paths, crop_size)
         if decoded is not None:
@@ -106,7 +115,8 @@ class ImageStore:
         elif self.cache_dir is None:
             self.misses += 1
             decoded = _decode_in_memory(paths, read, resize_size, crop_size, interpolation,
-                                        skip_bad, self.num_workers, on_image=self._on_image)
+                                        skip_bad, self.num_workers, on_image=self._on_image,
+                                        transform=self.transform)
         else:
             self.misses += 1
             decoded = self._decode_and_store(key, paths, read, resize_size, crop_size,
@@ -115,8 +125,8 @@ class ImageStore:
             path, reason = decoded.bad[0]
             raise ImageDecodeError(path, reason, SKIP_BAD_HINT)
         decoded.key = key
-        decoded.image_keys = [self._key([digests[i]], resize_size, crop_size, interpolation)
-                              for i in decoded.kept.tolist()]
+        decoded.image_keys = [self._key([digests[i]], resize_size, crop_size, interpolation,
+                                        self._transform_id) for i in decoded.kept.tolist()]
         return decoded
 
     def cache_key(self, paths: Sequence[Path | str], resize_size: int, crop_size: int,
@@ -124,7 +134,11 @@ class ImageStore:
         """The cache key ``get`` would use for these files and settings (reads every file)."""
         _check_settings(resize_size, crop_size, interpolation)
         digests, _ = self._hash_files([Path(p) for p in paths], skip_bad=True, retain=False)
-        return self._key(digests, resize_size, crop_size, interpolation)
+        return self._key(digests, resize_size, crop_size, interpolation, self._transform_id)
+
+    @property
+    def _transform_id(self) -> str:
+        return "" if self.transform is None else self.transform.fingerprint
 
     # -- hashing
 
@@ -167,10 +181,13 @@ class ImageStore:
 
     @staticmethod
     def _key(digests: Iterable[_FileDigest], resize_size: int, crop_size: int,
-             interpolation: str) -> str:
+             interpolation: str, transform: str = "") -> str:
+        """``transform``: the fingerprint of the per-image transform ("" without one, so keys of
+        plain decodes are those of earlier versions and their cache entries stay valid)."""
         key = hashlib.blake2b(digest_size=20)
         settings = (f"cytotune-images-v{_CACHE_FORMAT}|pillow-{PIL.__version__}|"
-                    f"resize={resize_size}|crop={crop_size}|interp={interpolation}|")
+                    f"resize={resize_size}|crop={crop_size}|interp={interpolation}|"
+                    + (f"transform={transform}|" if transform else ""))
         key.update(settings.encode())
         for file_digest in digests:
             key.update(file_digest.digest)
@@ -195,6 +212,7 @@ class ImageStore:
         try:
             sidecar = json.loads(sidecar_path.read_text())
             bad = [(int(i), str(reason)) for i, reason in sidecar["bad"]]
+            unnormalised = [int(i) for i in sidecar.get("unnormalised", [])]
             n_kept = len(paths) - len(bad)
             expected = (n_kept, 3, crop_size, crop_size)
             if sidecar["n_paths"] != len(paths):
@@ -212,15 +230,16 @@ class ImageStore:
         if problem is not None:
             cachefiles.discard([pixels_path, sidecar_path], _CACHE_WHAT, problem)
             return None
-        return self._decoded(pixels, paths, bad)
+        return self._decoded(pixels, paths, bad, unnormalised)
 
     @staticmethod
-    def _decoded(pixels: np.ndarray, paths: list[Path],
-                 bad: list[tuple[int, str]]) -> DecodedImages:
+    def _decoded(pixels: np.ndarray, paths: list[Path], bad: list[tuple[int, str]],
+                 unnormalised: Sequence[int] = ()) -> DecodedImages:
         bad_indices = {i for i, _ in bad}
         kept = np.asarray([i for i in range(len(paths)) if i not in bad_indices], dtype=np.int64)
         return DecodedImages(pixels=torch.from_numpy(pixels), kept=kept,
-                             bad=[(paths[i], reason) for i, reason in bad])
+                             bad=[(paths[i], reason) for i, reason in bad],
+                             unnormalised=[paths[i] for i in unnormalised])
 
     def _decode_and_store(self, key: str, paths: list[Path], read: Callable[[int], bytes],
                           resize_size: int, crop_size: int, interpolation: str,
@@ -247,8 +266,10 @@ class ImageStore:
             self._check_memory(err, shape)
             cachefiles.warn_unwritable(self.cache_dir, err)
             return _decode_in_memory(paths, read, resize_size, crop_size, interpolation,
-                                     skip_bad, self.num_workers, on_image=self._on_image)
+                                     skip_bad, self.num_workers, on_image=self._on_image,
+                                     transform=self.transform)
         start = build.start if build is not None else 0
+        unnormalised = build.unnormalised if build is not None else []
         self._advance_reused(start)
 
         def on_image(done: int, kept: list[int], bad: list[tuple[int, str]]) -> None:
@@ -260,12 +281,14 @@ class ImageStore:
             kept, bad = _decode_into(paths, read, target.rows, resize_size, crop_size,
                                      interpolation, skip_bad, self.num_workers, start=start,
                                      kept=build.kept if build else None,
-                                     bad=build.bad if build else None, on_image=on_image)
+                                     bad=build.bad if build else None, on_image=on_image,
+                                     transform=self.transform, unnormalised=unnormalised)
             digest = target.finish(len(kept))
             sidecar = {"format": _CACHE_FORMAT, "n_paths": len(paths), "resize_size": resize_size,
                        "crop_size": crop_size, "interpolation": interpolation,
                        "bad": [[i, reason] for i, reason in bad], "digest": digest,
-                       "stamp": None}
+                       "stamp": None, "transform": self._transform_id,
+                       "unnormalised": sorted(unnormalised)}
             try:
                 os.replace(target.path, pixels_path)
                 cachefiles.write_atomic(sidecar_path, json.dumps(sidecar, indent=1).encode())
@@ -274,7 +297,7 @@ class ImageStore:
                 source = pixels_path if not target.path.exists() else target.path
                 pixels = map_npy(source, (len(kept),) + shape[1:])
                 source.unlink(missing_ok=True)  # the map keeps the data until it is dropped
-                return self._decoded(pixels, paths, bad)
+                return self._decoded(pixels, paths, bad, unnormalised)
             if build is not None:
                 build.complete()
         finally:

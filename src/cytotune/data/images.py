@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Callable, Iterator, Optional, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -49,6 +49,17 @@ MIN_IMAGE_SIDE = 16
 # 2: the sidecar records a digest of the .npy file (and the file's stamp when last checked).
 
 
+class PixelTransform(Protocol):
+    """A per-image step applied to every decoded, resized and cropped uint8 (H, W, 3) image
+    (stain normalisation, :mod:`cytotune.data.stain`). ``fingerprint`` changes whenever its
+    output could, and is part of the decoded-image cache key. It returns None for an image it
+    cannot handle: that image is kept as decoded and listed in ``DecodedImages.unnormalised``."""
+
+    fingerprint: str
+
+    def __call__(self, pixels: np.ndarray) -> Optional[np.ndarray]: ...
+
+
 class ImageDecodeError(DataError):
     """An image file that cannot be read or decoded; ``path`` and ``reason`` say which and why."""
 
@@ -71,7 +82,8 @@ class DecodedImages:
     ``key`` is the content key of these files at these settings (set by :class:`ImageStore`, ""
     from :func:`decode_images`), for downstream caches such as extracted features;
     ``image_keys[j]`` the same for the one image ``pixels[j]`` (empty from :func:`decode_images`),
-    so a cache can reuse what it holds of any other set of images.
+    so a cache can reuse what it holds of any other set of images. ``unnormalised``: the kept
+    images a :class:`PixelTransform` could not be applied to (kept as decoded).
     """
 
     pixels: torch.Tensor  # uint8, (N, 3, crop, crop)
@@ -79,6 +91,7 @@ class DecodedImages:
     bad: list[tuple[Path, str]] = field(default_factory=list)
     key: str = ""
     image_keys: list[str] = field(default_factory=list)
+    unnormalised: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.kept.shape[0])
@@ -266,7 +279,9 @@ def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.nd
                  resize_size: int, crop_size: int, interpolation: str, skip_bad: bool,
                  num_workers: int, warn_bad: bool = True, start: int = 0,
                  kept: Optional[list[int]] = None, bad: Optional[list[tuple[int, str]]] = None,
-                 on_image: Optional[Callable[[int, list[int], list[tuple[int, str]]], None]] = None
+                 on_image: Optional[Callable[[int, list[int], list[tuple[int, str]]], None]] = None,
+                 transform: Optional[PixelTransform] = None,
+                 unnormalised: Optional[list[int]] = None
                  ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode every path into consecutive rows of ``out``; return kept indices and (index, reason).
 
@@ -275,17 +290,23 @@ def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.nd
     skipped file is a log warning unless ``warn_bad=False`` (a caller that reports them itself).
     A resumed build passes ``start`` (inputs already done) with their ``kept`` and ``bad``;
     ``on_image(inputs done, kept, bad)`` follows every input (progress, checkpoints).
+    ``transform`` runs on each resized image; the input indices of images it returned None for
+    are appended to ``unnormalised`` (the caller's list, extended in place).
     """
 
     sizes: list[tuple[Path, tuple[int, int]]] = []  # list.append is atomic across threads
 
-    def decode(index: int) -> np.ndarray | ImageDecodeError:
+    def decode(index: int) -> tuple[np.ndarray, bool] | ImageDecodeError:
         try:
             image = _rgb_from_bytes(read(index), paths[index])
-            sizes.append((paths[index], image.size))
-            return resize_and_crop(image, resize_size, crop_size, interpolation)
         except ImageDecodeError as err:
             return err
+        sizes.append((paths[index], image.size))
+        pixels = resize_and_crop(image, resize_size, crop_size, interpolation)
+        if transform is None:
+            return pixels, True
+        changed = transform(pixels)
+        return (pixels, False) if changed is None else (changed, True)
 
     kept = list(kept or [])
     bad = list(bad or [])
@@ -301,7 +322,10 @@ def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.nd
                         logger.warning("skipping %s: %s", result.path, result.reason)
                     bad.append((index, result.reason))
                 else:
-                    out[len(kept)] = result.transpose(2, 0, 1)
+                    pixels, applied = result
+                    out[len(kept)] = pixels.transpose(2, 0, 1)
+                    if not applied and unnormalised is not None:
+                        unnormalised.append(index)
                     kept.append(index)
                 if on_image is not None:
                     on_image(index + 1, kept, bad)
@@ -312,26 +336,32 @@ def _decode_into(paths: Sequence[Path], read: Callable[[int], bytes], out: np.nd
 
 def decode_images(paths: Sequence[Path | str], resize_size: int, crop_size: int,
                   interpolation: str, skip_bad: bool = False,
-                  num_workers: int = 0, warn_bad: bool = True) -> DecodedImages:
+                  num_workers: int = 0, warn_bad: bool = True,
+                  transform: Optional[PixelTransform] = None) -> DecodedImages:
     """Decode, resize and center-crop ``paths`` into one uint8 tensor (N, 3, crop, crop).
 
     With ``skip_bad=False`` the first unreadable file raises :class:`ImageDecodeError`; with
     ``skip_bad=True`` such files are left out and listed in ``bad``. ``num_workers > 0`` decodes
     on that many threads (PIL releases the GIL while decoding and resizing). ``warn_bad=False``
     leaves the skipped files out of the log, for callers that report ``bad`` themselves (predict
-    lists them once, in its summary).
+    lists them once, in its summary). ``transform``: applied to each resized image (stain
+    normalisation; see :class:`PixelTransform`).
     """
     paths = [Path(p) for p in paths]
     _check_settings(resize_size, crop_size, interpolation)
     return _decode_in_memory(paths, lambda i: _read_bytes(paths[i]), resize_size, crop_size,
-                             interpolation, skip_bad, num_workers, warn_bad)
+                             interpolation, skip_bad, num_workers, warn_bad, transform=transform)
 
 
 def _decode_in_memory(paths: list[Path], read: Callable[[int], bytes], resize_size: int,
                       crop_size: int, interpolation: str, skip_bad: bool,
-                      num_workers: int, warn_bad: bool = True, on_image=None) -> DecodedImages:
+                      num_workers: int, warn_bad: bool = True, on_image=None,
+                      transform: Optional[PixelTransform] = None) -> DecodedImages:
     out = np.empty((len(paths), 3, crop_size, crop_size), dtype=np.uint8)
+    unnormalised: list[int] = []
     kept, bad = _decode_into(paths, read, out, resize_size, crop_size, interpolation, skip_bad,
-                             num_workers, warn_bad, on_image=on_image)
+                             num_workers, warn_bad, on_image=on_image, transform=transform,
+                             unnormalised=unnormalised)
     return DecodedImages(pixels=torch.from_numpy(out[: len(kept)]), kept=kept,
-                         bad=[(paths[i], reason) for i, reason in bad])
+                         bad=[(paths[i], reason) for i, reason in bad],
+                         unnormalised=[paths[i] for i in unnormalised])

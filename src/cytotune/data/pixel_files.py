@@ -125,6 +125,8 @@ class ResumableBuild:
         self.progress_path = directory / f"{key}.partial.json"
         self.lock_path = directory / f"{key}.partial.lock"
         self.start, self.kept, self.bad, self.blocks = 0, [], [], []
+        # inputs a per-image transform (stain normalisation) could not be applied to
+        self.unnormalised: list[int] = []
         self.target: Optional[NpyFile] = None
         self._last = time.monotonic()
 
@@ -191,6 +193,7 @@ class ResumableBuild:
             return
         self.start, self.kept, self.blocks = int(progress["done"]), kept, blocks
         self.bad = [(int(i), str(reason)) for i, reason in progress["bad"]]
+        self.unnormalised = [int(i) for i in progress.get("unnormalised", [])]
         logger.info("resuming the image cache build %s: %d of %d images already decoded",
                     self.pixels_path, self.start, self.n_paths)
 
@@ -229,7 +232,8 @@ class ResumableBuild:
             self.blocks.append([first, len(kept), cachefiles.format_digest(digest)])
         progress = {"format": _PROGRESS_FORMAT, "shape": list(self.shape),
                     "n_paths": self.n_paths, "done": done, "kept": kept,
-                    "bad": [[i, reason] for i, reason in bad], "blocks": self.blocks}
+                    "bad": [[i, reason] for i, reason in bad], "blocks": self.blocks,
+                    "unnormalised": list(self.unnormalised)}
         try:
             cachefiles.write_atomic(self.progress_path, json.dumps(progress).encode())
         except OSError as err:  # a build that cannot record stays correct, just not resumable

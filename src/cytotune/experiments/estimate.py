@@ -97,7 +97,9 @@ def _past_units(config: Mapping, method: str, metrics: Mapping, timings: Mapping
     pool = None
     if is_feature_method(method):
         return None  # feature methods are fitted from their timings' parts instead
-    if shots is not None:
+    if tc.budget is not None:
+        num_train = tc.budget
+    elif shots is not None:
         num_train = shots * classes
     else:
         total = n_val + n_test
@@ -106,7 +108,7 @@ def _past_units(config: Mapping, method: str, metrics: Mapping, timings: Mapping
         if pool is None:
             return None
         num_train = max(1, int(round(pool * (tc.fraction or 1.0))))
-    steps, _ = step_plan(tc, num_train)
+    steps, _ = step_plan(tc, num_train, classes)
     return float(steps * max(1, min(tc.optim.batch_size, num_train)))
 
 

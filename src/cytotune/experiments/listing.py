@@ -76,7 +76,7 @@ def run_count(sweep) -> int:
             for method in sweep.method:
                 if not sweep.excluded(dataset, backbone, method):
                     samples, seeds, lrs = sweep.grid_for(method)
-                    count += len(samples) * len(seeds) * len(lrs)
+                    count += len(samples) * len(seeds) * len(lrs) * len(sweep.combinations())
     return count
 
 

@@ -80,7 +80,9 @@ from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
-from cytotune.analysis import BootstrapSpec
+from cytotune.analysis import COUNT_METRICS, BootstrapSpec
+from cytotune.experiments.report_budget import budget_section
+from cytotune.experiments.report_robustness import robustness_section
 
 from cytotune.experiments.report_figure_parts import class_sizes
 from cytotune.experiments.report_figures import (DEFAULT_SOTA_LABEL, _linear_baselines,
@@ -294,6 +296,21 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
     for sweep, result in rankings.items():
         table, heading = ranking_table(result, sweep, metrics[0])
         add_table("__".join(slug(x) for x in ("ranking", sweep, metrics[0])), table, heading)
+    budget_figures: list[list[Path]] = []
+    if intervals is not None and not summary.empty:  # label-budget runs (report_budget)
+        _, budget_tables, budget_figures = budget_section(selected, full, outcomes, metrics[0]
+                                                          if metrics[0] in COUNT_METRICS
+                                                          else "balanced_accuracy", intervals,
+                                                          out / "figures")
+        for stem, table, heading in budget_tables:
+            add_table(stem, table, heading)
+    robustness_figures: list[list[Path]] = []
+    if not selected.empty:  # a sweep's robustness phase (report_robustness)
+        robustness_tables, robustness_figures = robustness_section(
+            selected, store.robustness(selected["run_id"]), metrics[0],
+            intervals or BootstrapSpec(), out / "figures")
+        for stem, table, heading in robustness_tables:
+            add_table(stem, table, heading)
     if statistics:
         markdown.insert(1, "".join(f"> {line}\n" for line in statistics))
     (out / "tables.md").write_text("\n".join(markdown), encoding="utf-8")
@@ -307,6 +324,7 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
     drawn += [ranking_figure(result, sweep, metrics[0], out / "figures" /
                              f"ranking__{slug(sweep)}__{slug(metrics[0])}.png")
               for sweep, result in rankings.items()]
+    drawn += budget_figures + robustness_figures
     for png, *beside in drawn:
         figures.append(png)
         files.extend(beside)

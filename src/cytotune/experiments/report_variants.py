@@ -214,6 +214,24 @@ def _without_implied_precision(names: list[str], settings: list[Mapping[str, str
     return names
 
 
+TEST_DATA_FINGERPRINT = "test_data fingerprint"
+
+
+def _without_implied(names: list[str], settings: list[Mapping[str, str]], implied: str) -> list[str]:
+    """``names`` without ``implied`` where the other names' values already tell it (a stain
+    normalisation changes the test pixels, hence their fingerprint: ``data.stain_norm=macenko``
+    says it); it stays where runs with the same other values differ in it."""
+    if implied not in names or len(names) == 1:
+        return names
+    others = [n for n in names if n != implied]
+    seen: dict[tuple[str, ...], str] = {}
+    for s in settings:
+        key = tuple(s.get(n, UNSET) for n in others)
+        if seen.setdefault(key, s.get(implied, UNSET)) != s.get(implied, UNSET):
+            return names
+    return others
+
+
 def _shown(name: str, settings: Mapping[str, str], names: list[str]) -> str:
     """A setting's value in a label; an asked-for precision whose resolved value is not shown on
     its own carries it: ``precision=auto (fp32)``."""
@@ -254,6 +272,7 @@ def add_variants(records: pd.DataFrame) -> pd.DataFrame:
                 if name not in varying:
                     varying.append(name)
         varying = _without_implied_precision(varying, [settings[r] for r in rows])
+        varying = _without_implied(varying, [settings[r] for r in rows], TEST_DATA_FINGERPRINT)
         if not varying:
             continue
         order = {name: i for i, name in enumerate(settings[rows[0]])}

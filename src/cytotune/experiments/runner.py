@@ -38,7 +38,8 @@ from cytotune.experiments.executors import (ChunkQueue, Executor, RunOutcome, Ru
 from cytotune.experiments.run_progress import PlainSweepLines, SweepRunProgress, WorkETA
 from cytotune.experiments.store import (CLAIMED, DEFAULT_LEASE_TTL_S, DONE, FAILED_ELSEWHERE,
                                         ResultStore, StoreWriteError, new_owner, utc_now)
-from cytotune.experiments.store_records import load_pending, record_from_run_dir, save_pending
+from cytotune.experiments.store_records import (load_pending, raise_store_error,
+                                                record_from_run_dir)
 from cytotune.experiments.sweep import EXECUTION_FIELDS, PlannedRun, SweepConfig, load_sweep
 
 log = logging.getLogger("cytotune")
@@ -63,6 +64,7 @@ class SweepSummary:
     dry_run: bool = False
     interrupted: bool = False
     runs: list[PlannedRun] = field(default_factory=list)  # the plan, in execution order
+    robustness: Any = None  # the robustness phase (.robustness_phase), when the sweep has one
 
     @property
     def to_run(self) -> int:
@@ -78,7 +80,8 @@ class SweepSummary:
             (self.failed_elsewhere, "failed in another worker")) if ids)
         return (f"sweep {self.sweep}: {len(self.completed)} runs finished, {len(self.failed)} "
                 f"failed, {self.already_done} were already in the store{extra}, "
-                f"{len(self.not_run)} not run; {self.seconds:.1f} s")
+                f"{len(self.not_run)} not run; {self.seconds:.1f} s"
+                + (f"; {self.robustness.line()}" if self.robustness is not None else ""))
 
 
 def chunk_runs(runs: Sequence[PlannedRun], pack_size: int = 1) -> list[list[PlannedRun]]:
@@ -86,11 +89,13 @@ def chunk_runs(runs: Sequence[PlannedRun], pack_size: int = 1) -> list[list[Plan
     linear-probe runs sharing a (data set, backbone) form one chunk (one feature extraction, all
     heads in one batched loop); with ``pack_size`` > 1, LoRA runs sharing a (data set, backbone)
     form chunks of up to ``pack_size`` runs (packed on one backbone); every other run is a chunk
-    of its own. Order is kept within chunks."""
+    of its own, as is every label-budget run. Order is kept within chunks."""
     chunks: list[list[PlannedRun]] = []
     open_groups: dict[tuple[str, str, str], list[PlannedRun]] = {}
     for run in runs:
         limit = None if run.method == "linear" else pack_size if run.method == "lora" else 1
+        if run.config.budget is not None:
+            limit = 1  # chosen on the backbone's features run by run: never trained as a group
         if limit == 1:
             chunks.append([run])
             continue
@@ -323,6 +328,7 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
                                               for r in runs),
                            runs=runs)
     if not todo:
+        _robustness_phase(sweep, store, summary, devices)
         if progress:
             console.print(summary.line())
         return summary
@@ -456,32 +462,22 @@ def run_sweep(sweep: Union[SweepConfig, Mapping[str, Any], str, Path],
         except (sqlite3.Error, OSError):
             pass  # the leases expire by themselves
         if store_error:
-            _raise_store_error(store, store_error[0], unsaved, console if progress else None)
+            raise_store_error(store, store_error[0], unsaved, console if progress else None)
     summary.not_run = [r.run_id for r in todo if r.run_id in remaining]
+    _robustness_phase(sweep, store, summary, devices)
     summary.seconds = time.perf_counter() - started
     if progress:
         console.print(summary.line())
     return summary
 
 
-def _raise_store_error(store: ResultStore, error: BaseException, unsaved: list[dict[str, Any]],
-                       console: Optional[Console]) -> None:
-    """Keep the finished runs the store refused and raise one clear error naming the store."""
-    news = ""
-    if unsaved:
-        kept = save_pending(store.path, unsaved)
-        in_dirs = sum(1 for r in unsaved if r.get("out_dir"))
-        if kept is not None:
-            news = (f"; {len(unsaved)} finished runs kept in {kept}, recorded by the next sweep "
-                    f"on this store without retraining")
-        else:
-            news = (f"; {in_dirs} of {len(unsaved)} finished runs kept in their run directories "
-                    f"(read back by the next sweep), the others could not be kept anywhere")
-    message = (f"cannot write to the result store {store.path}: {error}{news}; free space or "
-               f"make it writable and run the sweep again")
-    if console is not None:
-        console.print(f"[red]error[/red]: {message}")
-    raise StoreWriteError(message) from None
+def _robustness_phase(sweep: SweepConfig, store: ResultStore, summary: SweepSummary,
+                      devices: Optional[Sequence[str]]) -> None:
+    """Every finished run under the sweep's perturbations, if it has any (resumable)."""
+    if sweep.robustness:
+        from cytotune.experiments.robustness_phase import evaluate_sweep_robustness
+        summary.robustness = evaluate_sweep_robustness(sweep, store,
+                                                       devices[0] if devices else None)
 
 
 def _current(in_flight: Mapping[str, str]) -> str:

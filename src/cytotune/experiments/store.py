@@ -37,7 +37,6 @@ sweep commands on one store split the work instead of each training every run. T
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import sqlite3
@@ -46,25 +45,22 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import pandas as pd
 
 from cytotune._process import pid_alive
 from cytotune.experiments.store_predictions import insert_predictions, read_predictions
+from cytotune.experiments.store_robustness import evaluated_runs, insert_robustness, read_robustness
+from cytotune.experiments.store_frame import (EXTRA_METRICS, KEY_COLUMNS, SCALAR_METRICS,
+                                              TIMING_COLUMNS, flatten_records as _flatten,
+                                              num as _num)
 from cytotune.experiments.store_check import (NotAStoreError, inspect_store_file,
                                               require_store_tables)
 
 SCHEMA_VERSION = 3  # 2: the leases table; 3: per-image test predictions (both added in place)
 DEFAULT_LEASE_TTL_S = 60.0
 BUSY_TIMEOUT_S = 120.0
-KEY_COLUMNS = ("dataset", "backbone", "method", "shots", "fraction", "seed", "lr")
-# Scalar metrics flattened into ``records()`` as val_<name> / test_<name> columns.
-SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "loss", "n")
-# Scalar metrics also flattened as ood_<name> (out-of-domain test, runs with test domains) and,
-# for multi-label runs, average precision as val_/test_/ood_average_precision.
-EXTRA_METRICS = ("average_precision",)
-TIMING_COLUMNS = ("decode_s", "feature_extraction_s", "training_s", "evaluation_s", "total_s")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -165,16 +161,6 @@ def utc_now() -> str:
 def _json(value: Any) -> str:
     # NaN (e.g. an undefined AUROC) is kept: Python's json reads it back
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _num(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
 
 
 class ResultStore:
@@ -464,6 +450,21 @@ class ResultStore:
         with self._connect() as con:
             return read_predictions(con, run_ids)
 
+    def add_robustness(self, run_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Keep a run's perturbation rows (:mod:`.store_robustness`), all in one transaction."""
+        with self._transaction() as con:
+            insert_robustness(con, run_id, rows)
+
+    def robustness(self, run_ids: Optional[Iterable[str]] = None) -> pd.DataFrame:
+        """Stored perturbation rows, one per (run, kind, severity); empty where none."""
+        with self._connect() as con:
+            return read_robustness(con, run_ids)
+
+    def robustness_done(self) -> dict[str, set[str]]:
+        """run id -> the perturbation kinds it was evaluated under."""
+        with self._connect() as con:
+            return evaluated_runs(con)
+
     def failures(self, sweep: Optional[str] = None) -> pd.DataFrame:
         """Every recorded failed attempt, oldest first, with a ``resolved`` column (the run has
         finished since)."""
@@ -477,31 +478,6 @@ class ResultStore:
         frame["resolved"] = frame["resolved"].astype(bool)
         frame["shots"] = frame["shots"].astype("Int64")
         return frame
-
-
-def _flatten(raw: pd.DataFrame, full: bool) -> pd.DataFrame:
-    columns = ["run_id", "sweep", *KEY_COLUMNS]
-    frame = raw[columns].copy()
-    frame["shots"] = frame["shots"].astype("Int64")
-    frame["fraction"] = frame["fraction"].astype(float)
-    metrics = [json.loads(m) for m in raw["metrics_json"]]
-    timings = [json.loads(t) for t in raw["timings_json"]]
-    for split, prefix in (("val", "val"), ("test", "test"), ("test_ood", "ood")):
-        for name in SCALAR_METRICS + EXTRA_METRICS:
-            if prefix != "ood" or name != "loss":
-                frame[f"{prefix}_{name}"] = pd.Series(
-                    [_num((m.get(split) or {}).get(name)) for m in metrics], dtype=object).astype(float)
-    frame["val_loss"] = raw["val_loss"].astype(float)  # the column is the source of truth
-    extra_timings = sorted({k for t in timings for k in t} - set(TIMING_COLUMNS))
-    for name in (*TIMING_COLUMNS, *extra_timings):
-        frame[name] = pd.Series([_num(t.get(name)) for t in timings], dtype=object).astype(float)
-    frame["trainable_params"] = raw["trainable_params"].astype("Int64")
-    for name in ("out_dir", "device", "worker", "finished_at"):
-        frame[name] = raw[name]
-    if full:
-        for name in ("config_json", "metrics_json", "timings_json", "trainable_json"):
-            frame[name] = raw[name]
-    return frame.reset_index(drop=True)
 
 
 class StoreWriteError(OSError):

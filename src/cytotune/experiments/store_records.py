@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from cytotune.experiments.store import KEY_COLUMNS, ResultStore, _json, utc_now
+from cytotune.experiments.store import KEY_COLUMNS, ResultStore, StoreWriteError, _json, utc_now
 
 def _with_val_loss(metrics: dict[str, Any], history: list[dict]) -> dict[str, Any]:
     """The validation loss of the kept step (from the run's validation history) added to the
@@ -170,3 +170,24 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def raise_store_error(store: ResultStore, error: BaseException, unsaved: list[dict[str, Any]],
+                       console: Optional[Any]) -> None:
+    """Keep the finished runs the store refused and raise one clear error naming the store
+    (printed first on ``console``, a rich Console, when given)."""
+    news = ""
+    if unsaved:
+        kept = save_pending(store.path, unsaved)
+        in_dirs = sum(1 for r in unsaved if r.get("out_dir"))
+        if kept is not None:
+            news = (f"; {len(unsaved)} finished runs kept in {kept}, recorded by the next sweep "
+                    f"on this store without retraining")
+        else:
+            news = (f"; {in_dirs} of {len(unsaved)} finished runs kept in their run directories "
+                    f"(read back by the next sweep), the others could not be kept anywhere")
+    message = (f"cannot write to the result store {store.path}: {error}{news}; free space or "
+               f"make it writable and run the sweep again")
+    if console is not None:
+        console.print(f"[red]error[/red]: {message}")
+    raise StoreWriteError(message) from None

@@ -46,22 +46,37 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 from cytotune.experiments.dataset_selection import select_datasets
 from cytotune.experiments.sweep_fields import (HELD_OUT, OUT_PLACEHOLDER_PATTERN, DatasetSpec,
                                                ShotsValue, check_model_names, no_repeats,
-                                               parse_base, parse_datasets, parse_exclude,
-                                               parse_fractions, parse_lrs, parse_methods,
-                                               parse_shots, string_list)
+                                               parse_base, parse_budgets, parse_datasets,
+                                               parse_grid,
+                                               parse_exclude, parse_fractions, parse_lrs,
+                                               parse_methods, parse_robustness,
+                                               parse_sampling, parse_shots,
+                                               refuse_ignored_lr, string_list,
+                                               warn_unused_length, warn_unused_lr,
+                                               base_lr)
 from cytotune.training.config import (DEFAULT_LINEAR_EPOCHS, ConfigError, TrainConfig,
                                       check_lr, coerce_value, load_yaml_file, set_dotted)
+
+
+class Sample(NamedTuple):
+    """What one grid point takes from the training split: ``shots`` per class, a ``fraction``
+    (percent), a label ``budget`` chosen by ``sampling``, or (all None) all of it."""
+
+    shots: Optional[int] = None
+    fraction: Optional[float] = None
+    budget: Optional[int] = None
+    sampling: Optional[str] = None
 
 
 # TrainConfig fields that say where or how a run executes, not what it computes.
@@ -86,7 +101,9 @@ class PlannedRun:
 
     @property
     def sample(self) -> str:
-        """'4shot', 'frac25' or 'all'."""
+        """'4shot', 'frac25', 'budget16-kmeans' or 'all'."""
+        if self.config.budget is not None:
+            return f"budget{self.config.budget}-{self.config.sampling}"
         if self.shots is not None:
             return f"{self.shots}shot"
         if self.fraction is not None:
@@ -113,6 +130,10 @@ class SweepConfig:
     method: list[str] = field(default_factory=lambda: ["linear"])
     shots: Optional[list[ShotsValue]] = None  # None (and no fractions): one "all data" sample
     fractions: Optional[list[float]] = None
+    # label budgets (issue 34): training images in total, each chosen by every ``sampling``
+    # strategy on the backbone's features before a label is read; instead of shots/fractions
+    budgets: Optional[list[int]] = None
+    sampling: list[str] = field(default_factory=lambda: ["random"])
     seeds: list[int] = field(default_factory=lambda: [1])
     lrs: Optional[Union[list[float], dict[str, list[float]]]] = None  # None: base.optim.lr
     base: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +144,11 @@ class SweepConfig:
     # image-tower LoRA runs trained together on one backbone (cytotune.training.group): 1 runs
     # them one by one; results are the same either way, only the speed differs
     pack_size: int = 1
+    # perturbations every finished run is evaluated under (.robustness_phase); not part of a
+    # run's identity: evaluation only
+    robustness: Optional[list[str]] = None
+    # more settings crossed with the grid: dotted TrainConfig field -> values (variants)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
     # data sets left out because their environment variables are unset: name -> why
     skipped_datasets: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -159,6 +185,8 @@ class SweepConfig:
             out["shots"] = ["all" if s is None else s for s in self.shots]
         if self.fractions is not None:
             out["fractions"] = list(self.fractions)
+        if self.budgets is not None:
+            out["budgets"], out["sampling"] = list(self.budgets), list(self.sampling)
         out["seeds"] = list(self.seeds)
         if self.lrs is not None:
             out["lrs"] = copy.deepcopy(self.lrs)
@@ -169,6 +197,10 @@ class SweepConfig:
             out["exclude"] = copy.deepcopy(self.exclude)
         if self.pack_size != 1:
             out["pack_size"] = self.pack_size
+        if self.robustness:
+            out["robustness"] = list(self.robustness)
+        if self.grid:
+            out["grid"] = copy.deepcopy(self.grid)
         return out
 
     def excluded(self, dataset: str, backbone: str, method: str) -> bool:
@@ -179,13 +211,15 @@ class SweepConfig:
                        for k, v in entry.items()) for entry in self.exclude)
 
     # ---- expansion ----------------------------------------------------------------------------
-    def samples(self) -> list[tuple[Optional[int], Optional[float]]]:
-        """(shots, fraction) pairs in order; (None, None) is all of the training split."""
+    def samples(self) -> list[Sample]:
+        """(shots, fraction, budget, sampling) in order; all None is all of the training split."""
+        if self.budgets is not None:
+            return [Sample(budget=b, sampling=s) for b in self.budgets for s in self.sampling]
         if self.fractions is not None:
-            return [(None, f) for f in self.fractions]
+            return [Sample(fraction=f) for f in self.fractions]
         if self.shots is not None:
-            return [(s, None) for s in self.shots]
-        return [(None, None)]
+            return [Sample(shots=s) for s in self.shots]
+        return [Sample()]
 
     def lrs_for(self, method: str) -> list[float]:
         if self.lrs is None or (isinstance(self.lrs, dict) and method not in self.lrs):
@@ -194,8 +228,7 @@ class SweepConfig:
             return list(self.lrs[method])
         return list(self.lrs)
 
-    def grid_for(self, method: str) -> tuple[list[tuple[Optional[int], Optional[float]]],
-                                             list[int], list[float]]:
+    def grid_for(self, method: str) -> tuple[list[Sample], list[int], list[float]]:
         """(samples, seeds, learning rates) of one method. A training-free method (zero-shot)
         learns nothing from the training split, so neither the sample size, the seed nor the
         learning rate changes its test result: it runs once, on the whole split with the first
@@ -204,7 +237,7 @@ class SweepConfig:
         from cytotune.training.method_registry import FEATURE_PROBES, TRAINING_FREE
 
         if method in TRAINING_FREE:
-            return [(None, None)], list(self.seeds[:1]), self.lrs_for(method)[:1]
+            return [Sample()], list(self.seeds[:1]), self.lrs_for(method)[:1]
         if method in FEATURE_PROBES:
             return self.samples(), list(self.seeds), self.lrs_for(method)[:1]
         return self.samples(), list(self.seeds), self.lrs_for(method)
@@ -219,26 +252,33 @@ class SweepConfig:
                 for method in self.method:
                     if self.excluded(dataset_name, backbone, method):
                         continue
-                    template = self._template(dataset_name, spec, backbone, method)
                     samples, seeds, lrs = self.grid_for(method)
-                    for shots, frac in samples:
-                        for seed in seeds:
-                            for lr in lrs:
-                                run = self._plan(template, dataset_name, spec, shots, frac, seed,
-                                                 lr, out_pattern)
-                                if run.run_id in seen:
-                                    raise ConfigError(f"runs {seen[run.run_id]} and "
-                                                      f"{run.describe()} are the same run "
-                                                      f"(repeated values in the grid?)")
-                                seen[run.run_id] = run.describe()
-                                runs.append(run)
+                    for combo in self.combinations():
+                        template = self._template(dataset_name, spec, backbone, method, combo)
+                        for sample, seed, lr in itertools.product(samples, seeds, lrs):
+                            run = self._plan(template, dataset_name, spec, sample, seed, lr,
+                                             out_pattern)
+                            if run.run_id in seen:
+                                raise ConfigError(f"runs {seen[run.run_id]} and "
+                                                  f"{run.describe()} are the same run "
+                                                  f"(repeated values in the grid?)")
+                            seen[run.run_id] = run.describe()
+                            runs.append(run)
         return runs
 
+    def combinations(self) -> list[dict[str, Any]]:
+        """Every combination of the ``grid`` values ([{}] without a grid), in order."""
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+
     def _template(self, dataset_name: str, spec: DatasetSpec, backbone: str,
-                  method: str) -> TrainConfig:
-        """The TrainConfig shared by the runs of one (data set, backbone, method)."""
+                  method: str, combo: Optional[Mapping[str, Any]] = None) -> TrainConfig:
+        """The TrainConfig shared by the runs of one (data set, backbone, method, grid
+        combination)."""
         values = copy.deepcopy(self.base)
         values.pop("out", None)
+        for key, value in (combo or {}).items():
+            set_dotted(values, key, copy.deepcopy(value), "grid option")
         values["data"] = {**values.get("data", {}), **spec.data_overrides()}
         values["model"] = {**values.get("model", {}), "name": backbone}
         values["method"] = method
@@ -251,10 +291,12 @@ class SweepConfig:
         return template
 
     def _plan(self, template: TrainConfig, dataset_name: str, spec: DatasetSpec,
-              shots: Optional[int], frac: Optional[float], seed: int, lr: float,
-              out_pattern: Optional[str]) -> PlannedRun:
+              sample: Sample, seed: int, lr: float, out_pattern: Optional[str]) -> PlannedRun:
         config = copy.deepcopy(template)  # the grid values below are already type-checked
+        shots, frac = sample.shots, sample.fraction
         config.shots, config.fraction, config.seed = shots, frac, int(seed)
+        if sample.budget is not None:
+            config.budget, config.sampling = sample.budget, sample.sampling or "random"
         config.optim.lr = float(lr)
         try:
             config.validate()
@@ -327,7 +369,8 @@ def format_out(pattern: str, run: PlannedRun) -> str:
 
 # ---- parsing --------------------------------------------------------------------------------
 _SWEEP_KEYS = ("name", "description", "datasets", "backbones", "method", "shots", "fractions",
-               "seeds", "lrs", "base", "exclude", "pack_size")
+               "budgets", "sampling", "seeds", "lrs", "base", "exclude", "pack_size",
+               "robustness", "grid")
 
 
 def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
@@ -352,6 +395,13 @@ def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
                  else None)
     if shots is not None and fractions is not None:
         raise ConfigError("give either shots or fractions, not both")
+    budgets = parse_budgets(values["budgets"]) if values.get("budgets") is not None else None
+    if budgets is not None and (shots is not None or fractions is not None):
+        raise ConfigError(f"budgets choose the training images themselves; give budgets or "
+                          f"{'shots' if shots is not None else 'fractions'}, not both")
+    if values.get("sampling") is not None and budgets is None:
+        raise ConfigError("sampling chooses the images of a label budget: give budgets too")
+    sampling = parse_sampling(values.get("sampling") or ["random"])
     seeds = coerce_value(list[int], values.get("seeds", [1]), "seeds")
     if not seeds:
         raise ConfigError("seeds: give at least one seed")
@@ -364,58 +414,19 @@ def _parse_sweep(values: Any, environ, check_models: bool) -> SweepConfig:
     pack_size = coerce_value(int, values.get("pack_size", 1), "pack_size")
     if pack_size < 1:
         raise ConfigError(f"pack_size must be >= 1, got {pack_size}")
+    grid = parse_grid(values["grid"], environ) if values.get("grid") is not None else {}
+    robustness = (parse_robustness(values["robustness"], base)
+                  if values.get("robustness") is not None else None)
     sweep = SweepConfig(name=name, datasets=datasets, backbones=backbones, method=methods,
-                        shots=shots, fractions=fractions, seeds=seeds, lrs=lrs, base=base,
-                        description=description, exclude=exclude, pack_size=pack_size)
+                        shots=shots, fractions=fractions, budgets=budgets, sampling=sampling,
+                        seeds=seeds, lrs=lrs, base=base,
+                        description=description, exclude=exclude, pack_size=pack_size,
+                        robustness=robustness, grid=grid)
     if not sweep.runs():  # every run must be a valid TrainConfig: fail at load, not mid-sweep
         raise ConfigError("exclude leaves no run in the grid")
-    _warn_unused_length(sweep)
-    _warn_unused_lr(sweep)
+    warn_unused_length(sweep)
+    warn_unused_lr(sweep)
     return sweep
-
-
-def _base_lr(values: Mapping[str, Any]) -> Any:
-    """``base.optim.lr`` of a sweep dict as written, or None."""
-    base = values.get("base")
-    optim = base.get("optim") if isinstance(base, Mapping) else None
-    return optim.get("lr") if isinstance(optim, Mapping) else None
-
-
-def _warn_unused_lr(sweep: SweepConfig) -> None:
-    """Once per sweep: with ``lrs``, every run that learns takes its rate from the grid
-    (``parse_lrs`` requires one for each such method), so ``base.optim.lr`` sets nothing."""
-    lr = _base_lr({"base": sweep.base})
-    if sweep.lrs is not None and lr is not None:
-        logging.getLogger("cytotune").warning(
-            "sweep %s: lrs sets every run's learning rate; base.optim.lr=%s is not used (drop "
-            "it, or drop lrs)", sweep.name, lr)
-
-
-def _refuse_ignored_lr(values: Any, overrides: Mapping[str, Any]) -> None:
-    """An override of ``base.optim.lr`` that ``lrs`` would silently replace is an error
-    naming both (issue 31: ``--set base.optim.lr=nan`` was accepted and ignored)."""
-    touched = [k for k in overrides if k in ("base", "base.optim", "base.optim.lr")]
-    if not touched or not isinstance(values, Mapping) or values.get("lrs") is None:
-        return
-    lr = _base_lr(values)
-    if lr is None:
-        return
-    raise ConfigError(f"override {touched[-1]} sets base.optim.lr={lr}, but the sweep's lrs "
-                      f"({values['lrs']}) sets every run's learning rate, so base.optim.lr "
-                      f"would be ignored; give the rates as lrs instead (--set "
-                      f"'lrs=[RATE, ...]')")
-
-
-def _warn_unused_length(sweep: SweepConfig) -> None:
-    """Once per sweep: ``base.optim.steps`` also sets the linear probes' length (one rule for
-    every method, see OptimConfig), so ``base.optim.linear_epochs`` beside it is never used."""
-    optim = sweep.base.get("optim")
-    if ("linear" in sweep.method and isinstance(optim, Mapping)
-            and optim.get("steps") is not None and optim.get("linear_epochs") is not None):
-        logging.getLogger("cytotune").warning(
-            "sweep %s: base.optim.steps=%s sets the length of the linear runs too; "
-            "base.optim.linear_epochs=%s is not used (drop it, or drop steps)", sweep.name,
-            optim["steps"], optim["linear_epochs"])
 
 
 def load_sweep(sweep: "SweepConfig | Mapping[str, Any] | str | Path", *,
@@ -460,7 +471,7 @@ def load_sweep(sweep: "SweepConfig | Mapping[str, Any] | str | Path", *,
         apply_override(values, key, value)
     skipped: dict[str, str] = {}
     try:
-        _refuse_ignored_lr(values, overrides or {})
+        refuse_ignored_lr(values, overrides or {})
         if narrowed and isinstance(values, dict):
             skipped = select_datasets(values, datasets, os.environ if environ is None else environ,
                                       skip_unset_datasets)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 
 from cytotune.experiments.dataset_selection import ENV_REFERENCE
 from cytotune.training.config import (ConfigError, TrainConfig, check_lr, check_number,
-                                      coerce_value, dataclass_from_dict)
+                                      coerce_value, dataclass_from_dict, set_dotted)
 
 # Placeholders allowed in ``base.out``.
 OUT_PLACEHOLDERS = ("sweep", "run_id", "dataset", "backbone", "method", "sample", "shots",
@@ -226,6 +227,51 @@ def parse_fractions(value: Any) -> list[float]:
     return fractions
 
 
+def parse_budgets(value: Any) -> list[int]:
+    """``budgets``: label budgets (training images in total, issue 34), whole numbers >= 2."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    budgets = coerce_value(list[int], value, "budgets")
+    if not budgets:
+        raise ConfigError("budgets: give at least one number of images")
+    for i, b in enumerate(budgets):
+        if b < 2:
+            raise ConfigError(f"budgets[{i}]: a number of training images >= 2, got {b}")
+    no_repeats(budgets, "budgets")
+    return budgets
+
+
+def parse_sampling(value: Any) -> list[str]:
+    """``sampling``: the budget's selection strategies (:mod:`cytotune.data.selection`)."""
+    from cytotune.data.selection import strategy_names
+
+    names = string_list(value, "sampling")
+    for name in names:
+        if name not in strategy_names():
+            raise ConfigError(f"sampling: unknown strategy {name!r}; known: "
+                              f"{', '.join(strategy_names())}")
+    no_repeats(names, "sampling")
+    return names
+
+
+def parse_robustness(value: Any, base: Mapping[str, Any]) -> list[str]:
+    """``robustness``: perturbation kinds every finished run is evaluated under
+    (:mod:`cytotune.data.perturb`); the evaluation reads each run's saved model, so the sweep
+    must write run directories (``base.out``)."""
+    from cytotune.data.perturb_kinds import PERTURBATIONS
+
+    kinds = string_list(value, "robustness")
+    for kind in kinds:
+        if kind not in PERTURBATIONS:
+            raise ConfigError(f"robustness: unknown perturbation {kind!r}; known: "
+                              f"{', '.join(PERTURBATIONS)}")
+    no_repeats(kinds, "robustness")
+    if not base.get("out"):
+        raise ConfigError("robustness evaluates each run's saved model: set base.out to a run "
+                          "directory pattern, e.g. base: {out: \"runs/{sweep}/{run_id}\"}")
+    return kinds
+
+
 def parse_lrs(value: Any, methods: list[str]) -> Optional[Union[list[float], dict[str, list[float]]]]:
     if value is None:
         return None
@@ -286,6 +332,39 @@ def parse_base(value: Any, environ) -> dict[str, Any]:
     return base
 
 
+GRID_OWNED = ("method", "shots", "fraction", "seed", "budget", "sampling", "optim.lr",
+              "model.name", "data.source", "out")
+
+
+def parse_grid(value: Any, environ) -> dict[str, list[Any]]:
+    """``grid``: more settings crossed with the sweep's grid, as dotted TrainConfig fields to
+    lists of values (``{optim.augment: [on, "dihedral,hed"], data.stain_norm: [none, macenko]}``):
+    every run is planned once per combination. Runs of one setting that differ in these values
+    are different experiments, so the report keeps them apart as variants."""
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"grid: expected a mapping of dotted options to lists of values, got "
+                          f"{value!r}")
+    out: dict[str, list[Any]] = {}
+    for key, values in value.items():
+        option = f"grid.{key}"
+        if not isinstance(key, str) or key in GRID_OWNED:
+            raise ConfigError(f"{option}: set by the sweep's own fields ({', '.join(GRID_OWNED)} "
+                              f"are not grid options)")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{option}: expected a non-empty list of values, got {values!r}")
+        values = _expand_tree(copy.deepcopy(values), option, environ)
+        no_repeats([repr(v) for v in values], option)
+        for v in values:  # each value type-checked with its full name now
+            probe: dict[str, Any] = {}
+            set_dotted(probe, key, v)
+            try:
+                dataclass_from_dict(TrainConfig, probe, "")
+            except ConfigError as err:
+                raise ConfigError(f"{option}: {err}") from None
+        out[key] = list(values)
+    return out
+
+
 def check_model_names(backbones: list[str]) -> None:
     from cytotune.models import get_card
     from cytotune.models.errors import UnknownModelError
@@ -297,3 +376,47 @@ def check_model_names(backbones: list[str]) -> None:
             get_card(name)
         except UnknownModelError as err:
             raise ConfigError(f"backbones[{i}]: {err}") from None
+
+
+def base_lr(values: Mapping[str, Any]) -> Any:
+    """``base.optim.lr`` of a sweep dict as written, or None."""
+    base = values.get("base")
+    optim = base.get("optim") if isinstance(base, Mapping) else None
+    return optim.get("lr") if isinstance(optim, Mapping) else None
+
+
+def warn_unused_lr(sweep) -> None:
+    """Once per sweep: with ``lrs``, every run that learns takes its rate from the grid
+    (``parse_lrs`` requires one for each such method), so ``base.optim.lr`` sets nothing."""
+    lr = base_lr({"base": sweep.base})
+    if sweep.lrs is not None and lr is not None:
+        logging.getLogger("cytotune").warning(
+            "sweep %s: lrs sets every run's learning rate; base.optim.lr=%s is not used (drop "
+            "it, or drop lrs)", sweep.name, lr)
+
+
+def warn_unused_length(sweep) -> None:
+    """Once per sweep: ``base.optim.steps`` also sets the linear probes' length (one rule for
+    every method, see OptimConfig), so ``base.optim.linear_epochs`` beside it is never used."""
+    optim = sweep.base.get("optim")
+    if ("linear" in sweep.method and isinstance(optim, Mapping)
+            and optim.get("steps") is not None and optim.get("linear_epochs") is not None):
+        logging.getLogger("cytotune").warning(
+            "sweep %s: base.optim.steps=%s sets the length of the linear runs too; "
+            "base.optim.linear_epochs=%s is not used (drop it, or drop steps)", sweep.name,
+            optim["steps"], optim["linear_epochs"])
+
+
+def refuse_ignored_lr(values: Any, overrides: Mapping[str, Any]) -> None:
+    """An override of ``base.optim.lr`` that ``lrs`` would silently replace is an error
+    naming both (issue 31: ``--set base.optim.lr=nan`` was accepted and ignored)."""
+    touched = [k for k in overrides if k in ("base", "base.optim", "base.optim.lr")]
+    if not touched or not isinstance(values, Mapping) or values.get("lrs") is None:
+        return
+    lr = base_lr(values)
+    if lr is None:
+        return
+    raise ConfigError(f"override {touched[-1]} sets base.optim.lr={lr}, but the sweep's lrs "
+                      f"({values['lrs']}) sets every run's learning rate, so base.optim.lr "
+                      f"would be ignored; give the rates as lrs instead (--set "
+                      f"'lrs=[RATE, ...]')")

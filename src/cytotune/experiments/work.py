@@ -133,7 +133,9 @@ def plan_work(runs: Sequence[PlannedRun], sizes: Mapping[str, int],
         held_out = int(round(n * (c.data.val_fraction + c.data.test_fraction)))
         pool = max(1, n - held_out)
         classes = num_classes.get(c.data.source, 4)
-        if run.shots is not None:
+        if c.budget is not None:
+            num_train = min(pool, c.budget)
+        elif run.shots is not None:
             num_train = min(pool, run.shots * classes)
         elif run.fraction is not None:
             num_train = max(1, int(round(pool * run.fraction)))
@@ -155,7 +157,7 @@ def plan_work(runs: Sequence[PlannedRun], sizes: Mapping[str, int],
                                first_of_group=key not in grouped))
             grouped.add(key)
         else:
-            steps, _ = step_plan(c, num_train)
+            steps, _ = step_plan(c, num_train, classes)
             batch = max(1, min(c.optim.batch_size, num_train))
             out.append(RunWork(run.run_id, run.backbone, run.method, size, device,
                                train_images=steps * batch, eval_images=held_out, steps=steps))

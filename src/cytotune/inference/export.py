@@ -18,6 +18,12 @@ onnx
 
 Every export also carries ``MODEL_CARD.md``, ``export.json`` (class names, preprocessing,
 provenance) and ``README.md``. The folder appears atomically (staged, then renamed).
+
+Stain normalisation (a run trained with ``--stain-norm``) is NOT part of either format: Macenko's
+per-image eigen-decomposition and percentiles have no place in a weights file, and are not
+exported to ONNX. The export copies the run's ``stain.json`` (the fitted parameters) and says in
+its README, model card and export.json that images must be normalised with them (torchstain,
+after resize and crop) before the model, or predictions differ from cytotune's.
 """
 from __future__ import annotations
 
@@ -180,6 +186,23 @@ def predict(paths):
 '''
 
 
+def stain_note(model: CytotuneModel) -> list[str]:
+    """What the README and model card say about a run's stain normalisation (nothing without
+    one): the exported model does not include it."""
+    stain = model.stain
+    if stain is None:
+        return []
+    cls = "NumpyMacenkoNormalizer" if stain.method == "macenko" else "NumpyReinhardNormalizer"
+    names = ", ".join(f"`{k}`" for k in stain.params)
+    return [f"**Stain normalisation is not included in this export.** The run trained on images "
+            f"normalised with {stain.method} (torchstain, numpy backend) onto the target "
+            f"`{stain.target_name}` (sha256 {stain.target_sha256[:16]}...), applied to each "
+            f"image after the resize and centre crop. Its fitted parameters are in `stain.json` "
+            f"({names}): set them on `torchstain.numpy.normalizers.{cls}()` and normalise every "
+            f"preprocessed image with it before the model (images where it fails are used as "
+            f"they are). Without it, predictions differ from `cytotune predict`'s.\n"]
+
+
 def _readme(model: CytotuneModel, fmt: str, code: str, info: dict[str, Any],
             recipe: Optional[PlainRecipe]) -> str:
     card = model.card
@@ -221,6 +244,7 @@ def _readme(model: CytotuneModel, fmt: str, code: str, info: dict[str, Any],
         lines.append("Note: the run trained and was evaluated under bf16 autocast; this export "
                      "computes in float32, so its probabilities can differ from the run's "
                      "predictions.csv in the third decimal.\n")
+    lines += stain_note(model)
     lines += ["```python", code.rstrip(), "", 'print(predict(["cell.png"]))', "```", ""]
     lines.append(
         f"Preprocessing: RGB, shorter side resized to {pre.effective_resize} px "
@@ -391,6 +415,15 @@ def export(run_dirs: Union[PathLike, Sequence[PathLike]], out: PathLike,
             "feature_dim": model.backbone.feature_dim,
             "runs": [{"path": str(r.path.resolve()), "seed": r.config.seed} for r in runs],
         }
+        if model.stain is not None:  # not in the model: the images must be normalised first
+            from cytotune.data.stain import STAIN_FILE
+
+            (staging / STAIN_FILE).write_text(json.dumps(model.stain.to_json(), indent=2) + "\n",
+                                              encoding="utf-8")
+            info["stain_normalisation"] = {"method": model.stain.method, "file": STAIN_FILE,
+                                           "included_in_model": False,
+                                           "applied": "after resize and centre crop, before "
+                                                      "the model's input"}
         recipe = None
         if format == "safetensors" and head_takes_normalised_features(model.config):
             raise ExportError(
@@ -421,6 +454,7 @@ def export(run_dirs: Union[PathLike, Sequence[PathLike]], out: PathLike,
         extra = ([f"Exported as safetensors for plain {recipe.library}"] if recipe else
                  [f"Exported as ONNX opset {opset}; onnxruntime vs PyTorch max |probability "
                   f"difference| {info['onnx']['max_abs_diff_probabilities']:.1e}"])
+        extra += [line.strip() for line in stain_note(model)]
         (staging / "MODEL_CARD.md").write_text(
             model_card_markdown(runs, model.card, format, trainable, extra), encoding="utf-8")
         (staging / "README.md").write_text(_readme(model, format, code, info, recipe),

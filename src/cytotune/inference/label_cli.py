@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from cytotune._flags import add_feature_options, add_progress
 
-# the registry's names (cytotune.analysis.selection.strategy_names(), which imports numpy):
+# the registry's names (cytotune.data.selection.strategy_names(), which imports numpy):
 # only for --help; the handler checks the name against the registry itself
 STRATEGIES_HELP = "random | kmeans | typiclust | probcover"
 
@@ -96,7 +96,7 @@ def _observing(args: argparse.Namespace, display: Optional[Callable[[], object]]
 
 def cmd_select(args: argparse.Namespace,
                display: Optional[Callable[[], object]] = None) -> int:
-    from cytotune.analysis.selection import get_strategy
+    from cytotune.data.selection import get_strategy
     from cytotune.inference import labelling
 
     console = _console()

@@ -5,7 +5,7 @@ Both work on a backbone's frozen features from the same feature cache as ``train
 again). ``audit`` reads a labelled data set through :func:`cytotune.training.embed.embed`;
 ``select`` reads an *unlabelled* pool (a folder of images, or a CSV with a ``path`` column) and
 never looks at a label: its images go through the same decode/backbone/cache steps under one
-placeholder class. The strategies and the audit steps are :mod:`cytotune.analysis.selection`
+placeholder class. The strategies and the audit steps are :mod:`cytotune.data.selection`
 and :mod:`cytotune.analysis.audit`; this module reads the inputs, writes the CSVs and the
 thumbnail pages.
 """
@@ -144,7 +144,7 @@ def choose(features: np.ndarray, paths: Sequence[str], strategy: str, budget: in
     ``label`` column to fill in."""
     from sklearn.preprocessing import normalize
 
-    from cytotune.analysis import selection
+    from cytotune.data import selection
 
     selection.get_strategy(strategy)  # ValueError listing the strategies
     labelled = np.asarray([] if labelled is None else labelled, dtype=np.int64)

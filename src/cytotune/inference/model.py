@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -27,6 +28,7 @@ from cytotune.training.runner import resolve_device
 from cytotune.training.task import MULTI_LABEL, Task, task_for
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor, np.ndarray]
+log = logging.getLogger("cytotune")
 
 
 @dataclass
@@ -68,7 +70,9 @@ class CytotuneModel(nn.Module):
     side to ``resize_size``, center-crop ``image_size``, scale to [0, 1], subtract ``mean``, divide
     by ``std``) and returns logits; :meth:`predict` does all of that from image files, PIL images
     or uint8 tensors. Attributes: ``class_names``, ``preprocessing``, ``card`` (the model card),
-    ``config`` (the run's TrainConfig), ``metrics`` (its metrics.json), ``run_dir``.
+    ``config`` (the run's TrainConfig), ``metrics`` (its metrics.json), ``run_dir``, ``stain``
+    (the run's fitted stain normalisation, from its stain.json, or None): :meth:`preprocess`
+    applies it after the resize and crop, as training's decode did.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Linear, run: RunFiles):
@@ -86,6 +90,7 @@ class CytotuneModel(nn.Module):
         # autocast precision of predict(): the run's setting ("auto": bf16 on CUDA, fp32 on a
         # CPU, on the device the model is on now); "fp32" or "bf16" to override
         self.precision: str = run.config.precision
+        self.stain = run.stain
 
     @property
     def device(self) -> torch.device:
@@ -145,12 +150,32 @@ class CytotuneModel(nn.Module):
         tensors = [self._one(image) for image in items]
         if not tensors:
             return torch.empty(0, 3, pre.image_size, pre.image_size, dtype=torch.uint8)
+        if self.stain is not None:
+            tensors = self.normalise_stain(tensors)
         return torch.stack(tensors)
+
+    def normalise_stain(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The run's stain normalisation on each (3, S, S) image; an image it cannot handle is
+        kept as it is, and such images are counted in one warning."""
+        out, failed = [], 0
+        for chw in tensors:
+            changed = self.stain(np.ascontiguousarray(chw.permute(1, 2, 0).numpy()))
+            if changed is None:
+                failed += 1
+                out.append(chw)
+            else:
+                out.append(torch.from_numpy(np.ascontiguousarray(changed.transpose(2, 0, 1))))
+        if failed:
+            log.warning("stain normalisation (%s) could not be applied to %d of %d images (too "
+                        "little stain); they are predicted unnormalised", self.stain.method,
+                        failed, len(tensors))
+        return out
 
     # -- prediction -----------------------------------------------------------------------------
     @torch.no_grad()
     def predict_pixels(self, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Probabilities (N, C), float32 on the CPU, of uint8 (N, 3, S, S) pixels (softmax over
+        """Probabilities (N, C), float32 on the CPU, of uint8 (N, 3, S, S) pixels as
+        :meth:`preprocess` gives them (stain-normalised when the run was) (softmax over
         classes; for a multi-label run one sigmoid per label).
 
         Batched; at :attr:`precision` (the run's setting unless overridden: bf16 autocast on

@@ -12,6 +12,7 @@ never ``ok``. The CSV is written atomically.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -24,6 +25,7 @@ from cytotune.data import DataError, decode_images
 from cytotune.data.readers import IMAGE_EXTENSIONS, link_problem, list_images
 from cytotune.data.tables import read_csv_frame
 
+log = logging.getLogger("cytotune")
 STATUS_OK = "ok"
 UNREADABLE = "unreadable"
 NON_FINITE = "error: non-finite probabilities"
@@ -88,11 +90,14 @@ def predict_files(model, paths: Sequence[Union[str, Path]], batch_size: int = 64
     n, c = len(paths), model.num_classes
     probs = np.full((n, c), np.nan, dtype=np.float32)
     status = [STATUS_OK] * n
+    unnormalised = 0
     for start in range(0, n, batch_size):
         chunk = paths[start:start + batch_size]
         decoded = decode_images(chunk, resize_size=pre.effective_resize, crop_size=pre.image_size,
                                 interpolation=pre.interpolation, skip_bad=True,
-                                num_workers=num_workers, warn_bad=False)  # the status says it
+                                num_workers=num_workers, warn_bad=False,  # the status says it
+                                transform=getattr(model, "stain", None))  # as training decoded
+        unnormalised += len(decoded.unnormalised)
         bad = {str(p): link_problem(Path(p)) or reason for p, reason in decoded.bad}
         for offset, p in enumerate(chunk):
             if str(p) in bad:
@@ -105,6 +110,10 @@ def predict_files(model, paths: Sequence[Union[str, Path]], batch_size: int = 64
                 probs[row] = np.nan  # none of the row's values is a usable probability
         if on_progress is not None:
             on_progress(len(chunk))
+    if unnormalised:
+        log.warning("stain normalisation (%s) could not be applied to %d of %d images (too "
+                    "little stain); they were predicted unnormalised", model.stain.method,
+                    unnormalised, n)
     if model.task.multi_label:
         # multi-label: every label whose sigmoid output is >= 0.5, joined by "|"
         predicted = ["|".join(n for n, p in zip(model.class_names, row) if p >= 0.5)

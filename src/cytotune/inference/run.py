@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from cytotune.data.stain import STAIN_FILE, StainError, StainNormaliser
 from cytotune.training.config import ConfigError, TrainConfig
 from cytotune.training.methods.base import NormalisedLinear, head_takes_normalised_features
 from cytotune.training.methods.probe_heads import PROBE_HEAD_KEYS, TIP_ADAPTERS, head_from_tensors
@@ -36,7 +37,7 @@ FULL_METHOD = "full"
 PREDICTIONS_FILE = "predictions.csv"
 HEAD_KEYS = ("weight", "bias")
 # the files loading a run reads, each checked against its digest in manifest.json
-DESCRIPTION_FILES = (CONFIG_FILE, METRICS_FILE)
+DESCRIPTION_FILES = (CONFIG_FILE, METRICS_FILE, STAIN_FILE)
 WEIGHT_FILES = (HEAD_FILE, ADAPTER_FILE, BACKBONE_FILE)
 
 log = logging.getLogger("cytotune")
@@ -57,6 +58,8 @@ class RunFiles:
     head: Path  # head.safetensors
     adapter: Optional[Path] = None  # adapter.safetensors of a LoRA run
     backbone: Optional[Path] = None  # backbone.safetensors of a full fine-tuning run
+    # the stain normalisation the run trained with (stain.json), applied to every image predicted
+    stain: Optional[StainNormaliser] = None
 
     @property
     def model_name(self) -> str:
@@ -120,13 +123,39 @@ def read_run(run_dir: PathLike) -> RunFiles:
         raise RunDirError(f"{backbone}: fine-tuned backbone weights in a {config.method!r} run "
                           f"(config.yaml: method {config.method}); the folder mixes files of "
                           f"different runs")
+    stain = _read_stain(path, config)
     if verified is not None:
         # the weights after the structural checks above, which name mixed or missing files
         # more precisely; what is left is a file whose bytes differ from those the run wrote
         _check(path, WEIGHT_FILES, verified)
     return RunFiles(path=path, config=config, metrics=metrics, class_names=list(class_names),
                     head=path / HEAD_FILE, adapter=adapter if adapter.is_file() else None,
-                    backbone=backbone if backbone.is_file() else None)
+                    backbone=backbone if backbone.is_file() else None, stain=stain)
+
+
+def _read_stain(path: Path, config: TrainConfig) -> Optional[StainNormaliser]:
+    """The run's fitted stain normalisation from stain.json (so prediction needs no target
+    image), checked against config.yaml's ``data.stain_norm``."""
+    file = path / STAIN_FILE
+    method = config.data.stain_norm
+    if method == "none":
+        if file.is_file():
+            raise RunDirError(f"{file}: stain parameters in a run without stain normalisation "
+                              f"(config.yaml: data.stain_norm none); the folder mixes files of "
+                              f"different runs")
+        return None
+    if not file.is_file():
+        raise RunDirError(f"run directory {path} trained with {method} stain normalisation "
+                          f"(config.yaml: data.stain_norm {method}) but has no {STAIN_FILE}, "
+                          f"whose parameters prediction applies")
+    try:
+        stain = StainNormaliser.from_json(_read_json(file), str(file))
+    except StainError as err:
+        raise RunDirError(str(err)) from None
+    if stain.method != method:
+        raise RunDirError(f"{file} holds {stain.method} parameters but config.yaml names "
+                          f"data.stain_norm {method}")
+    return stain
 
 
 def _check(path: Path, names: tuple[str, ...], files: dict[str, dict[str, Any]]) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from cytotune.adapters import LoRAConfig
+from cytotune.training.config_values import (ConfigError, _to_plain, check_out_target,
+                                             coerce_value, dataclass_from_dict, load_yaml_file,
+                                             set_dotted)
 
 # autocast precision of a run (see cytotune.training.features.resolve_precision)
 Precision = Literal["auto", "fp32", "bf16"]
@@ -27,10 +28,9 @@ PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 # validation split of 1-2 images per class makes the choice close to a coin toss)
 SelectOn = Literal["val", "train-cv"]
 SELECT_ON: tuple[str, ...] = typing.get_args(SelectOn)
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type; the message names it."""
+# training augmentations (cytotune.training.augment), in the order they are applied; ``on`` is
+# ``dihedral`` (the default), ``off`` none
+AUGMENTATIONS: tuple[str, ...] = ("dihedral", "hed", "color", "blur", "jpeg", "scale")
 
 
 # linear probe length when neither optim.linear_epochs nor optim.steps is given
@@ -71,6 +71,43 @@ def check_number(name: str, value: Any, *, minimum: Optional[float] = None,
         raise ConfigError(f"{name} must be {' and '.join(bounds)}, got {value!r}")
 
 
+def augment_names(value: Any, name: str = "optim.augment") -> tuple[str, ...]:
+    """The augmentations ``value`` asks for, in :data:`AUGMENTATIONS` order: True/``on`` is
+    ``("dihedral",)``, False/``off`` none, else a comma string or list of names (``on`` may
+    join others). Anything else is a ConfigError naming ``name`` and the choices."""
+    choices = f"on, off or a comma list of {', '.join(AUGMENTATIONS)}"
+    if isinstance(value, bool):
+        return ("dihedral",) if value else ()
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise ConfigError(f"{name} must be {choices}, got {value!r}")
+    if not all(items) or not items:
+        raise ConfigError(f"{name} has an empty name in {value!r}; expected {choices}")
+    if "off" in items:
+        if len(items) > 1:
+            raise ConfigError(f"{name}: 'off' cannot be combined with other names, got {value!r}")
+        return ()
+    unknown = sorted(set(items) - set(AUGMENTATIONS) - {"on"})
+    if unknown:
+        raise ConfigError(f"{name}: unknown augmentation {', '.join(map(repr, unknown))}; "
+                          f"expected {choices}")
+    wanted = {"dihedral" if v == "on" else v for v in items}
+    return tuple(a for a in AUGMENTATIONS if a in wanted)
+
+
+def canonical_augment(value: Any) -> Union[bool, str]:
+    """How a run's config stores ``optim.augment``: True for dihedral alone (the default, so
+    runs from before the stain augmentations keep their resolved config), False for none, else
+    the comma string in :data:`AUGMENTATIONS` order."""
+    names = augment_names(value)
+    if names == ("dihedral",):
+        return True
+    return ",".join(names) if names else False
+
+
 def check_lr(name: str, value: Any, *, optional: bool = False) -> None:
     """A learning rate: a finite number above 0 and at most :data:`MAX_LR` (errors name
     ``name`` and say why the bound is there)."""
@@ -79,55 +116,6 @@ def check_lr(name: str, value: Any, *, optional: bool = False) -> None:
         raise ConfigError(f"{name} must be > 0 and <= {MAX_LR:g} (AdamW moves every weight by "
                           f"about the learning rate per step; a larger one diverges), got "
                           f"{value!r}")
-
-
-def check_out_target(out: str | os.PathLike) -> None:
-    """Refuse, before any training, an existing ``--out`` folder the finished run could not
-    be published onto: a run is renamed into place at the end, which fails on a mount point
-    (a read-only one used to train fully and then suggest freeing space) and is not wanted in
-    a folder made read-only. A missing ``--out`` (its parent is checked when the run's
-    staging folder is made there) and a file (refused by the run writer) pass."""
-    path = Path(out).expanduser()
-    if not path.is_dir():
-        return
-    writable = os.access(path, os.W_OK)
-    if os.path.ismount(path):
-        if not writable:
-            raise ConfigError(f"--out {path} is a read-only mount point: it is not writable; "
-                              f"choose another --out")
-        raise ConfigError(f"--out {path} is a mount point: a finished run is renamed into "
-                          f"place, which cannot replace a mount point; choose a folder inside "
-                          f"it, e.g. --out {path / 'run'}")
-    if not writable:
-        raise ConfigError(f"--out {path} is not writable (read-only folder or file system); "
-                          f"choose another --out")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def load_yaml_file(path: str | Path) -> Any:
-    """``yaml.safe_load`` of a file, with any parse error (or a Python tag such as
-    ``!!python/object``, which safe_load never constructs) as one ConfigError line naming the
-    file, line and column."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = _one_line(err.problem or err.context or "")
-        if isinstance(err, yaml.constructor.ConstructorError) and "tag" in problem:
-            problem = (f"{problem}; cytotune reads plain YAML only (no Python objects or other "
-                       f"tags)")
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
 
 
 @dataclass
@@ -156,6 +144,11 @@ class DataConfig:
     # on; None: all domains not named on the other side (both None: no domain split)
     train_domains: Optional[tuple[str, ...]] = None
     test_domains: Optional[tuple[str, ...]] = None
+    # stain normalisation at decode time (cytotune.data.stain): "none", "macenko" or "reinhard"
+    # onto the stain of the image stain_target (fitted once; its parameters go into the run;
+    # ignored with "none")
+    stain_norm: str = "none"
+    stain_target: Optional[str] = None
 
 
 @dataclass
@@ -226,8 +219,17 @@ class OptimConfig:
     # linear probe: epochs over the cached features (None: DEFAULT_LINEAR_EPOCHS); unused when
     # steps is given
     linear_epochs: Optional[int] = None
-    augment: bool = True  # flips and right-angle rotations during LoRA training
+    # image-training augmentation: True/"on" (flips and right-angle rotations, "dihedral"),
+    # False/"off", or a comma list / list of AUGMENTATIONS; stored as True, False or the comma
+    # string in AUGMENTATIONS order (so an old run's resolved config reads the same)
+    augment: Union[bool, str, list[str]] = True
     compile: bool = False  # LoRA / full: torch.compile the model (faster steps after a warm-up)
+
+    def __post_init__(self) -> None:
+        try:
+            self.augment = canonical_augment(self.augment)
+        except ConfigError:
+            pass  # validate() reports it, naming the option
 
     def resolve_steps(self, num_train: int, shots: Optional[int]) -> int:
         """Optimizer steps for a run: explicit steps, else epochs, else the study's few-shot rule
@@ -261,6 +263,7 @@ class OptimConfig:
         check_number("optim.val_every", self.val_every, minimum=1, integer=True, optional=True)
         check_number("optim.linear_epochs", self.linear_epochs, minimum=1, integer=True,
                      optional=True)
+        augment_names(self.augment)
 
 
 @dataclass
@@ -274,6 +277,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     shots: Optional[int] = None  # k images per class from train; None: all (or fraction)
     fraction: Optional[float] = None  # percent of train, stratified; None: all
+    # label-budget mode (issue 34): ``budget`` training images in total, chosen from the
+    # training split by ``sampling`` on the frozen backbone's features without reading a label
+    # (cytotune.data.selection); only then are their labels revealed
+    budget: Optional[int] = None
+    sampling: str = "random"
     seed: int = 1
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
     # autocast precision: "auto" is bf16 on CUDA, fp32 on a CPU; "bf16" on a CPU with native
@@ -299,6 +307,8 @@ class TrainConfig:
         if self.shots is not None and self.fraction is not None:
             raise ConfigError("give either shots or fraction, not both")
         check_number("shots", self.shots, minimum=1, integer=True, optional=True)
+        self._validate_budget()
+        self._validate_stain()
         if self.fraction is not None:
             check_number("fraction (a percentage)", self.fraction, above=0, maximum=100)
         if not self.data.source:
@@ -337,6 +347,33 @@ class TrainConfig:
                 raise ConfigError(str(err)) from None
             check_out_target(self.out)
 
+    def _validate_stain(self) -> None:
+        """A known method, and a target when one is on (the target image itself is checked when
+        the run fits it: cytotune.data.stain.fit_target). A target with "none" is ignored, so a
+        sweep can vary stain_norm over one base that names the target."""
+        methods = ("none", "macenko", "reinhard")  # cytotune.data.stain.STAIN_METHODS
+        if self.data.stain_norm not in methods:
+            raise ConfigError(f"data.stain_norm must be one of {', '.join(methods)}, got "
+                              f"{self.data.stain_norm!r}")
+        if self.data.stain_norm != "none" and not self.data.stain_target:
+            raise ConfigError(f"data.stain_norm {self.data.stain_norm!r} needs data.stain_target "
+                              f"(--stain-target IMAGE: the image whose stain every image is "
+                              f"mapped to)")
+
+    def _validate_budget(self) -> None:
+        from cytotune.data.selection import strategy_names
+
+        if self.sampling not in strategy_names():
+            raise ConfigError(f"sampling must be one of {', '.join(strategy_names())}, got "
+                              f"{self.sampling!r}")
+        if self.budget is None:
+            return
+        check_number("budget", self.budget, minimum=2, integer=True)
+        if self.shots is not None or self.fraction is not None:
+            given = "shots" if self.shots is not None else "fraction"
+            raise ConfigError(f"budget chooses the training images itself; give budget or "
+                              f"{given}, not both")
+
     def _validate_select_on(self) -> None:
         """``train-cv`` only for methods that implement it or choose nothing (prototype,
         zero-shot: a sweep's shared ``base`` may set it for them too)."""
@@ -373,102 +410,3 @@ class TrainConfig:
             return cls.from_dict(values)
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
-
-
-def set_dotted(values: dict[str, Any], key: str, value: Any, label: str = "option") -> None:
-    """Set ``values["a"]["b"]["c"] = value`` for the dotted ``key`` "a.b.c", creating sections."""
-    parts = key.split(".")
-    node = values
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{label} {key!r}: {part!r} is not a section")
-    node[parts[-1]] = value
-
-
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def dataclass_from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from a plain mapping, checking every key and type; errors name the
-    option with its dotted ``prefix`` (shared with the sweep configuration)."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(prefix + k for k in unknown)}; "
-                          f"known: {', '.join(sorted(known))}")
-    kwargs = {name: coerce_value(hints[name], value, prefix + name) for name, value in values.items()}
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
-
-
-def coerce_value(hint: Any, value: Any, name: str) -> Any:
-    """Check ``value`` against a type hint, converting where YAML is looser than Python."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce_value(arg, value, name)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{name}: invalid value {value!r}")
-    if dataclasses.is_dataclass(hint):
-        return dataclass_from_dict(hint, value, name + ".")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{name}: {value!r} is not one of {list(args)}")
-        return value
-    if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        item = args[0] if args else Any
-        items = [coerce_value(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, (str, Path)):
-            return str(value)
-        raise ConfigError(f"{name}: expected a string, got {value!r}")
-    return value

@@ -224,6 +224,45 @@ class FeatureBank:
         positions: dict[bytes, list[int]] = {}
         for i, key in enumerate(wanted):
             positions.setdefault(key, []).append(i)
+        out, pending = self._read_held(wanted, positions)
+        held = len(wanted) - sum(len(positions[k]) for k in pending)
+        if reused is not None and held:
+            reused(held)
+        if not pending:
+            assert out is not None or not wanted
+            return (out if out is not None else torch.empty(0, 0)), 0.0, True
+        missing = [k for k in positions if k in pending]  # first-asked order
+        start = time.perf_counter()
+        new = extract(pixels[torch.as_tensor([positions[k][0] for k in missing])])
+        seconds = time.perf_counter() - start
+        if out is None or (new.shape[1], new.dtype) != (out.shape[1], out.dtype):
+            if out is not None:
+                log.warning("feature cache %s holds %s features, extraction gives %s; "
+                            "extracting every image", self.folder, tuple(out.shape[1:]),
+                            tuple(new.shape[1:]))
+                return self._extract_all(wanted, positions, pixels, extract, seconds)
+            out = torch.empty(len(wanted), new.shape[1], dtype=new.dtype)
+        for key, row in zip(missing, new):
+            out[positions[key]] = row
+        if self._write_chunk(new, missing):
+            self._compact()
+        log.info("features: %d of %d images extracted, %d from the cache", len(missing),
+                 len(keys), held)
+        return out, seconds, False
+
+    def held(self, keys: list[str]) -> Optional[torch.Tensor]:
+        """The features of ``keys`` when the bank holds every one of them, else None (nothing
+        extracted): lets a caller skip preparing pixels that would not be used."""
+        wanted = [self.key_bytes(k) for k in keys]
+        positions: dict[bytes, list[int]] = {}
+        for i, key in enumerate(wanted):
+            positions.setdefault(key, []).append(i)
+        out, pending = self._read_held(wanted, positions)
+        return out if not pending and out is not None else None
+
+    def _read_held(self, wanted: list[bytes], positions: dict[bytes, list[int]]
+                   ) -> tuple[Optional[torch.Tensor], set[bytes]]:
+        """(features of the held keys, rows of the others unset; the keys not held)."""
         out: Optional[torch.Tensor] = None
         pending = set(positions)
         for chunk, chunk_keys in self._chunks():
@@ -257,30 +296,7 @@ class FeatureBank:
                             err.strerror or err)
                 continue
             pending.difference_update(taken)
-        held = len(wanted) - sum(len(positions[k]) for k in pending)
-        if reused is not None and held:
-            reused(held)
-        if not pending:
-            assert out is not None or not wanted
-            return (out if out is not None else torch.empty(0, 0)), 0.0, True
-        missing = [k for k in positions if k in pending]  # first-asked order
-        start = time.perf_counter()
-        new = extract(pixels[torch.as_tensor([positions[k][0] for k in missing])])
-        seconds = time.perf_counter() - start
-        if out is None or (new.shape[1], new.dtype) != (out.shape[1], out.dtype):
-            if out is not None:
-                log.warning("feature cache %s holds %s features, extraction gives %s; "
-                            "extracting every image", self.folder, tuple(out.shape[1:]),
-                            tuple(new.shape[1:]))
-                return self._extract_all(wanted, positions, pixels, extract, seconds)
-            out = torch.empty(len(wanted), new.shape[1], dtype=new.dtype)
-        for key, row in zip(missing, new):
-            out[positions[key]] = row
-        if self._write_chunk(new, missing):
-            self._compact()
-        log.info("features: %d of %d images extracted, %d from the cache", len(missing),
-                 len(keys), held)
-        return out, seconds, False
+        return out, pending
 
     def _extract_all(self, wanted, positions, pixels, extract, seconds):
         firsts = [positions[k][0] for k in positions]

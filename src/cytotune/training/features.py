@@ -128,6 +128,18 @@ class FeatureCache:
                                          pre.fingerprint(), "per-image bank", resolved)
         return FeatureBank(bank).features(list(image_keys), pixels, extract, observer().reused)
 
+    def held(self, backbone, weights_fingerprint: str, device: torch.device,
+             precision: str, image_keys: Sequence[str]) -> Optional[torch.Tensor]:
+        """The per-image features of ``image_keys`` when the bank of this backbone, weights,
+        preprocessing and precision holds all of them, else None; extracts nothing."""
+        if self.cache_dir is None or not len(image_keys):
+            return None
+        pre = backbone.preprocessing
+        bank = self.cache_dir / self.key(backbone.card.name, weights_fingerprint,
+                                         pre.fingerprint(), "per-image bank",
+                                         resolve_precision(device, precision))
+        return FeatureBank(bank).held(list(image_keys))
+
     def get_or_compute(self, key: str, compute) -> tuple[torch.Tensor, float, bool]:
         """(features, seconds spent computing (0 on a hit), whether it was a cache hit)."""
         path = self.cache_dir / f"{key}.safetensors" if self.cache_dir is not None else None

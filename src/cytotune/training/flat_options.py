@@ -12,6 +12,8 @@ FLAT_OPTIONS: dict[str, str] = {
     "val_fraction": "data.val_fraction",
     "test_fraction": "data.test_fraction",
     "skip_bad_images": "data.skip_bad_images",
+    "stain_norm": "data.stain_norm",
+    "stain_target": "data.stain_target",
     "model": "model.name",
     "weights": "model.weights",
     "pretrained": "model.pretrained",

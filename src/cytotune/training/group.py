@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from cytotune.data import ImageStore, load_dataset
+from cytotune.data import load_dataset
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache
 from cytotune.training.heads import fit_linear_heads
@@ -48,6 +48,7 @@ from cytotune.training.runner import (RunData, RunResult, _decode, _write_run, a
                                       prepare_run_data, reset_peak_memory, resolve_device,
                                       run_steps, run_training, starting_weights_fingerprint,
                                       wanted_splits)
+from cytotune.training.stain_run import run_image_store, stain_record, warn_unnormalised
 
 log = logging.getLogger("cytotune")
 
@@ -67,6 +68,8 @@ def group_key(config: TrainConfig) -> Optional[str]:
     validation cadence). A random-init backbone depends on the seed, so there the seed stays.
     LoRA runs with dropout, torch.compile or gradient checkpointing are trained alone.
     """
+    if config.budget is not None:
+        return None  # its training images are chosen on the backbone's features: one at a time
     if config.method == "linear":
         free = _LINEAR_FREE
     elif (config.method == "lora" and config.encoder == "vision" and not config.lora.dropout
@@ -194,14 +197,16 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
     text_encoder = build_run_text_encoder(first) if needs_text_encoder(first) else None
     pre = backbone.preprocessing
     cache_dir = Path(first.cache_dir) if first.cache_dir else None
-    store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=first.num_workers)
+    store = run_image_store(first)  # with the group's stain normalisation (one data config)
 
     # one decode of every image any run uses; each run's splits are rows of it
     t0 = time.perf_counter()
     rows = np.unique(np.concatenate([idx for m in live for idx in
                                      wanted_splits(m.config, m.prepared.indices).values()]))
     observer().phase("decoding", len(rows))
-    union = _decode(store, data, rows, pre, first.data.skip_bad_images, "union")
+    unnormalised: list[Path] = []  # warned about once, for the whole group
+    union = _decode(store, data, rows, pre, first.data.skip_bad_images, "union", unnormalised)
+    warn_unnormalised(store.transform, unnormalised, len(union.paths))
     position = {int(r): i for i, r in enumerate(union.rows)}
     decode_s = time.perf_counter() - t0
     keep_pixels = first.method != "linear"  # linear probes need only their features
@@ -223,7 +228,7 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
                               val=m.splits["val"], test=m.splits["test"],
                               class_names=list(data.class_names), device=device,
                               feature_cache=FeatureCache(cache_dir),
-                              steps=run_steps(m.config, m.splits), prompts=m.prepared.prompts,
+                              steps=run_steps(m.config, m.splits, data.num_classes), prompts=m.prepared.prompts,
                               text_encoder=text_encoder, task=m.prepared.task)
     live = [m for m in members if m.error is None]
     if not live:
@@ -248,6 +253,9 @@ def _train_group(members: list[_Member]) -> list[Outcome]:
             with run_scope(m.key):
                 result = assemble_result(m.config, m.prepared, m.splits["test"], outcome, timings,
                                          started, device, weights_fingerprint=weights_fingerprint)
+                own = {str(p) for split in m.splits.values() for p in split.paths}
+                result.metrics.update(stain_record(
+                    store.transform, [p for p in unnormalised if str(p) in own]))
             done[i] = (result, outcome, adapter_writer)
         except Exception as err:  # noqa: BLE001
             errors[i] = err

@@ -109,11 +109,16 @@ class RecordingObserver(TrainingObserver):
         self.events.append(("finished",))
 
 
-def step_plan(config, num_train: int) -> tuple[int, str]:
+def step_plan(config, num_train: int, num_classes: int = 0) -> tuple[int, str]:
     """The optimizer steps a run will take on ``num_train`` training images, and why (the rule
     that set them), known before any image is decoded so a user can stop a run that is too long.
-    ``config``: a TrainConfig (not imported here: methods import this module)."""
+    ``config``: a TrainConfig (not imported here: methods import this module). A label budget
+    trains on ``budget`` images with the schedule of ceil(budget / ``num_classes``) shots."""
     o = config.optim
+    shots = config.shots
+    if getattr(config, "budget", None) is not None:
+        num_train = min(num_train, config.budget)
+        shots = -(-config.budget // max(1, num_classes))
     if config.method in TRAINING_FREE:
         return 0, f"{config.method}: no training"
     if config.method in FEATURE_PROBES:
@@ -126,11 +131,12 @@ def step_plan(config, num_train: int) -> tuple[int, str]:
         steps = o.linear_steps(num_train)
         return steps, (f"{steps // per_epoch} epochs x {per_epoch} batches of {num_train} cached "
                        f"features; --steps or --linear-epochs to change")
-    steps = o.resolve_steps(num_train, config.shots)
+    steps = o.resolve_steps(num_train, shots)
     if o.epochs is not None:
         why = f"{o.epochs:g} epochs x {per_epoch} batches of {num_train} images"
-    elif config.shots is not None:
-        why = f"the study's schedule 50 + 100 x {config.shots} shots"
+    elif shots is not None:
+        why = f"the study's schedule 50 + 100 x {shots} shots" + (
+            f" (a budget of {config.budget} images)" if shots != config.shots else "")
     else:
         why = f"10 epochs x {per_epoch} batches of {num_train} images"
     return steps, why + "; --steps to change"

@@ -28,6 +28,8 @@ from cytotune.data.prompts import class_prompts
 from cytotune.data.sampling import FEW_SHOT_VALIDATION_MAX
 from cytotune.models import build_backbone, get_card
 from cytotune.models.text import build_text_encoder
+from cytotune.training.budget import budget_shots, choose_budget
+from cytotune.training.augment import note_ignored_augmentation
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache, resolve_precision
 from cytotune.training.method_registry import FEATURE_PROBES
@@ -36,6 +38,8 @@ from cytotune.training.methods.base import needs_text_encoder
 from cytotune.training.metrics import coarse_class_map, coarse_level_metrics
 from cytotune.training.progress import observer, step_plan
 from cytotune.training.rundir import RunWriter
+from cytotune.training.stain_run import (run_image_store, stain_record, warn_unnormalised,
+                                         write_stain_file)
 from cytotune.training.task import Task, task_for
 
 log = logging.getLogger("cytotune")
@@ -62,8 +66,10 @@ class RunResult:
     def summary(self) -> str:
         t = self.metrics["test"]
         ood = self.metrics.get("test_ood")
-        return (f"{self.config.model.name} {self.config.method} "
-                f"shots={self.config.shots if self.config.shots is not None else 'all'} "
+        c = self.config
+        sample = (f"budget={c.budget} ({c.sampling})" if c.budget is not None else
+                  f"shots={c.shots if c.shots is not None else 'all'}")
+        return (f"{c.model.name} {c.method} {sample} "
                 f"seed={self.config.seed}: test accuracy {t['accuracy']:.4f}, "
                 f"balanced {t['balanced_accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}, "
                 f"AUROC {t['auroc']:.4f}"
@@ -130,7 +136,13 @@ def select_indices(data: LabelledImages, config: TrainConfig) -> RunIndices:
                          seed=config.data.split_seed, val_fraction=config.data.val_fraction,
                          test_fraction=config.data.test_fraction)
     train, val, test = pool[splits.train], pool[splits.val], pool[splits.test]
-    if config.shots is not None:
+    if config.budget is not None:  # the whole training split is the pool the budget picks from
+        if data.targets is not None:
+            raise DataError(f"{data.name}: --budget picks single-label training images; "
+                            f"multi-label data needs --shots or --fraction")
+        val = few_shot_validation(data.labels, val, budget_shots(config.budget, data.num_classes),
+                                  config.seed, data.class_names)
+    elif config.shots is not None:
         if data.targets is not None:
             train = few_shot_multilabel(data.targets, train, config.shots, config.seed,
                                         data.class_names)
@@ -157,7 +169,10 @@ def _targets(data: LabelledImages, indices: np.ndarray) -> torch.Tensor:
 
 
 def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, skip_bad: bool,
-            split: str) -> SplitTensors:
+            split: str, unnormalised: Optional[list[Path]] = None) -> SplitTensors:
+    """Decode one split through ``store``. Images its stain normalisation could not be applied
+    to are added to ``unnormalised`` (for one warning per run), or warned about here when no
+    list is given."""
     paths = [data.paths[i] for i in indices]
     decoded = store.get(paths, resize_size=pre.effective_resize, crop_size=pre.image_size,
                         interpolation=pre.interpolation, skip_bad=skip_bad,
@@ -165,6 +180,10 @@ def _decode(store: ImageStore, data: LabelledImages, indices: np.ndarray, pre, s
                         reused=observer().reused)
     for path, reason in decoded.bad:
         log.warning("skipped unreadable %s image %s: %s", split, path, reason)
+    if unnormalised is not None:
+        unnormalised.extend(decoded.unnormalised)
+    else:
+        warn_unnormalised(store.transform, decoded.unnormalised, len(decoded))
     kept = np.asarray(decoded.kept, dtype=np.int64)
     if len(kept) == 0:
         raise DataError(f"no readable images in the {split} split")
@@ -269,10 +288,15 @@ def wanted_splits(config: TrainConfig, indices: RunIndices) -> dict[str, np.ndar
     return {"train": indices.train, "val": indices.val, "test": test_all}
 
 
-def run_steps(config: TrainConfig, splits: dict[str, SplitTensors]) -> int:
+def run_steps(config: TrainConfig, splits: dict[str, SplitTensors], num_classes: int = 0) -> int:
+    """Optimizer steps of the run (0 for methods without any); a budget of N images takes the
+    few-shot schedule of ceil(N / classes) shots."""
     if config.method in TRAINING_FREE or config.method in FEATURE_PROBES:
         return 0
-    return config.optim.resolve_steps(len(splits["train"].labels), config.shots)
+    shots = config.shots
+    if config.budget is not None:
+        shots = budget_shots(config.budget, num_classes)
+    return config.optim.resolve_steps(len(splits["train"].labels), shots)
 
 
 def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dict[str, torch.Tensor]]]:
@@ -280,21 +304,31 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     started = time.perf_counter()
     device = resolve_device(config.device)
     reset_peak_memory(device)
+    store = run_image_store(config)  # fits the stain target first: a bad one fails at once
     prepared = prepare_run_data(config)
     progress = observer()
-    progress.planned(*step_plan(config, len(prepared.indices.train)))
+    progress.planned(*step_plan(config, len(prepared.indices.train), prepared.data.num_classes))
     backbone = build_run_backbone(config)
     weights_fingerprint = starting_weights_fingerprint(config, backbone)
     text_encoder = build_run_text_encoder(config) if needs_text_encoder(config) else None
     cache_dir = Path(config.cache_dir) if config.cache_dir else None
-    store = ImageStore(cache_dir / "images" if cache_dir else None, num_workers=config.num_workers)
     t0 = time.perf_counter()
     pre = backbone.preprocessing
+    pick = None
+    if config.budget is not None and config.method not in TRAINING_FREE:
+        progress.phase("decoding", len(prepared.indices.train))
+        pool = _decode(store, prepared.data, prepared.indices.train, pre,
+                       config.data.skip_bad_images, "train pool")
+        pick = choose_budget(config, prepared, pool, backbone, device)
     wanted = wanted_splits(config, prepared.indices)
     progress.phase("decoding", sum(len(idx) for idx in wanted.values()))
     splits = {}
+    unnormalised: list[Path] = []
     for name, idx in wanted.items():
-        splits[name] = _decode(store, prepared.data, idx, pre, config.data.skip_bad_images, name)
+        splits[name] = _decode(store, prepared.data, idx, pre, config.data.skip_bad_images, name,
+                               unnormalised)
+    warn_unnormalised(store.transform, unnormalised,
+                      len({str(p) for s in splits.values() for p in s.paths}))
     splits.setdefault("train", _no_images(pre.image_size))
     decode_s = time.perf_counter() - t0
 
@@ -302,14 +336,19 @@ def _run(config: TrainConfig) -> tuple[RunResult, torch.nn.Module, dict[str, dic
     ctx = MethodContext(config=config, backbone=backbone, train=splits["train"], val=splits["val"],
                         test=splits["test"], class_names=list(prepared.data.class_names),
                         device=device, feature_cache=FeatureCache(cache_dir),
-                        steps=run_steps(config, splits), prompts=prepared.prompts,
+                        steps=run_steps(config, splits, prepared.data.num_classes),
+                        prompts=prepared.prompts,
                         text_encoder=text_encoder, task=prepared.task)
     if config.method in TRAINING_FREE:
         progress.phase("evaluation")
+    note_ignored_augmentation(config.method, config.optim.augment)
     outcome = METHODS[config.method](ctx)
     result = assemble_result(config, prepared, splits["test"], outcome,
                              {"decode_s": decode_s}, started, device,
                              weights_fingerprint=weights_fingerprint)
+    if pick is not None:
+        result.metrics["label_budget"] = pick.record()
+    result.metrics.update(stain_record(store.transform, unnormalised))
     return result, backbone, outcome.tensors_to_save
 
 
@@ -440,6 +479,7 @@ def _write_run_files(writer: RunWriter, result: RunResult, backbone: torch.nn.Mo
                      tensors: dict[str, dict[str, torch.Tensor]]) -> None:
     config = result.config
     writer.write_text("config.yaml", config.to_yaml())
+    write_stain_file(writer, config, result.metrics)
     for stem, named in tensors.items():
         save_file({k: v.contiguous() for k, v in named.items()}, str(writer.path(f"{stem}.safetensors")),
                   metadata={"model": config.model.name, "classes": "\n".join(result.class_names)})

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cytotune.training.augment import normalise, random_dihedral
+from cytotune.training.augment import batch_augmenter, normalise
 from cytotune.training.config import TrainConfig
 from cytotune.training.features import FeatureCache, autocast_for, fp32_head
 from cytotune.training.loop import EvalResult, FitHistory, evaluate_logits, fit
@@ -159,20 +159,19 @@ def pixels_for_device(pixels: torch.Tensor, device: torch.device) -> torch.Tenso
     return pixels.pin_memory()
 
 
-def image_batch_fetcher(ctx: MethodContext, augment: bool):
+def image_batch_fetcher(ctx: MethodContext, augment: Any):
     """``fetch(index_batch) -> (normalised images, targets)`` on the device: the whole data path
-    of an image-training step (gather uint8 pixels, copy, random flips/rotations drawn from the
-    run's own generator, normalise). ``fit`` times it as the step's data wait."""
+    of an image-training step (gather uint8 pixels, copy, the run's augmentations (``optim.augment``:
+    True/False or names, see :mod:`cytotune.training.augment`) drawn from its own generator,
+    normalise). ``fit`` times it as the step's data wait."""
     pre = ctx.backbone.preprocessing
     pixels = pixels_for_device(ctx.train.pixels, ctx.device)
     labels = ctx.train.labels.to(ctx.device)
-    generator = torch.Generator().manual_seed(ctx.config.seed + 1)
+    augmenter = batch_augmenter(augment, ctx.config.seed + 1)
 
     def fetch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = pixels[idx.to(pixels.device)].to(ctx.device, non_blocking=True)
-        if augment:
-            x = random_dihedral(x, generator)
-        return normalise(x, pre.mean, pre.std), labels[idx.to(labels.device)]
+        return normalise(augmenter(x), pre.mean, pre.std), labels[idx.to(labels.device)]
 
     return fetch
 

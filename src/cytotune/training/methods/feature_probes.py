@@ -152,7 +152,8 @@ def run_prototype(ctx: MethodContext) -> MethodResult:
     """SimpleShot CL2N nearest class mean; nothing to choose on validation."""
     f_train, f_val, f_test, t_feat = probe_features(ctx)
     start = time.perf_counter()
-    head = prototype_head(f_train, ctx.train.labels.to(ctx.device), len(ctx.class_names))
+    head = prototype_head(f_train, ctx.train.labels.to(ctx.device), len(ctx.class_names),
+                          missing_ok=ctx.config.budget is not None)
     fitted = time.perf_counter() - start
     val = evaluate_head(ctx, head, f_val, ctx.val)
     history = FitHistory(best_val_accuracy=val.selection_score, best_val_loss=val.loss)

@@ -35,10 +35,13 @@ class CenteredCosineHead(nn.Linear):
 
 
 def prototype_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                   temperature: float = PROTOTYPE_TEMPERATURE) -> CenteredCosineHead:
-    """The CL2N nearest-class-mean classifier of training ``features`` (N, D) with ``labels``."""
+                   temperature: float = PROTOTYPE_TEMPERATURE,
+                   missing_ok: bool = False) -> CenteredCosineHead:
+    """The CL2N nearest-class-mean classifier of training ``features`` (N, D) with ``labels``.
+    ``missing_ok`` (label-budget runs): a class without training images gets no mean and a
+    bias of -1e4, so it is never predicted (as the logistic probe does)."""
     missing = sorted(set(range(num_classes)) - set(labels.tolist()))
-    if missing:
+    if missing and not missing_ok:
         raise ValueError(f"prototype: classes {missing} have no training image, so no class mean")
     feats = features.float()
     center = feats.mean(0)
@@ -48,6 +51,8 @@ def prototype_head(features: torch.Tensor, labels: torch.Tensor, num_classes: in
     with torch.no_grad():
         head.weight.copy_(F.normalize(means, dim=-1) * temperature)
         head.bias.zero_()
+        if missing:
+            head.bias[missing] = -1e4
         head.center.copy_(center)
     return head.eval()
 

@@ -12,14 +12,17 @@ labels: the budget mode of a training run chooses before it reveals any.
 - ``probcover``: Yehuda et al. 2022, "Active learning through a covering lens": greedy maximum
   coverage with balls of radius ``delta``.
 
-Features are L2-normalised first (the cosine geometry the probes use); clustering and
-neighbour queries come from scikit-learn.
+Features are L2-normalised first (the cosine geometry the probes use); clustering comes from
+scikit-learn, neighbour queries from :mod:`cytotune.data.neighbours` (exact up to
+``ANN_MIN_IMAGES`` images, faiss HNSW above).
 """
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+from cytotune.data.neighbours import neighbour_distances, radius_graph
 
 # A strategy: (features, budget, seed, labelled=None, **options) -> ordered indices.
 Strategy = Callable[..., np.ndarray]
@@ -165,14 +168,11 @@ def kmeans_selection(features: np.ndarray, budget: int, seed: int,
 def typicality(features: np.ndarray, k: int = TYPICLUST_K) -> np.ndarray:
     """TypiClust's typicality of each row: 1 / mean Euclidean distance to its ``k`` nearest
     other rows (``k`` capped at rows - 1; a lone row is infinitely typical)."""
-    from sklearn.neighbors import NearestNeighbors
-
     x = np.asarray(features, dtype=np.float64)
     k = min(k, len(x) - 1)
     if k < 1:
         return np.full(len(x), np.inf)
-    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
-    return 1.0 / (dist[:, 1:].mean(axis=1) + 1e-12)  # column 0 is the row itself
+    return 1.0 / (neighbour_distances(x, k).mean(axis=1) + 1e-12)
 
 
 @register_strategy("typiclust")
@@ -221,7 +221,6 @@ def default_delta(features: np.ndarray, k: int = PROBCOVER_K,
     L2-normalised image to its ``k``-th nearest neighbour (k capped at N - 1), so that a typical
     ball holds about ``k`` neighbours. Small balls are what the paper's purity rule selects for
     (a ball should hold one class), and the coverage graph stays about k edges per image."""
-    from sklearn.neighbors import NearestNeighbors
     from sklearn.preprocessing import normalize
 
     x = normalize(np.asarray(features, dtype=np.float64))
@@ -230,8 +229,7 @@ def default_delta(features: np.ndarray, k: int = PROBCOVER_K,
     k = min(k, len(x) - 1)
     if k < 1:
         return 0.0
-    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
-    return float(np.quantile(dist[:, k], quantile))
+    return float(np.quantile(neighbour_distances(x, k)[:, k - 1], quantile))
 
 
 @register_strategy("probcover")
@@ -248,11 +246,8 @@ def probcover_selection(features: np.ndarray, budget: int, seed: int,
         delta = default_delta(x)
     if not np.isfinite(delta) or delta < 0:
         raise ValueError(f"delta must be a finite radius >= 0, got {delta}")
-    from sklearn.neighbors import NearestNeighbors
-
     # symmetric sparse ball graph, self included: row i = the images image i covers
-    graph = NearestNeighbors(radius=delta).fit(x).radius_neighbors_graph(x, mode="connectivity")
-    graph = graph.tocsr().astype(np.int64)
+    graph = radius_graph(x, delta).astype(np.int64)
     uncovered = np.ones(len(x), dtype=np.int64)
     for i in lab:
         uncovered[graph.indices[graph.indptr[i]:graph.indptr[i + 1]]] = 0

@@ -7,8 +7,8 @@ import inspect
 import numpy as np
 import pytest
 
-from cytotune.analysis import select, strategy_names
-from cytotune.analysis.selection import default_delta, get_strategy, typicality
+from cytotune.data.selection import select, strategy_names
+from cytotune.data.selection import default_delta, get_strategy, typicality
 
 STRATEGIES = ["random", "kmeans", "typiclust", "probcover"]
 
