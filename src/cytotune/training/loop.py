@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterator, Optional
 
@@ -208,30 +209,45 @@ def fit(module: torch.nn.Module, train_step_loss: Callable[[Any], torch.Tensor],
     progress.phase("training", steps)
 
     module.train()
-    for step in range(1, steps + 1):
-        t0 = time.perf_counter()
-        idx = next(order)
-        if fetch is not None:
-            batch = fetch(idx)
-            history.data_seconds += time.perf_counter() - t0
-        else:
-            batch = idx
-        loss = train_step_loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        history.step_seconds += time.perf_counter() - t0
-        history.steps = step
-        if validate is not None and (step % every == 0 or step == steps):
-            t1 = time.perf_counter()
-            module.eval()
-            result = validate()
-            module.train()
-            record_evaluation(history, step, steps, float(loss.detach()), result)
-            best.offer(history, step, result)
-            history.validation_seconds += time.perf_counter() - t1
-        progress.step(step, steps)
+    # the next batch is prepared on one background thread while this step computes (gather,
+    # copy, augment, normalise), as a data loader's worker would: in order, so the batches and
+    # the augmentation draws are those of fetching inline; the data wait is what is left of it
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cytotune-batch") \
+        if fetch is not None else None
+
+    def prepare(idx: torch.Tensor):  # in the caller's context: log lines keep their run
+        return worker.submit(contextvars.copy_context().run, fetch, idx)
+
+    upcoming = prepare(next(order)) if worker is not None else None
+    try:
+        for step in range(1, steps + 1):
+            t0 = time.perf_counter()
+            if worker is not None:
+                batch = upcoming.result()
+                history.data_seconds += time.perf_counter() - t0
+                if step < steps:
+                    upcoming = prepare(next(order))
+            else:
+                batch = next(order)
+            loss = train_step_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            history.step_seconds += time.perf_counter() - t0
+            history.steps = step
+            if validate is not None and (step % every == 0 or step == steps):
+                t1 = time.perf_counter()
+                module.eval()
+                result = validate()
+                module.train()
+                record_evaluation(history, step, steps, float(loss.detach()), result)
+                best.offer(history, step, result)
+                history.validation_seconds += time.perf_counter() - t1
+            progress.step(step, steps)
+    finally:
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
     progress.phase("evaluation")
     module.eval()
     best.restore(history, {**dict(module.named_parameters()), **dict(module.named_buffers())})
