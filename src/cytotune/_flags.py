@@ -157,6 +157,17 @@ def add_progress(parser: argparse.ArgumentParser, quiet_alias: bool = False) -> 
                             new="--no-progress")
 
 
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--data`` and ``--layout`` of a command that reads a labelled data set (``embed``,
+    ``audit``), spelt as ``train`` spells them."""
+    parser.add_argument("--data", required=True,
+                        help="data set: folder of class folders, CSV manifest, or a named "
+                             "layout's root")
+    parser.add_argument("--layout", default=None,
+                        help="named layout: bcfc, mlcc, sipakmed, hicervix, folder, csv "
+                             "(default: told from the path)")
+
+
 def add_feature_options(parser: argparse.ArgumentParser, pretrained_help: str) -> None:
     """The options that say which features a command reads from (or adds to) the feature cache:
     model, weights, input size, cache, device, precision, batch size. One declaration for

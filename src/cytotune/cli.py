@@ -18,8 +18,8 @@ from typing import Any, Optional, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from cytotune._flags import (SAYS_DEFAULT, OnOffParser, add_feature_options, add_on_off,
-                             add_progress)
+from cytotune._flags import (SAYS_DEFAULT, OnOffParser, add_data_options, add_feature_options,
+                             add_on_off, add_progress)
 from cytotune.cli_help import ON_OFF, default_text, explain_defaults
 from cytotune._version import __version__
 
@@ -271,10 +271,7 @@ def add_embed_parser(sub) -> None:
                     "path, label, split), or NAME.parquet when pyarrow is installed. They are the "
                     "features the linear probe and the few-shot probes use, read from the same "
                     "feature cache (images extracted before are not extracted again).")
-    p.add_argument("--data", required=True,
-                   help="data set: folder of class folders, CSV manifest, or a named layout's root")
-    p.add_argument("--layout", default=None, help="named layout: bcfc, mlcc, sipakmed, hicervix, "
-                                                  "folder, csv (default: told from the path)")
+    add_data_options(p)
     p.add_argument("--out", required=True, metavar="FILE",
                    help="output name: FILE.safetensors + FILE.csv, or FILE.parquet")
     p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",

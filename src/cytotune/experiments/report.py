@@ -297,11 +297,11 @@ def make_report(store_path: str | Path | ResultStore, out_dir: str | Path,
         table, heading = ranking_table(result, sweep, metrics[0])
         add_table("__".join(slug(x) for x in ("ranking", sweep, metrics[0])), table, heading)
     budget_figures: list[list[Path]] = []
-    if intervals is not None and not summary.empty:  # label-budget runs (report_budget)
-        _, budget_tables, budget_figures = budget_section(selected, full, outcomes, metrics[0]
-                                                          if metrics[0] in COUNT_METRICS
-                                                          else "balanced_accuracy", intervals,
-                                                          out / "figures")
+    # label-budget runs (report_budget), on the first reported metric of the test predictions
+    budget_metric = next((m for m in metrics if m in COUNT_METRICS), None)
+    if intervals is not None and not summary.empty and budget_metric is not None:
+        _, budget_tables, budget_figures = budget_section(
+            selected, full, summary, outcomes, budget_metric, intervals, out / "figures")
         for stem, table, heading in budget_tables:
             add_table(stem, table, heading)
     robustness_figures: list[list[Path]] = []

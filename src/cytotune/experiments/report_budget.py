@@ -22,8 +22,10 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from cytotune.analysis import BootstrapSpec, Outcome, cell_interval, holm, paired_interval, wilcoxon_p
+from cytotune.analysis import BootstrapSpec, Outcome, holm, paired_interval, wilcoxon_p
 from cytotune.analysis.outcomes import COUNT_METRICS
+from cytotune.experiments.report_tables import slug
+from cytotune.experiments.report_variants import VARIANT
 
 BASELINE = "random"
 PANEL = ["sweep", "dataset", "backbone"]
@@ -46,14 +48,18 @@ def budget_runs(selected: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
 
 
 def budget_table(runs: pd.DataFrame, outcomes: Mapping[str, Outcome], metric: str,
-                 spec: BootstrapSpec) -> pd.DataFrame:
+                 spec: BootstrapSpec, summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (sweep, data set, backbone, method, budget, sampling): mean over seeds (%)
-    and its interval, and (not for random) the paired difference from random with its
-    interval, the seeds paired, the Wilcoxon p and Holm's p over the table's comparisons."""
+    and its interval, read from the report's ``summary`` (each budget and strategy is a variant
+    cell there, so both tables show one interval), and (not for random) the paired difference
+    from random with its interval, the seeds paired, the Wilcoxon p and Holm's p over the
+    table's comparisons."""
     if metric not in COUNT_METRICS:
         raise ValueError(f"the label-budget section needs a metric of the test predictions "
                          f"({', '.join(COUNT_METRICS)}), got {metric!r}")
     column = f"test_{metric}"
+    cells = (summary[summary["metric"] == metric]
+             .set_index(["sweep", "dataset", "backbone", "method", VARIANT]))
     rows: list[dict[str, Any]] = []
     keys = PANEL + ["method", "budget"]
     for key, cell in runs.groupby(keys, sort=False, dropna=False):
@@ -61,13 +67,11 @@ def budget_table(runs: pd.DataFrame, outcomes: Mapping[str, Outcome], metric: st
         base = by_sampling.get(BASELINE)
         for sampling, part in by_sampling.items():
             label = "|".join(map(str, key)) + f"|{sampling}"
-            runs_here = [outcomes.get(r) for r in part["run_id"]]
-            values = part[column].astype(float) * 100
+            cell_row = cells.loc[(*key[:4], part[VARIANT].iloc[0])]
             row = dict(zip(keys, key), sampling=sampling, metric=metric, seeds=len(part),
-                       mean=float(values.mean()), ci_low=math.nan, ci_high=math.nan)
-            if all(o is not None for o in runs_here) and runs_here:
-                interval = cell_interval(runs_here, metric, spec, key=label)
-                row.update(ci_low=interval.low * 100, ci_high=interval.high * 100)
+                       mean=float(cell_row["mean"]),
+                       ci_low=float(cell_row.get("ci_low", math.nan)),
+                       ci_high=float(cell_row.get("ci_high", math.nan)))
             if base is not None and sampling != BASELINE:
                 row.update(_paired(part, base, outcomes, column, metric, spec, label))
             rows.append(row)
@@ -96,9 +100,14 @@ def _paired(part: pd.DataFrame, base: pd.DataFrame, outcomes: Mapping[str, Outco
     return out
 
 
+def _panel_rows(table: pd.DataFrame, panel: Sequence[Any]) -> pd.DataFrame:
+    """The rows of one (sweep, data set, backbone)."""
+    return table[(table[PANEL] == pd.Series(dict(zip(PANEL, panel)))).all(axis=1)]
+
+
 def display_table(table: pd.DataFrame, panel: Sequence[Any]) -> pd.DataFrame:
     """The rows of one (sweep, data set, backbone) as text: budget x strategy per method."""
-    part = table[(table[PANEL] == pd.Series(dict(zip(PANEL, panel)))).all(axis=1)]
+    part = _panel_rows(table, panel)
 
     def cell(r) -> str:
         text = f"{r['mean']:.1f}"
@@ -121,7 +130,7 @@ def budget_figure(table: pd.DataFrame, panel: Sequence[Any], metric: str, png: P
     saved as PNG, SVG and the points' CSV (the report's :func:`save`)."""
     from cytotune.experiments.report_figure_parts import Drawn, new_figure, save
 
-    part = table[(table[PANEL] == pd.Series(dict(zip(PANEL, panel)))).all(axis=1)]
+    part = _panel_rows(table, panel)
     methods = list(dict.fromkeys(part["method"]))
     fig, axes = new_figure(len(methods))
     drawn = Drawn()
@@ -153,7 +162,7 @@ def budget_figure(table: pd.DataFrame, panel: Sequence[Any], metric: str, png: P
     return save(fig, png)
 
 
-def budget_section(selected: pd.DataFrame, full: pd.DataFrame,
+def budget_section(selected: pd.DataFrame, full: pd.DataFrame, summary: pd.DataFrame,
                    outcomes: Mapping[str, Outcome], metric: str, spec: Optional[BootstrapSpec],
                    folder: Path) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame, str]],
                                           list[list[Path]]]:
@@ -162,11 +171,10 @@ def budget_section(selected: pd.DataFrame, full: pd.DataFrame,
     runs = budget_runs(selected, full)
     if runs.empty:
         return pd.DataFrame(), [], []
-    table = budget_table(runs, outcomes, metric, spec or BootstrapSpec())
+    table = budget_table(runs, outcomes, metric, spec or BootstrapSpec(), summary)
     tables, figures = [], []
     for panel in table[PANEL].drop_duplicates().itertuples(index=False):
-        stem = "__".join(["label_budget", *(str(p).replace("/", "_").replace(":", "_")
-                                            for p in panel), metric])
+        stem = "__".join(slug(x) for x in ("label_budget", *panel, metric))
         heading = (f"Label budget, {panel[1]} · {panel[2]} ({panel[0]}): test "
                    f"{metric.replace('_', ' ')} (%), mean [interval] over seeds; for each "
                    f"strategy, its difference from random paired by seed [paired interval] and "

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from cytotune.analysis import BootstrapSpec, seed_interval
-from cytotune.experiments.report_tables import sample_label
+from cytotune.experiments.report_tables import sample_label, slug
 from cytotune.experiments.report_variants import CELL, VARIANT
 
 SETTING_COLUMNS = ["sweep", "dataset", "backbone", "method", "shots", "fraction", VARIANT]
@@ -182,7 +182,7 @@ def robustness_section(selected: pd.DataFrame, rows: pd.DataFrame, metric: str,
     for sweep, part in joined.groupby("sweep", sort=False):
         table = robustness_table(part, metric, spec)
         for dataset in dict.fromkeys(part["dataset"]):
-            stem = "__".join(["robustness", _slug(sweep), _slug(dataset), metric])
+            stem = "__".join(slug(x) for x in ("robustness", sweep, dataset, metric))
             heading = (f"Robustness, {dataset} ({sweep}): test {metric.replace('_', ' ')} (%) "
                        f"clean, and its drop in points under perturbation (worst case over "
                        f"kinds, averaged over severities 1-5 and seeds [interval over seeds])")
@@ -190,10 +190,6 @@ def robustness_section(selected: pd.DataFrame, rows: pd.DataFrame, metric: str,
             figures.append(robustness_figure(part, sweep, dataset, metric,
                                              folder / f"{stem}.png"))
     return tables, figures
-
-
-def _slug(text: Any) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
 
 
 __all__: Sequence[str] = ("robustness_section", "robustness_table", "display_table")

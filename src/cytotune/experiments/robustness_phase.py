@@ -63,7 +63,7 @@ def evaluate_sweep_robustness(sweep: SweepConfig, store: ResultStore,
             phase.failed.append((run.run_id, f"{run.describe()}: no run directory recorded"))
             continue
         try:
-            rows = robustness_rows(out_dir, kinds, device=device or _device(run.config.device),
+            rows = robustness_rows(out_dir, kinds, device=device or run.config.device,
                                    num_workers=run.config.num_workers,
                                    cache_dir=run.config.cache_dir)
         except Exception as err:  # noqa: BLE001 - reported per run; the phase goes on
@@ -76,12 +76,3 @@ def evaluate_sweep_robustness(sweep: SweepConfig, store: ResultStore,
         log.info("robustness of %s: %d rows", run.describe(), len(rows))
     phase.seconds = time.perf_counter() - started
     return phase
-
-
-def _device(name: str) -> str:
-    """A run's device option as the evaluation takes it ("auto": CUDA when there is one)."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

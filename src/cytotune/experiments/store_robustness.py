@@ -10,23 +10,17 @@ evaluation resumes with the runs that have none.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
+from cytotune.training.rundir import json_safe
+
 TABLE = "robustness"
 _SCHEMA = (f"CREATE TABLE IF NOT EXISTS {TABLE} (run_id TEXT NOT NULL, kind TEXT NOT NULL, "
            f"severity INTEGER NOT NULL, row_json TEXT NOT NULL, PRIMARY KEY (run_id, kind, "
            f"severity))")
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become None (SQLite's JSON would refuse them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def insert_robustness(con: sqlite3.Connection, run_id: str,
@@ -37,7 +31,7 @@ def insert_robustness(con: sqlite3.Connection, run_id: str,
     con.executemany(
         f"INSERT INTO {TABLE} (run_id, kind, severity, row_json) VALUES (?, ?, ?, ?)",
         [(run_id, str(r["kind"]), int(r["severity"]),
-          json.dumps({k: _clean(v) for k, v in r.items()}, sort_keys=True, default=str))
+          json.dumps(json_safe(dict(r)), sort_keys=True, default=str))
          for r in rows])
 
 

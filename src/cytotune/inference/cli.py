@@ -25,17 +25,21 @@ from cytotune._flags import add_bootstrap_options, add_on_off, add_progress
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def _console() -> Console:
+def output_console() -> Console:
+    """stdout's console: full width in a terminal, 160 columns in a file or pipe (the inference
+    commands, select, audit and robustness share it)."""
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
-def _device(value: str) -> str:
+def device_arg(value: str) -> str:
+    """``--device`` of the inference commands: auto, cpu, cuda or cuda:N."""
     if not _DEVICE.match(value):
         raise argparse.ArgumentTypeError(f"--device takes auto, cpu, cuda or cuda:N, got {value!r}")
     return value
 
 
-def _positive(value: str) -> int:
+def positive_int(value: str) -> int:
+    """A whole number >= 1 (``--batch-size``)."""
     try:
         number = int(value)
     except ValueError:
@@ -56,7 +60,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from cytotune.inference.predict import STATUS_OK, UNREADABLE, predict
 
-    console = _console()
+    console = output_console()
     try:
         frame = predict(args.run_dir, args.input, out=args.out, device=args.device,
                         batch_size=args.batch_size, num_workers=args.num_workers,
@@ -95,7 +99,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from cytotune.inference.modelcard import licence_is_restrictive
     from cytotune.models import get_card
 
-    console = _console()
+    console = output_console()
     try:
         result = export(args.run_dirs, args.out, format=args.format, overwrite=args.overwrite,
                         opset=args.opset)
@@ -131,8 +135,8 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("input", help="an image file, a folder of images, or a CSV with a 'path' column")
     p.add_argument("--out", default="predictions.csv",
                    help="CSV to write (default: predictions.csv); written atomically")
-    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--batch-size", type=_positive, default=64, help="images per batch")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     p.add_argument("--num-workers", type=int, default=2, help="image decoding threads")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="autocast precision (default: the run's own setting, whose 'auto' is "
@@ -171,7 +175,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from cytotune.analysis import BootstrapSpec
     from cytotune.inference.compare import CompareError, compare_runs
 
-    console = _console()
+    console = output_console()
     spec = BootstrapSpec(resamples=args.resamples, level=args.level, seed=args.boot_seed)
     try:
         result = compare_runs(args.run_a, args.run_b, spec)

@@ -7,23 +7,18 @@ torch-free. Errors propagate to ``cytotune.cli.main``, which prints one ``error:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from functools import partial
 from typing import Callable, Optional
 
-from rich.console import Console
 from rich.markup import escape
 
-from cytotune._flags import add_feature_options, add_progress
+from cytotune._flags import add_data_options, add_feature_options, add_progress
+from cytotune.inference.cli import output_console
 
 # the registry's names (cytotune.data.selection.strategy_names(), which imports numpy):
 # only for --help; the handler checks the name against the registry itself
 STRATEGIES_HELP = "random | kmeans | typiclust | probcover"
-
-
-def _console() -> Console:
-    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _backbone_options(p: argparse.ArgumentParser) -> None:
@@ -64,10 +59,7 @@ def register(subparsers, display: Optional[Callable[[], object]] = None
                     "and outliers far from every class. Writes label_issues.csv, "
                     "near_duplicates.csv, exact_duplicates.csv, outliers.csv and audit.html "
                     "(thumbnails) into --out.")
-    a.add_argument("--data", required=True,
-                   help="data set: folder of class folders, CSV manifest, or a named layout's root")
-    a.add_argument("--layout", default=None, help="named layout: bcfc, mlcc, sipakmed, hicervix, "
-                                                  "folder, csv (default: told from the path)")
+    add_data_options(a)
     a.add_argument("--out", required=True, metavar="DIR", help="folder to write the findings to")
     a.add_argument("--folds", type=int, default=5, help="cross-validation folds of the probe")
     a.add_argument("--duplicate-threshold", type=float, default=0.98,
@@ -99,7 +91,7 @@ def cmd_select(args: argparse.Namespace,
     from cytotune.data.selection import get_strategy
     from cytotune.inference import labelling
 
-    console = _console()
+    console = output_console()
     try:
         get_strategy(args.strategy)
     except ValueError as err:
@@ -140,7 +132,7 @@ def cmd_audit(args: argparse.Namespace,
     from cytotune.inference import labelling
     from cytotune.training.embed import embed
 
-    console = _console()
+    console = output_console()
     for flag, value in (("--folds", args.folds), ("--top", args.top)):
         if value < 1 or (flag == "--folds" and value < 2):
             raise ValueError(f"{flag} must be at least {2 if flag == '--folds' else 1}, "

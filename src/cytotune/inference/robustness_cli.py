@@ -7,8 +7,6 @@ torch-free. User errors print one ``error:`` line and return 2.
 from __future__ import annotations
 
 import argparse
-import re
-import sys
 from typing import Callable
 
 from rich.console import Console
@@ -17,29 +15,9 @@ from rich.table import Table
 
 from cytotune._flags import add_bootstrap_options, add_progress
 from cytotune.data.perturb_kinds import PERTURBATIONS
+from cytotune.inference.cli import device_arg, output_console, positive_int
 
 KINDS_HELP = ", ".join(PERTURBATIONS)
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-def _console() -> Console:
-    return Console() if sys.stdout.isatty() else Console(width=160)
-
-
-def _device(value: str) -> str:
-    if not _DEVICE.match(value):
-        raise argparse.ArgumentTypeError(f"--device takes auto, cpu, cuda or cuda:N, got {value!r}")
-    return value
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {number}")
-    return number
 
 
 def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -68,8 +46,8 @@ def register(subparsers) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder to write robustness.csv/.png/.md into (new, empty, or an earlier "
                         "robustness folder)")
-    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--batch-size", type=_positive, default=64, help="images per batch")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     p.add_argument("--num-workers", type=int, default=2, help="image decoding threads")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="autocast precision (default: the run's own setting)")
@@ -88,7 +66,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     """Check everything cheap first (options, run, --out), then evaluate and write."""
-    console = _console()
+    console = output_console()
     try:
         return _run(args, console)
     except _user_errors() as err:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Union
 import pandas as pd
 
 from cytotune.inference.robustness import CLEAN, RobustnessError, RobustnessResult
+from cytotune.training.rundir import json_safe
 
 PathLike = Union[str, Path]
 CSV_FILE, FIGURE_FILE, TABLE_FILE, MARKER_FILE = ("robustness.csv", "robustness.png",
@@ -132,21 +133,11 @@ def draw_figure(result: RobustnessResult, path: Path) -> None:
         plt.close(fig)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_outputs(result: RobustnessResult, out: PathLike) -> list[Path]:
     """Write the four files into ``out`` (checked by :func:`check_out` first); returns them."""
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    marker = json.dumps(_json_safe({**result.summary(), "files": list(OUTPUT_FILES)}), indent=2,
+    marker = json.dumps(json_safe({**result.summary(), "files": list(OUTPUT_FILES)}), indent=2,
                         allow_nan=False) + "\n"
     writers: dict[str, Callable[[Path], None]] = {
         CSV_FILE: lambda p: result.table.to_csv(p, index=False),

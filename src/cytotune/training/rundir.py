@@ -254,13 +254,15 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None and keys as text, for strict JSON (also the
+    robustness outputs and the result store's robustness rows)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -295,7 +297,7 @@ class RunWriter:
         self.path(name).write_text(text, encoding="utf-8")
 
     def write_json(self, name: str, value: Any) -> None:
-        self.write_text(name, json.dumps(_json_safe(value), indent=2, allow_nan=False) + "\n")
+        self.write_text(name, json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n")
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
